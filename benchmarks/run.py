@@ -1,0 +1,208 @@
+"""deflare benchmarks: `make bench` runs them and writes the table to BENCHMARKS.md.
+
+Each benchmark runs in a fresh subprocess so that its peak memory (VmHWM) is its own.
+Timings are the best of a few repeats; throughput is in millions of events per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deflare_cli.codec import events_to_voxel, voxel_to_events
+from deflare_cli.events import Events, make_events
+from deflare_cli.io import read_events, write_events
+
+SENSOR = (480, 640)
+BINS = 8
+
+
+def synthetic_events(count: int, seed: int = 0) -> Events:
+    """`count` random events inside one 20 ms segment of a 480x640 sensor."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, 20_000, count))
+    return make_events(
+        t, rng.integers(0, SENSOR[1], count), rng.integers(0, SENSOR[0], count),
+        rng.integers(0, 2, count), SENSOR,
+    )  # fmt: skip
+
+
+def best_of(run: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def np_add_at(events: Events) -> np.ndarray:
+    """The obvious numpy encoder, as the reference speed."""
+    grid = np.zeros((1, BINS) + SENSOR, np.float32)
+    global_bin = (events.t - events.t[0]) // (20_000 // BINS)
+    np.add.at(grid, (global_bin // BINS, global_bin % BINS, events.y, events.x), events.p)
+    return grid
+
+
+def bench_encode(count: int) -> dict:
+    events = synthetic_events(count)
+    # Memory first, before any other work has grown the heap that later runs would reuse.
+    baseline = rss_bytes("VmRSS")
+    reset_peak()
+    voxels = events_to_voxel(events)
+    extra = rss_bytes("VmHWM") - baseline
+    assert np.array_equal(voxels.data.numpy(), np_add_at(events)), "encoders disagree"
+    repeats = 3 if count <= 1_000_000 else 2
+    reference = best_of(lambda: np_add_at(events), 1 if count > 1_000_000 else 2)
+    seconds = best_of(lambda: events_to_voxel(events), repeats)
+    event_bytes = sum(getattr(events, k).nbytes for k in "txyp")
+    voxel_bytes = voxels.data.numel() * 4
+    return {
+        "name": f"encode {count / 1e6:g} M events -> (8, 480, 640)",
+        "seconds": seconds,
+        "mevents_per_s": count / seconds / 1e6,
+        "np_add_at_mevents_per_s": count / reference / 1e6,
+        "speedup_vs_np_add_at": reference / seconds,
+        "peak_bytes": event_bytes + extra,
+        "events_plus_voxels_bytes": event_bytes + voxel_bytes,
+    }
+
+
+def bench_decode(count: int) -> dict:
+    voxels = events_to_voxel(synthetic_events(count))
+    total = int(voxels.data.abs().sum())
+    seconds = best_of(lambda: voxel_to_events(voxels, seed=0), 3)
+    return {
+        "name": f"decode (8, 480, 640) -> {total / 1e6:.2f} M events",
+        "seconds": seconds,
+        "mevents_per_s": total / seconds / 1e6,
+    }
+
+
+def bench_hdf5(count: int, compression: str) -> list[dict]:
+    from deflare_cli.settings import WriteSettings
+
+    events = synthetic_events(count)
+    megabytes = sum(getattr(events, k).nbytes for k in "txyp") / 1e6
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bench.h5"
+        settings = WriteSettings(compression=compression)
+        write_seconds = best_of(lambda: write_events(path, events, settings), 3)
+        read_seconds = best_of(lambda: read_events(path), 3)
+        size_mb = path.stat().st_size / 1e6
+    for verb, seconds in (("write", write_seconds), ("read", read_seconds)):
+        rows.append({
+            "name": f"HDF5 {verb} {count / 1e6:g} M events ({compression}, {size_mb:.0f} MB file)",
+            "seconds": seconds,
+            "mevents_per_s": count / seconds / 1e6,
+            "mb_per_s": megabytes / seconds,
+        })  # fmt: skip
+    return rows
+
+
+BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
+    "encode-1M": lambda: [bench_encode(1_000_000)],
+    "encode-10M": lambda: [bench_encode(10_000_000)],
+    "decode-1M": lambda: [bench_decode(1_000_000)],
+    "hdf5-none": lambda: bench_hdf5(10_000_000, "none"),
+    "hdf5-zstd": lambda: bench_hdf5(10_000_000, "zstd"),
+}
+
+
+def run_isolated(name: str) -> list[dict]:
+    """Run one benchmark in a fresh interpreter and return its rows."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--one", name], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}"
+    )
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| benchmark | seconds | M events/s | vs np.add.at | MB/s | peak memory "
+        "| 2 x (events + voxels) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        speedup = row.get("speedup_vs_np_add_at")
+        reference = row.get("np_add_at_mevents_per_s")
+        lines.append(
+            "| {name} | {seconds:.3f} | {rate:.0f} | {versus} | {mbs} | {peak} | {budget} |".format(
+                name=row["name"],
+                seconds=row["seconds"],
+                rate=row["mevents_per_s"],
+                versus=f"{speedup:.1f}x ({reference:.0f} M/s)" if speedup else "",
+                mbs=f"{row['mb_per_s']:.0f}" if "mb_per_s" in row else "",
+                peak=f"{row['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in row else "",
+                budget=f"{2 * row['events_plus_voxels_bytes'] / 2**20:.0f} MiB"
+                if "events_plus_voxels_bytes" in row
+                else "",
+            )
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, help="write the table to this Markdown file")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run these only")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(BENCHMARKS[args.one]()))
+        return
+    rows: list[dict] = []
+    for name in args.only or BENCHMARKS:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows.extend(run_isolated(name))
+    text = (
+        "# deflare benchmarks\n\n"
+        f"Measured {time.strftime('%Y-%m-%d')} by `make bench` on: {machine()}.\n\n"
+        "Encode target: at least 4x `np.add.at` measured in the same run; peak memory of the\n"
+        "encoding process at most twice the events plus voxels.\n\n"
+        f"{table(rows)}\n"
+    )
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m deflare_cli`` runs the ``deflare`` command (also under ``torchrun``)."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,282 @@
+"""Events <-> voxel grids.
+
+A voxel grid cuts time into fixed segments (default 20 ms) of ``num_bins`` equal bins (default
+8 x 2.5 ms) and sums polarity per (bin, pixel): ``voxel[s, b, y, x] += p``. Segment ``s`` covers
+``[t0 + s * segment_us, t0 + (s + 1) * segment_us)``: bins are fixed in absolute time, never
+stretched to the events' own span, and no event is dropped (E-Deflare, DESIGN.md "Data").
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from .errors import DeflareError, InputError
+from .events import P_DTYPE, T_DTYPE, XY_DTYPE, Events, Progress, no_progress
+from .io import atomic_output, check_distinct, read_events, write_events
+from .settings import CodecSettings, DecodeSettings, EncodeSettings
+
+# Events per encoding chunk: large enough to amortise the per-call cost of index_add_, small
+# enough that the int32 index temporaries stay in cache-friendly sizes (benchmarks/run.py).
+ENCODE_CHUNK = 1 << 20
+INT32_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Voxels:
+    """A voxel grid with what is needed to turn it back into events.
+
+    Attributes:
+        data: (S, B, H, W) float32 tensor, S segments of B time bins.
+        t0_us: start of segment 0 in microseconds.
+        segment_us: segment length in microseconds (a multiple of B).
+        source: where the grid came from (a file name), for provenance.
+    """
+
+    data: torch.Tensor
+    t0_us: int
+    segment_us: int
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 4 or self.data.dtype != torch.float32:
+            raise TypeError("Voxels.data must be a float32 tensor of shape (S, B, H, W)")
+        if self.segment_us % self.num_bins:
+            raise ValueError(f"segment_us {self.segment_us} is not a multiple of {self.num_bins}")
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def num_bins(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def sensor_size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.data.shape[2]), int(self.data.shape[3])
+
+    @property
+    def bin_us(self) -> int:
+        return self.segment_us // self.num_bins
+
+    @property
+    def span_us(self) -> tuple[int, int]:
+        """[start, end) in microseconds covered by all segments."""
+        return self.t0_us, self.t0_us + self.num_segments * self.segment_us
+
+
+def count_segments(span_us: tuple[int, int], segment_us: int) -> int:
+    """Segments needed to cover ``[start, end)``: a 100 ms span gives 5 segments of 20 ms."""
+    start, end = span_us
+    return max(1, math.ceil((end - start) / segment_us))
+
+
+def events_to_voxel(
+    events: Events,
+    codec: CodecSettings = CodecSettings(),
+    progress: Progress = no_progress,
+) -> Voxels:
+    """Encode events into a (S, B, H, W) net-polarity voxel grid.
+
+    The grid starts at the stream's span start (``events.time_span()``) and has as many segments
+    as cover the span, so events at segment edges and at the very end all count:
+    ``voxels.data.sum() == events.p.sum()``. The input is not modified.
+    """
+    if not len(events) and events.span_us is None:
+        raise DeflareError("cannot encode an empty event stream: it has no time span")
+    t0, end = events.time_span()
+    num_segments = count_segments((t0, end), codec.segment_us)
+    height, width = events.sensor_size
+    shape = (num_segments, codec.num_bins, height, width)
+    _check_size(shape, codec.max_voxel_gib)
+    _check_inside(events, t0, t0 + num_segments * codec.segment_us)
+
+    grid = torch.zeros(math.prod(shape), dtype=torch.float32)
+    # int32 index arithmetic is ~15% faster; fall back to int64 for huge grids or spans.
+    small = grid.numel() <= INT32_LIMIT and end - t0 <= INT32_LIMIT
+    index_dtype = torch.int32 if small else torch.int64
+    total = len(events)
+    for start in range(0, total, ENCODE_CHUNK):
+        stop = min(start + ENCODE_CHUNK, total)
+        flat = _flat_index(events, start, stop, t0, codec.bin_us, index_dtype)
+        weights = torch.from_numpy(events.p[start:stop]).to(torch.float32)
+        grid.index_add_(0, flat, weights)
+        progress("encoding", stop, total)
+    return Voxels(grid.view(shape), t0, codec.segment_us)
+
+
+def _flat_index(
+    events: Events, start: int, stop: int, t0: int, bin_us: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Flat cell index ``(global_bin * H + y) * W + x`` of events[start:stop]."""
+    height, width = events.sensor_size
+    relative = torch.from_numpy(events.t[start:stop]) - t0
+    global_bin = relative.to(dtype).div_(bin_us, rounding_mode="floor")
+    y = torch.from_numpy(events.y[start:stop]).to(dtype)
+    x = torch.from_numpy(events.x[start:stop]).to(dtype)
+    return global_bin.mul_(height * width).add_(y.mul_(width)).add_(x)
+
+
+def _check_size(shape: tuple[int, ...], max_gib: float) -> None:
+    gib = math.prod(shape) * 4 / 2**30
+    if gib > max_gib:
+        raise DeflareError(
+            f"the voxel grid {tuple(shape)} would need {gib:.1f} GiB (limit {max_gib:g} GiB): "
+            "encode a shorter time window (--time-window START:END in ms) or raise max_voxel_gib"
+        )
+
+
+def _check_inside(events: Events, start_us: int, end_us: int) -> None:
+    if len(events) and (events.t[0] < start_us or events.t[-1] >= end_us):
+        raise DeflareError(
+            f"events from {events.t[0]} to {events.t[-1]} us lie outside the grid's "
+            f"[{start_us}, {end_us}) us"
+        )
+
+
+def voxel_to_events(voxels: Voxels, seed: int = 0, progress: Progress = no_progress) -> Events:
+    """Decode a voxel grid into events.
+
+    Each cell is rounded to an integer n (half to even) and gives |n| events of polarity sign(n),
+    with timestamps drawn uniformly (whole microseconds) inside the cell's time bin from a
+    generator seeded with ``seed``. For an integer grid ``events_to_voxel(voxel_to_events(v))``
+    equals ``v`` exactly. Events come out sorted by time; the input is not modified.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for segment in range(voxels.num_segments):
+        parts.append(_decode_segment(voxels, segment, rng))
+        progress("decoding", segment + 1, voxels.num_segments)
+    t, x, y, p = (np.concatenate(column) for column in zip(*parts, strict=True))
+    height, width = voxels.sensor_size
+    return Events(t, x, y, p, height, width, voxels.span_us)
+
+
+def _decode_segment(
+    voxels: Voxels, segment: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(t, x, y, p) of one segment, sorted by time."""
+    height, width = voxels.sensor_size
+    counts = torch.round(voxels.data[segment]).to(torch.int64).flatten().numpy()
+    cells = np.flatnonzero(counts)
+    repeats = np.abs(counts[cells])
+    cell_of_event = np.repeat(cells, repeats)
+    polarity = np.repeat(np.sign(counts[cells]), repeats).astype(P_DTYPE)
+
+    bin_index, pixel = np.divmod(cell_of_event, height * width)
+    y, x = np.divmod(pixel, width)
+    bin_start = voxels.t0_us + segment * voxels.segment_us + bin_index * voxels.bin_us
+    t = (bin_start + rng.integers(0, voxels.bin_us, size=len(cell_of_event))).astype(T_DTYPE)
+    order = np.argsort(t, kind="stable")
+    return t[order], x[order].astype(XY_DTYPE), y[order].astype(XY_DTYPE), polarity[order]
+
+
+# ----------------------------------------------------------------------------- voxel files
+
+VOXEL_FORMAT = "deflare-voxels/1"
+
+
+def write_voxels(target: str | Path | BinaryIO, voxels: Voxels) -> None:
+    """Save a voxel grid and its metadata as a ``.pt`` file, atomically.
+
+    The file holds only tensors, numbers and strings, so it loads with
+    ``torch.load(weights_only=True)`` and can never run code.
+    """
+    payload = {
+        "format": VOXEL_FORMAT,
+        "voxels": voxels.data.contiguous(),
+        "t0_us": int(voxels.t0_us),
+        "segment_us": int(voxels.segment_us),
+        "num_bins": voxels.num_bins,
+        "sensor_size": list(voxels.sensor_size),
+        "source": voxels.source,
+    }
+    with atomic_output(target) as temp_path:
+        torch.save(payload, temp_path)
+
+
+def read_voxels(source: str | Path | BinaryIO, name: str | None = None) -> Voxels:
+    """Load a voxel file written by :func:`write_voxels`, refusing anything else."""
+    label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+    if isinstance(source, str | Path) and not Path(source).is_file():
+        raise InputError(label, "file not found" if not Path(source).exists() else "not a file")
+    if not zipfile.is_zipfile(source):  # torch.save writes zip archives since PyTorch 1.6
+        raise InputError(label, "not a voxel file (not a PyTorch .pt archive)")
+    if not isinstance(source, str | Path):
+        source.seek(0)
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            label, "refused: the file holds Python objects that could run code, not voxels"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise InputError(label, f"not a voxel file (cannot load it with torch: {error})") from None
+    return _voxels_from_payload(payload, label)
+
+
+def _voxels_from_payload(payload: object, label: str) -> Voxels:
+    if not isinstance(payload, dict) or payload.get("format") != VOXEL_FORMAT:
+        raise InputError(label, f"not a deflare voxel file (no '{VOXEL_FORMAT}' marker)")
+    data = payload.get("voxels")
+    expected_bins = payload.get("num_bins")
+    expected_size = payload.get("sensor_size")
+    if not isinstance(data, torch.Tensor) or data.ndim != 4 or data.dtype != torch.float32:
+        raise InputError(label, "voxel file must hold a float32 tensor of shape (S, B, H, W)")
+    if [data.shape[1], *data.shape[2:]] != [expected_bins, *(expected_size or [])]:
+        raise InputError(
+            label,
+            f"tensor shape {tuple(data.shape)} does not match its metadata "
+            f"(bins {expected_bins}, sensor size {expected_size})",
+        )
+    try:
+        return Voxels(
+            data, int(payload["t0_us"]), int(payload["segment_us"]), str(payload["source"])
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(label, f"voxel file metadata is incomplete or invalid ({error})") from None
+
+
+# ----------------------------------------------------------------------------- file to file
+
+
+def encode_file(
+    source: str | Path | BinaryIO,
+    target: str | Path | BinaryIO,
+    settings: EncodeSettings = EncodeSettings(),
+    progress: Progress = no_progress,
+    name: str | None = None,
+) -> Voxels:
+    """Read an event file, encode it, and write the voxel file. Returns the voxels."""
+    check_distinct(source, target)
+    events = read_events(source, settings.read, progress, name)
+    voxels = events_to_voxel(events, settings.codec, progress)
+    label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+    voxels = replace(voxels, source=label)
+    write_voxels(target, voxels)
+    return voxels
+
+
+def decode_file(
+    source: str | Path | BinaryIO,
+    target: str | Path | BinaryIO,
+    settings: DecodeSettings = DecodeSettings(),
+    progress: Progress = no_progress,
+    name: str | None = None,
+) -> Events:
+    """Read a voxel file, decode it, and write the events (deflare layout). Returns the events."""
+    check_distinct(source, target)
+    voxels = read_voxels(source, name)
+    events = voxel_to_events(voxels, settings.seed, progress)
+    provenance = {"deflare_decoded_from": voxels.source, "deflare_decode_seed": settings.seed}
+    write_events(target, events, settings.write, provenance)
+    return events

@@ -1,0 +1,521 @@
+"""Reading and writing event files.
+
+Readers detect the layout by the datasets a file holds (DESIGN.md "Data"):
+
+- deflare / E-Deflare: ``/events/{t,x,y,p}``, t in microseconds, resolution attributes;
+- DSEC: ``/events/{t,x,y,p}`` plus ``/ms_to_idx`` and ``/t_offset``, Blosc/zstd compressed;
+- event_utils / E2VID: ``/events/{ts,xs,ys,ps}``, ts in seconds, ``sensor_resolution``;
+- camera formats (``.raw``, ``.dat``, ``.aedat4``, ``.es``, ``.csv``) through the optional
+  ``faery`` package.
+
+Unsorted timestamps are sorted (stably) with a warning rather than refused: encoding does not
+need order, and real recordings merged from several sources are often slightly out of order.
+The writer always emits the deflare layout, atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from .errors import InputError, OutputError
+from .events import (
+    DEFAULT_SENSOR_SIZE,
+    T_DTYPE,
+    XY_DTYPE,
+    Events,
+    Progress,
+    is_time_sorted,
+    make_events,
+    no_progress,
+    polarity_from_raw,
+    sort_by_time,
+)
+from .settings import ReadSettings, WriteSettings
+
+log = logging.getLogger(__name__)
+
+FAERY_SUFFIXES = (".raw", ".dat", ".aedat4", ".es", ".csv")
+READ_CHUNK = 1 << 22  # events per HDF5 read, so progress moves and temporaries stay small
+WRITE_CHUNK = 1 << 18  # HDF5 chunk length (events) for compressed output
+STDIO = "-"
+
+Source = str | Path | BinaryIO
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one HDF5 layout keeps its columns and how its timestamps become microseconds."""
+
+    name: str
+    columns: dict[str, str]  # "t"/"x"/"y"/"p" -> dataset path
+    to_us: Callable[[np.ndarray], np.ndarray]
+    sensor_size: tuple[int, int] | None
+    start_us: int | None  # the recording's start; None: the first event
+    ms_to_idx: h5py.Dataset | None = None
+
+
+def read_events(
+    source: Source,
+    settings: ReadSettings = ReadSettings(),
+    progress: Progress = no_progress,
+    name: str | None = None,
+) -> Events:
+    """Read an event file of any supported layout (detected from its contents).
+
+    Args:
+        source: a path, or an open binary stream holding an HDF5 file (e.g. stdin's bytes).
+        settings: sensor size override and time window; see :class:`ReadSettings`.
+        progress: called as ``progress("reading", events_read, events_total)``.
+        name: how to call the source in error messages (default: its path).
+
+    Returns:
+        Events sorted by time. With a time window, ``span_us`` is that window in absolute time.
+
+    Raises:
+        InputError: missing, unreadable, corrupt or invalid file, or no events.
+    """
+    label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+    if isinstance(source, str | Path):
+        path = Path(source)
+        _check_readable(path)
+        if path.suffix.lower() in FAERY_SUFFIXES:
+            return _read_with_faery(path, settings)
+    with _open_hdf5(source, label) as h5:
+        layout = _detect_layout(h5, label)
+        return _read_hdf5(h5, layout, settings, progress, label)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an event file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "permission denied")
+
+
+@contextlib.contextmanager
+def _open_hdf5(source: Source, label: str) -> Iterator[h5py.File]:
+    try:
+        h5 = h5py.File(source, "r")
+    except OSError as error:
+        if _looks_like_hdf5(source):
+            raise InputError(label, f"corrupt or truncated HDF5 file ({error})") from None
+        raise InputError(label, "not an HDF5 file (and not a known camera format)") from None
+    try:
+        yield h5
+    finally:
+        h5.close()
+
+
+def _looks_like_hdf5(source: Source) -> bool:
+    """Whether the source starts with the HDF5 signature (at offset 0 or 512)."""
+    signature = b"\x89HDF\r\n\x1a\n"
+    if isinstance(source, str | Path):
+        with open(source, "rb") as handle:
+            head = handle.read(520)
+    else:
+        position = source.tell()
+        head = source.read(520)
+        source.seek(position)
+    return head[:8] == signature or head[512:520] == signature
+
+
+def _detect_layout(h5: h5py.File, label: str) -> _Layout:
+    group = h5.get("events")
+    if isinstance(group, h5py.Group) and "ts" in group:
+        return _event_utils_layout(h5, label)
+    if isinstance(group, h5py.Group) and "ms_to_idx" in h5:
+        return _dsec_layout(h5, label)
+    if isinstance(group, h5py.Group):
+        _require_datasets(h5, label, {k: f"events/{k}" for k in "txyp"})
+        return _Layout(
+            "deflare",
+            {k: f"events/{k}" for k in "txyp"},
+            lambda t: _integer_microseconds(t, label),
+            _resolution_attrs(h5, label),
+            None,
+        )
+    found = ", ".join(_list_datasets(h5)) or "nothing"
+    raise InputError(
+        label,
+        "unknown event layout: expected /events/{t,x,y,p} (deflare, DSEC) or "
+        f"/events/{{ts,xs,ys,ps}} (event_utils); the file holds {found}",
+    )
+
+
+def _dsec_layout(h5: h5py.File, label: str) -> _Layout:
+    _require_datasets(h5, label, {k: f"events/{k}" for k in "txyp"})
+    offset = 0
+    if "t_offset" in h5:
+        offset = int(np.asarray(h5["t_offset"][()]).reshape(-1)[0])
+    return _Layout(
+        "dsec",
+        {k: f"events/{k}" for k in "txyp"},
+        lambda t: _integer_microseconds(t, label) + offset,
+        _resolution_attrs(h5, label),
+        offset,
+        h5["ms_to_idx"],
+    )
+
+
+def _event_utils_layout(h5: h5py.File, label: str) -> _Layout:
+    columns = {"t": "events/ts", "x": "events/xs", "y": "events/ys", "p": "events/ps"}
+    _require_datasets(h5, label, columns)
+    size = None
+    if "sensor_resolution" in h5.attrs:
+        resolution = np.asarray(h5.attrs["sensor_resolution"]).reshape(-1)
+        size = (int(resolution[0]), int(resolution[1]))
+    return _Layout("event_utils", columns, lambda ts: _seconds_to_us(ts, label), size, None)
+
+
+def _require_datasets(h5: h5py.File, label: str, columns: dict[str, str]) -> None:
+    lengths = {}
+    for path in columns.values():
+        dataset = h5.get(path)
+        if not isinstance(dataset, h5py.Dataset):
+            raise InputError(label, f"missing dataset /{path}")
+        if dataset.ndim != 1 or dataset.dtype.kind not in "iufb":
+            raise InputError(label, f"/{path} must be a 1-D numeric array, found {dataset.dtype}")
+        lengths[path] = dataset.shape[0]
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"/{path}: {n}" for path, n in lengths.items())
+        raise InputError(label, f"event datasets have different lengths ({sizes})")
+
+
+def _resolution_attrs(h5: h5py.File, label: str) -> tuple[int, int] | None:
+    for holder in (h5, h5.get("events")):
+        attrs = getattr(holder, "attrs", {})
+        if "resolution_height" in attrs and "resolution_width" in attrs:
+            return int(attrs["resolution_height"]), int(attrs["resolution_width"])
+    return None
+
+
+def _list_datasets(h5: h5py.File) -> list[str]:
+    names: list[str] = []
+    h5.visititems(
+        lambda name, obj: names.append("/" + name) if isinstance(obj, h5py.Dataset) else None
+    )
+    return names[:10]
+
+
+def _integer_microseconds(raw: np.ndarray, label: str) -> np.ndarray:
+    if raw.dtype.kind == "f":
+        _refuse_nan(raw, label)
+        return np.rint(raw).astype(T_DTYPE)
+    return raw.astype(T_DTYPE)
+
+
+def _seconds_to_us(seconds: np.ndarray, label: str) -> np.ndarray:
+    _refuse_nan(seconds, label)
+    return np.rint(np.asarray(seconds, dtype=np.float64) * 1e6).astype(T_DTYPE)
+
+
+def _refuse_nan(values: np.ndarray, label: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(label, f"timestamp is NaN or infinite at event {int(np.argmax(bad))}")
+
+
+def _read_hdf5(
+    h5: h5py.File, layout: _Layout, settings: ReadSettings, progress: Progress, label: str
+) -> Events:
+    sensor_size = settings.sensor_size or layout.sensor_size or DEFAULT_SENSOR_SIZE
+    total = h5[layout.columns["t"]].shape[0]
+    if total == 0:
+        raise InputError(label, "contains no events")
+    window = settings.time_window_ms
+    if window is None:
+        return _sorted(_read_rows(h5, layout, 0, total, sensor_size, progress, label), label)
+    if layout.ms_to_idx is None and not _column_sorted(h5, layout):
+        # Bisection needs sorted rows: read and sort everything, then cut the window.
+        events = _sorted(_read_rows(h5, layout, 0, total, sensor_size, progress, label), label)
+        span = _window_us(_recording_start(h5, layout, events), window)
+    else:
+        span = _window_us(_recording_start(h5, layout), window)
+        start, stop = _window_indices(h5, layout, span, label)
+        events = _sorted(_read_rows(h5, layout, start, stop, sensor_size, progress, label), label)
+    events = events.time_slice(*span)
+    if not len(events):
+        raise InputError(label, f"no events in the time window {window[0]:g}-{window[1]:g} ms")
+    return events
+
+
+def _sorted(events: Events, label: str) -> Events:
+    if is_time_sorted(events.t):
+        return events
+    log.warning("%s: timestamps are not sorted; sorting them (the file is not changed)", label)
+    return sort_by_time(events)
+
+
+def _column_sorted(h5: h5py.File, layout: _Layout) -> bool:
+    """Whether the file's timestamps never decrease, reading only the time column."""
+    times = h5[layout.columns["t"]]
+    previous = None
+    for begin in range(0, times.shape[0], READ_CHUNK):
+        block = np.asarray(times[begin : begin + READ_CHUNK])
+        if previous is not None and block[0] < previous:
+            return False
+        if not is_time_sorted(block):
+            return False
+        previous = block[-1]
+    return True
+
+
+def _window_us(start_us: int, window_ms: tuple[float, float]) -> tuple[int, int]:
+    """The window in absolute microseconds, counted from the recording's start."""
+    return start_us + round(window_ms[0] * 1000), start_us + round(window_ms[1] * 1000)
+
+
+def _recording_start(h5: h5py.File, layout: _Layout, sorted_events: Events | None = None) -> int:
+    """DSEC's t_offset, else the first (or, once sorted, the earliest) timestamp."""
+    if layout.start_us is not None:
+        return layout.start_us
+    if sorted_events is not None:
+        return int(sorted_events.t[0])
+    return int(layout.to_us(np.asarray(h5[layout.columns["t"]][:1]))[0])
+
+
+def _window_indices(
+    h5: h5py.File, layout: _Layout, span: tuple[int, int], label: str
+) -> tuple[int, int]:
+    """Row range that holds the window, without loading the whole file (for sorted files)."""
+    times = h5[layout.columns["t"]]
+    if layout.ms_to_idx is not None:  # DSEC: ms_to_idx[k] = first row with t >= k ms
+        table = layout.ms_to_idx
+        first_ms = math.floor((span[0] - layout.start_us) / 1000)
+        last_ms = math.ceil((span[1] - layout.start_us) / 1000)
+        lo = int(table[first_ms]) if first_ms < len(table) else len(times)
+        hi = int(table[last_ms]) if last_ms < len(table) else len(times)
+        return lo, max(lo, hi)
+    return _bisect(times, layout, span[0], label), _bisect(times, layout, span[1], label)
+
+
+def _bisect(times: h5py.Dataset, layout: _Layout, value_us: int, label: str) -> int:
+    """First row whose timestamp is >= value_us, reading one element per step."""
+    lo, hi = 0, times.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(layout.to_us(np.asarray(times[mid : mid + 1]))[0]) < value_us:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _read_rows(
+    h5: h5py.File,
+    layout: _Layout,
+    start: int,
+    stop: int,
+    sensor_size: tuple[int, int],
+    progress: Progress,
+    label: str,
+) -> Events:
+    count = stop - start
+    t = np.empty(count, T_DTYPE)
+    x = np.empty(count, XY_DTYPE)
+    y = np.empty(count, XY_DTYPE)
+    p = np.empty(count, np.int8)
+    for begin in range(start, stop, READ_CHUNK):
+        end = min(begin + READ_CHUNK, stop)
+        block = _read_block(h5, layout, begin, end, label)
+        _check_block(block, begin, sensor_size, label)
+        rows = slice(begin - start, end - start)
+        t[rows] = layout.to_us(block["t"])
+        x[rows], y[rows] = block["x"], block["y"]
+        p[rows] = polarity_from_raw(block["p"])
+        progress("reading", end - start, count)
+    if count and t.min() < 0:
+        raise InputError(label, f"negative timestamp at event {start + int(np.argmax(t < 0))}")
+    return Events(t, x, y, p, sensor_size[0], sensor_size[1])
+
+
+def _read_block(
+    h5: h5py.File, layout: _Layout, begin: int, end: int, label: str
+) -> dict[str, np.ndarray]:
+    block = {}
+    for key, path in layout.columns.items():
+        try:
+            block[key] = np.asarray(h5[path][begin:end])
+        except (OSError, ValueError, RuntimeError) as error:
+            raise InputError(
+                label, f"corrupt or truncated HDF5 file: cannot read /{path} ({error})"
+            ) from None
+    return block
+
+
+def _check_block(
+    block: dict[str, np.ndarray], first_row: int, sensor_size: tuple[int, int], label: str
+) -> None:
+    height, width = sensor_size
+    for key, limit in (("x", width), ("y", height)):
+        values = block[key]
+        if not len(values):
+            continue
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise InputError(label, f"{key} coordinate is NaN near event {first_row}")
+        low, high = values.min(), values.max()
+        if low < 0 or high >= limit:
+            bad = int(np.argmax((values < 0) | (values >= limit)))
+            raise InputError(
+                label,
+                f"event {first_row + bad} has {key}={values[bad]}, outside the {height}x{width} "
+                "sensor (give the right size with --sensor-size HxW)",
+            )
+
+
+def _read_with_faery(path: Path, settings: ReadSettings) -> Events:
+    try:
+        import faery
+    except ImportError:
+        raise InputError(
+            path,
+            f"reading {path.suffix} files needs the optional 'faery' package: "
+            "pip install 'deflare[formats]'",
+        ) from None
+    height, width = settings.sensor_size or DEFAULT_SENSOR_SIZE
+    try:
+        stream = faery.events_stream_from_file(path, dimensions_fallback=(width, height))
+        array = stream.to_array()
+        file_width, file_height = stream.dimensions()
+    except Exception as error:  # faery raises plain exceptions from its Rust decoders
+        raise InputError(path, f"cannot decode {path.suffix} file ({error})") from None
+    sensor_size = settings.sensor_size or (file_height, file_width)
+    block = {"t": array["t"], "x": array["x"], "y": array["y"], "p": array["on"]}
+    if not len(array):
+        raise InputError(path, "contains no events")
+    _check_block(block, 0, sensor_size, str(path))
+    events = make_events(
+        array["t"], array["x"], array["y"], array["on"].astype(np.int8), sensor_size
+    )
+    events = _sorted(events, str(path))
+    if settings.time_window_ms is not None:
+        start = int(events.t[0])
+        window = settings.time_window_ms
+        events = events.time_slice(start + round(window[0] * 1000), start + round(window[1] * 1000))
+        if not len(events):
+            raise InputError(path, f"no events in the time window {window} ms")
+    return events
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_events(
+    target: str | Path | BinaryIO,
+    events: Events,
+    settings: WriteSettings = WriteSettings(),
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Write events in the deflare layout, atomically (a temp file renamed into place).
+
+    ``/events/{t,x,y,p}`` (int64 us, uint16, uint16, int8 +-1) with root attributes
+    ``num_events``, ``resolution_height``, ``resolution_width``, the stream's span
+    (``t_start_us``, ``t_end_us``) when known, and any ``attrs`` (e.g. provenance).
+    A stream target (stdout) receives the finished file's bytes.
+    """
+    with atomic_output(target) as temp_path:
+        with h5py.File(temp_path, "w") as h5:
+            group = h5.create_group("events")
+            for key in "txyp":
+                data = getattr(events, key)
+                group.create_dataset(key, data=data, **_compression_options(settings, len(data)))
+            h5.attrs["num_events"] = len(events)
+            h5.attrs["resolution_height"] = events.height
+            h5.attrs["resolution_width"] = events.width
+            if events.span_us is not None:
+                h5.attrs["t_start_us"], h5.attrs["t_end_us"] = events.span_us
+            for key, value in (attrs or {}).items():
+                h5.attrs[key] = value
+
+
+def _compression_options(settings: WriteSettings, length: int) -> dict[str, Any]:
+    if settings.compression == "none" or length == 0:
+        return {}
+    chunks = (min(WRITE_CHUNK, length),)
+    if settings.compression == "zstd":
+        return {"chunks": chunks, **hdf5plugin.Zstd(clevel=3)}
+    if settings.compression == "gzip":
+        return {"chunks": chunks, "compression": "gzip", "compression_opts": 4, "shuffle": True}
+    return {"chunks": chunks, "compression": "lzf", "shuffle": True}
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | Path | BinaryIO) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` in one rename.
+
+    On any error the temporary file is removed and ``target`` is left as it was. A binary stream
+    target (stdout) receives the finished file's bytes instead.
+    """
+    if not isinstance(target, str | Path):
+        with tempfile.TemporaryDirectory() as folder:
+            temp_path = Path(folder) / "output"
+            yield temp_path
+            with open(temp_path, "rb") as finished:
+                shutil.copyfileobj(finished, target)
+            target.flush()
+        return
+    final = Path(target)
+    if final.is_dir():
+        raise OutputError(f"{final}: is a folder; give a file name")
+    if not final.parent.exists():
+        raise OutputError(f"{final}: the folder {final.parent} does not exist")
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(handle)
+    temp_path = Path(name)
+    try:
+        yield temp_path
+        os.replace(temp_path, final)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def check_distinct(source: Source, target: str | Path | BinaryIO) -> None:
+    """Refuse to write an output over its own input."""
+    if not isinstance(source, str | Path) or not isinstance(target, str | Path):
+        return
+    source_path, target_path = Path(source), Path(target)
+    same = source_path.resolve() == target_path.resolve()
+    if not same and source_path.exists() and target_path.exists():
+        same = os.path.samefile(source_path, target_path)
+    if same:
+        raise OutputError(f"{target}: the output would overwrite the input; choose another name")
+
+
+def read_stream_bytes(stream: BinaryIO) -> io.BytesIO:
+    """Read a whole binary stream (stdin) into memory, so that it can be seeked."""
+    return io.BytesIO(stream.read())
+
+
+def open_source(argument: str) -> tuple[Source, str]:
+    """A command-line input and its name for messages: ``-`` is stdin (read whole), else a path."""
+    if argument == STDIO:
+        return read_stream_bytes(sys.stdin.buffer), "<stdin>"
+    return Path(argument), argument
+
+
+def open_target(argument: str) -> Path | BinaryIO:
+    """A command-line output: ``-`` is stdout, anything else a path."""
+    if argument == STDIO:
+        return sys.stdout.buffer
+    return Path(argument)
