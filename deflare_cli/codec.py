@@ -166,18 +166,22 @@ def _decode_segment(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(t, x, y, p) of one segment, sorted by time."""
     height, width = voxels.sensor_size
-    counts = torch.round(voxels.data[segment]).to(torch.int64).flatten().numpy()
+    counts = torch.round(voxels.data[segment]).to(torch.int32).flatten().numpy()
     cells = np.flatnonzero(counts)
-    repeats = np.abs(counts[cells])
+    cell_counts = counts[cells]
+    repeats = np.abs(cell_counts)
     cell_of_event = np.repeat(cells, repeats)
-    polarity = np.repeat(np.sign(counts[cells]), repeats).astype(P_DTYPE)
+    polarity = np.repeat(np.sign(cell_counts).astype(P_DTYPE), repeats)
 
     bin_index, pixel = np.divmod(cell_of_event, height * width)
     y, x = np.divmod(pixel, width)
-    bin_start = voxels.t0_us + segment * voxels.segment_us + bin_index * voxels.bin_us
-    t = (bin_start + rng.integers(0, voxels.bin_us, size=len(cell_of_event))).astype(T_DTYPE)
-    order = np.argsort(t, kind="stable")
-    return t[order], x[order].astype(XY_DTYPE), y[order].astype(XY_DTYPE), polarity[order]
+    offset = bin_index * voxels.bin_us + rng.integers(0, voxels.bin_us, size=len(cell_of_event))
+    # Offsets inside a 20 ms segment fit 16 bits, where numpy's stable sort is a radix sort
+    # (5x faster than sorting int64 timestamps).
+    key = offset.astype(np.uint16) if voxels.segment_us <= 2**16 else offset
+    order = np.argsort(key, kind="stable")
+    t = (voxels.t0_us + segment * voxels.segment_us + offset[order]).astype(T_DTYPE)
+    return t, x[order].astype(XY_DTYPE), y[order].astype(XY_DTYPE), polarity[order]
 
 
 # ----------------------------------------------------------------------------- voxel files

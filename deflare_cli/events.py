@@ -123,21 +123,6 @@ def polarity_from_raw(raw: np.ndarray) -> np.ndarray:
     return np.where(raw == 1, np.int8(1), np.int8(-1)).astype(P_DTYPE, copy=False)
 
 
-def concatenate(parts: list[Events]) -> Events:
-    """Join event streams of one sensor, in the given order."""
-    if not parts:
-        raise ValueError("concatenate needs at least one Events")
-    first = parts[0]
-    return Events(
-        np.concatenate([e.t for e in parts]),
-        np.concatenate([e.x for e in parts]),
-        np.concatenate([e.y for e in parts]),
-        np.concatenate([e.p for e in parts]),
-        first.height,
-        first.width,
-    )
-
-
 def sort_by_time(events: Events) -> Events:
     """The same events in non-decreasing time order (stable, so equal timestamps keep order)."""
     order = np.argsort(events.t, kind="stable")
