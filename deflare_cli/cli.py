@@ -17,18 +17,34 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .codec import decode_file, encode_file
 from .errors import DeflareError
 from .io import STDIO, open_source, open_target
 from .settings import (
+    Backbone,
     Compression,
     DecodeSettings,
+    Device,
     EncodeSettings,
+    Precision,
+    TrainSettings,
     load_settings,
+    parse_int_list,
     parse_sensor_size,
     parse_time_window,
 )
@@ -64,6 +80,23 @@ TimeWindowOption = Annotated[
 ]
 SeedOption = Annotated[
     int | None, typer.Option("--seed", help="Seed of the random timestamp generator [default: 0].")
+]
+DeviceOption = Annotated[
+    Device | None, typer.Option("--device", help="auto: CUDA when present, else CPU.")
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding background_with_flare_events/ and background_with_light_events/.",
+    ),
+]
+FlareDirOption = Annotated[
+    Path | None,
+    typer.Option("--flare-dir", help="Folder of inputs with flare (instead of --data-dir)."),
+]
+CleanDirOption = Annotated[
+    Path | None, typer.Option("--clean-dir", help="Folder of clean targets (with --flare-dir).")
 ]
 CompressionOption = Annotated[
     Compression | None,
@@ -158,6 +191,127 @@ def decode(
     )
 
 
+@app.command()
+def train(
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Where checkpoints and metrics go.")
+    ] = None,
+    data_dir: DataDirOption = None,
+    flare_dir: FlareDirOption = None,
+    clean_dir: CleanDirOption = None,
+    val_dir: Annotated[
+        Path | None, typer.Option("--val-dir", help="Validation pairs, laid out as --data-dir.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option("--val-fraction", help="Share of pairs held out when no --val-dir [0.1]."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs [50].")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [2].")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate [2e-4].")] = None,
+    crop: Annotated[
+        str | None,
+        typer.Option("--crop", help="Training crop HxW in pixels, or 'full' [128x128]."),
+    ] = None,
+    f_maps: Annotated[
+        str | None,
+        typer.Option("--f-maps", help="Features per level, e.g. 16,32,64 or 32,64,128,256."),
+    ] = None,
+    backbone: Annotated[
+        Backbone | None, typer.Option("--backbone", help="pytorch-3dunet backbone.")
+    ] = None,
+    device: DeviceOption = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option("--precision", help="auto: bf16 on CUDA, fp32 on CPU."),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue from a checkpoint (RUN/last.pt).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything [0].")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many steps in total.")
+    ] = None,
+    num_workers: Annotated[
+        int | None, typer.Option("--num-workers", help="DataLoader worker processes [0].")
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable pairs (reported), don't fail.")
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Run 2 steps and write RUN_DIR/debug_output/ pictures."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Train the residual 3D U-Net on paired flare/clean event files."""
+    from .train import train as run_training  # torch-heavy: import only when training
+
+    with reporting_errors():
+        settings = load_settings(
+            TrainSettings,
+            config,
+            {
+                "run_dir": run_dir,
+                "data": {
+                    "data_dir": data_dir,
+                    "flare_dir": flare_dir,
+                    "clean_dir": clean_dir,
+                    "val_dir": val_dir,
+                    "val_fraction": val_fraction,
+                    "crop": _crop_setting(crop),
+                    "num_workers": num_workers,
+                    "skip_bad": skip_bad or None,
+                },
+                "model": {
+                    "f_maps": parse_int_list(f_maps) if f_maps else None,
+                    "backbone": backbone,
+                },
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "device": device,
+                "precision": precision,
+                "resume": resume,
+                "seed": seed,
+                "max_steps": max_steps,
+                "debug": debug or None,
+            },
+        )
+        with progress_bar() as progress:
+            result = run_training(settings, progress)
+    _print_training(result)
+
+
+def _crop_setting(crop: str | None) -> object:
+    if crop is None:
+        return None
+    return "full" if crop.strip().lower() == "full" else parse_sensor_size(crop)
+
+
+def _print_training(result) -> None:
+    if result.debug_dir is not None:
+        print_summary("", f"[green]debug run done[/]: pictures in {escape(str(result.debug_dir))}")
+        return
+    table = Table(title="training", show_header=False)
+    state = "[yellow]interrupted[/] (resume with --resume)" if result.interrupted else "done"
+    table.add_row("status", state)
+    table.add_row("steps / epochs", f"{result.steps} / {result.epochs_completed}")
+    table.add_row("parameters", f"{result.parameters:,}")
+    if result.history:
+        last = result.history[-1]
+        table.add_row(
+            "last val MSE (raw input)", f"{last['val_mse']:.5g} ({last['val_raw_mse']:.5g})"
+        )
+    table.add_row("best metric", f"{result.best_metric:.5g}")
+    table.add_row("last checkpoint", str(result.last_checkpoint))
+    table.add_row("best checkpoint", str(result.best_checkpoint or "-"))
+    table.add_row("metrics", str(result.run_dir / "metrics.csv"))
+    for reason in result.skipped_pairs:
+        table.add_row("[yellow]skipped[/]", escape(reason))
+    Console().print(table)
+
+
 @contextlib.contextmanager
 def reporting_errors() -> Iterator[None]:
     """Turn library errors into one red line on stderr and a non-zero exit."""
@@ -179,20 +333,31 @@ def progress_bar() -> Iterator[object]:
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
+        SpeedColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[detail]}"),
         console=err_console,
         transient=True,
         disable=not err_console.is_terminal,
     )
     tasks: dict[str, TaskID] = {}
 
-    def report(stage: str, done: int, total: int) -> None:
+    def report(stage: str, done: int, total: int, detail: str = "") -> None:
         if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
+            tasks[stage] = bar.add_task(stage, total=total, detail=detail)
+        bar.update(tasks[stage], completed=done, total=total, detail=detail)
 
     with bar:
         yield report
+
+
+class SpeedColumn(ProgressColumn):
+    """Items per second, e.g. training steps."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f}/s" if speed else "", style="progress.data.speed")
 
 
 def print_summary(output: str, text: str) -> None:

@@ -7,8 +7,8 @@ polarity ``p`` is +1 or -1 (int8). Files in other conventions are converted on r
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -18,12 +18,17 @@ P_DTYPE = np.dtype(np.int8)
 
 DEFAULT_SENSOR_SIZE = (480, 640)  # (height, width) in pixels, as DSEC's event cameras
 
-# Called as progress(stage, done, total) by long library operations, e.g.
-# progress("reading", 4_000_000, 9_000_000); the CLI draws one bar per stage.
-Progress = Callable[[str, int, int], None]
+
+class Progress(Protocol):
+    """Called by long library operations, e.g. ``progress("reading", 4_000_000, 9_000_000)``.
+
+    The CLI draws one bar per stage; ``detail`` is a short status such as the current loss.
+    """
+
+    def __call__(self, stage: str, done: int, total: int, detail: str = "") -> None: ...
 
 
-def no_progress(stage: str, done: int, total: int) -> None:
+def no_progress(stage: str, done: int, total: int, detail: str = "") -> None:
     """A progress callback that does nothing."""
 
 

@@ -97,6 +97,121 @@ class DecodeSettings(Frozen):
     write: WriteSettings = WriteSettings()
 
 
+Backbone = Literal["ResidualUNet3D", "UNet3D"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ModelSettings(Frozen):
+    """The residual 3D U-Net (``model.TrueResidualUNet3D``).
+
+    The default ``f_maps`` (16, 32, 64) has 431,889 parameters and trains on a CPU; the published
+    E-DeflareNet is (32, 64, 128, 256), 7.07 M parameters, for a GPU.
+    """
+
+    backbone: Backbone = "ResidualUNet3D"
+    f_maps: tuple[int, ...] = Field((16, 32, 64), min_length=2, description="features per level")
+    layer_order: str = Field("gcr", pattern=r"^[cgrblei]+$", description="pytorch-3dunet order")
+    num_groups: int = Field(8, ge=1, description="GroupNorm groups")
+    dropout: float = Field(0.0, ge=0, lt=1, description="UNet3D only")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSettings:
+        if "c" not in self.layer_order:
+            raise ValueError("layer_order must contain 'c' (the convolution)")
+        if "g" in self.layer_order and any(f % self.num_groups for f in self.f_maps):
+            raise ValueError(f"every f_maps entry {self.f_maps} must be a multiple of num_groups")
+        if self.backbone == "ResidualUNet3D" and self.dropout:
+            raise ValueError("ResidualUNet3D ignores dropout; use backbone UNet3D or dropout 0")
+        return self
+
+    @property
+    def depth(self) -> int:
+        """Levels of the U-Net: one per ``f_maps`` entry (pytorch-3dunet ignores num_levels)."""
+        return len(self.f_maps)
+
+    @property
+    def size_multiple(self) -> int:
+        """Time bins, height and width are halved depth-1 times: they must divide by this."""
+        return 2 ** (self.depth - 1)
+
+
+class DataSettings(Frozen):
+    """Where paired training data is and how samples are drawn from it."""
+
+    data_dir: Path | None = Field(None, description="folder holding the two paired folders")
+    flare_dir: Path | None = Field(None, description="inputs: background_with_flare_events/")
+    clean_dir: Path | None = Field(None, description="targets: background_with_light_events/")
+    val_dir: Path | None = Field(None, description="validation pairs (same layout as data_dir)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="pairs held out when no val_dir")
+    crop: tuple[int, int] | Literal["full"] = Field((128, 128), description="training crop (h, w)")
+    flips: bool = Field(True, description="random horizontal and vertical flips in training")
+    sensor_size: tuple[int, int] | None = Field(None, description="override the files' size")
+    cache_dir: Path | None = Field(None, description="voxel cache; None: RUN_DIR/voxel_cache")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    skip_bad: bool = Field(False, description="skip unreadable pairs (reported) instead of failing")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSettings:
+        split = self.flare_dir is not None or self.clean_dir is not None
+        if self.data_dir is not None and split:
+            raise ValueError("give data_dir, or flare_dir with clean_dir, not both")
+        if self.data_dir is None and (self.flare_dir is None or self.clean_dir is None):
+            raise ValueError("give data_dir, or both flare_dir and clean_dir")
+        return self
+
+    def paired_dirs(self) -> tuple[Path, Path]:
+        """(flare folder, clean folder) of the training data."""
+        if self.data_dir is not None:
+            return paired_dirs(self.data_dir)
+        assert self.flare_dir is not None and self.clean_dir is not None  # checked by validator
+        return self.flare_dir, self.clean_dir
+
+
+def paired_dirs(data_dir: Path) -> tuple[Path, Path]:
+    """The E-Deflare folders inside a data folder: (inputs with flare, clean targets)."""
+    return data_dir / "background_with_flare_events", data_dir / "background_with_light_events"
+
+
+class TrainSettings(Frozen):
+    """``deflare train``: optimiser and schedule as the E-Deflare paper (Adam 2e-4, x0.2 steps)."""
+
+    run_dir: Path
+    data: DataSettings
+    model: ModelSettings = ModelSettings()
+    codec: CodecSettings = CodecSettings()
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    lr_milestones: tuple[int, ...] = Field((10, 20, 30), description="epochs where lr *= gamma")
+    lr_gamma: float = Field(0.2, gt=0, le=1)
+    val_every: int | None = Field(None, ge=1, description="validate every N steps; None: epoch")
+    checkpoint_every: int = Field(200, ge=1, description="save last.pt every N steps too")
+    max_steps: int | None = Field(None, ge=1, description="stop after N steps in total")
+    device: Device = "auto"
+    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    seed: int = Field(0, ge=0)
+    resume: Path | None = Field(None, description="checkpoint to continue from")
+    debug: bool = Field(False, description="run 2 steps and write debug_output/ pictures")
+
+    @model_validator(mode="after")
+    def _sizes_fit_network(self) -> TrainSettings:
+        multiple = self.model.size_multiple
+        if self.codec.num_bins % multiple:
+            raise ValueError(
+                f"a U-Net of depth {self.model.depth} halves time {self.model.depth - 1} times: "
+                f"num_bins ({self.codec.num_bins}) must be a multiple of {multiple}; "
+                "use fewer f_maps levels"
+            )
+        crop = self.data.crop
+        if crop != "full" and (crop[0] % multiple or crop[1] % multiple):
+            raise ValueError(
+                f"crop {crop} must be a multiple of {multiple} for depth {self.model.depth}"
+            )
+        return self
+
+
 S = TypeVar("S", bound=BaseModel)
 
 
@@ -106,6 +221,16 @@ def parse_sensor_size(text: str) -> tuple[int, int]:
     if not match:
         raise SettingsError(f"sensor size must look like HEIGHTxWIDTH (e.g. 480x640), got {text!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """Parse ``16,32,64`` into (16, 32, 64)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise SettingsError(
+            f"expected comma-separated whole numbers (e.g. 16,32,64), got {text!r}"
+        ) from None
 
 
 def parse_time_window(text: str) -> tuple[float, float]:

@@ -88,3 +88,49 @@ def events() -> Events:
 @pytest.fixture
 def deflare_file(tmp_path: Path, events: Events) -> Path:
     return write_deflare(tmp_path / "events.h5", events)
+
+
+def flare_pair(size: tuple[int, int] = (32, 48), seed: int = 0, duration_us: int = 40_000):
+    """(input, target) events: a moving edge (target) plus a 100 Hz flickering blob (flare)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    t_edge = np.sort(rng.integers(0, duration_us, 3000))
+    x_edge = np.clip(
+        5 + t_edge * (width - 10) / duration_us + rng.normal(0, 0.5, 3000), 0, width - 1
+    )
+    y_edge = rng.integers(2, height - 2, 3000)
+    t_flare = rng.integers(0, duration_us, 4000)
+    cy, cx = rng.integers(6, height - 6), rng.integers(6, width - 6)
+    y_flare = np.clip(cy + rng.normal(0, 2.5, 4000), 0, height - 1)
+    x_flare = np.clip(cx + rng.normal(0, 2.5, 4000), 0, width - 1)
+    p_flare = ((t_flare % 10_000) < 5000).astype(int)
+    clean = sort_events(make_events(t_edge, x_edge, y_edge, np.ones(3000), size))
+    flare = sort_events(
+        make_events(
+            np.concatenate([t_edge, t_flare]),
+            np.concatenate([x_edge, x_flare]),
+            np.concatenate([y_edge, y_flare]),
+            np.concatenate([np.ones(3000), p_flare]),
+            size,
+        )
+    )
+    return flare, clean
+
+
+def sort_events(events: Events) -> Events:
+    from deflare_cli.events import sort_by_time
+
+    return sort_by_time(events)
+
+
+def write_pairs(folder: Path, count: int, size: tuple[int, int] = (32, 48), seed: int = 0) -> Path:
+    """An E-Deflare style data folder with `count` pairs."""
+    flare_dir = folder / "background_with_flare_events"
+    clean_dir = folder / "background_with_light_events"
+    flare_dir.mkdir(parents=True, exist_ok=True)
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        flare, clean = flare_pair(size, seed * 1000 + index)
+        write_deflare(flare_dir / f"composed_{index:05d}_bg_flare.h5", flare)
+        write_deflare(clean_dir / f"composed_{index:05d}_bg_light.h5", clean)
+    return folder

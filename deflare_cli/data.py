@@ -1,0 +1,254 @@
+"""Paired training data: flare inputs and clean targets as voxel segments.
+
+E-Deflare's layout pairs ``background_with_flare_events/composed_NNNNN_bg_flare.h5`` (input)
+with ``background_with_light_events/composed_NNNNN_bg_light.h5`` (target) by NNNNN; other file
+names pair when their names are equal. Both files of a pair are cut on one absolute grid from
+the pair's common start, so a 100 ms pair gives 5 segment pairs.
+
+Encoded pairs are kept in a voxel cache on disk (int16 where the counts fit), keyed by the
+source files' path, size and modification time and by the codec settings, so later epochs and
+later runs do not decode HDF5 again. Cached tensors are memory-mapped: a crop reads only its pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .codec import count_segments, events_to_voxel
+from .errors import DeflareError, InputError
+from .events import Events, Progress, no_progress
+from .io import atomic_output, read_events
+from .settings import CodecSettings, DataSettings, ReadSettings, paired_dirs
+
+log = logging.getLogger(__name__)
+
+EVENT_SUFFIXES = (".h5", ".hdf5", ".hdf", ".raw", ".dat", ".aedat4", ".es", ".csv")
+_ID_PATTERN = re.compile(r"^composed_(\d+)_bg_(?:flare|light)$")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example file pair."""
+
+    pair_id: str
+    flare_path: Path
+    clean_path: Path
+
+
+@dataclass(frozen=True)
+class CachedPair:
+    """A pair encoded into the voxel cache: ``path`` holds input and target (S, B, H, W)."""
+
+    pair: Pair
+    path: Path
+    num_segments: int
+    sensor_size: tuple[int, int]
+
+
+def pair_id(path: Path) -> str:
+    """``composed_00042_bg_flare.h5`` -> ``00042``; other names pair by their stem."""
+    match = _ID_PATTERN.match(path.stem)
+    return match.group(1) if match else path.stem
+
+
+def list_event_files(folder: Path) -> list[Path]:
+    """Readable event files in a folder (not recursive), sorted by name."""
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EVENT_SUFFIXES)
+
+
+def find_pairs(flare_dir: Path, clean_dir: Path) -> list[Pair]:
+    """Pair input and target files by ID; a file without a partner is an error listing them."""
+    flare = {pair_id(p): p for p in list_event_files(flare_dir)}
+    clean = {pair_id(p): p for p in list_event_files(clean_dir)}
+    lonely = sorted(set(flare) ^ set(clean))
+    if lonely:
+        names = [str(flare.get(i) or clean.get(i)) for i in lonely]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise InputError(flare_dir.parent, f"{len(names)} file(s) without a partner: {shown}")
+    if not flare:
+        raise InputError(flare_dir, "no event files to train on")
+    return [Pair(i, flare[i], clean[i]) for i in sorted(flare)]
+
+
+def encode_pair(
+    pair: Pair, codec: CodecSettings, read: ReadSettings = ReadSettings()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and target voxels (S, B, H, W) of one pair, on the pair's common time grid."""
+    flare = read_events(pair.flare_path, read)
+    clean = read_events(pair.clean_path, read)
+    if flare.sensor_size != clean.sensor_size:
+        raise InputError(
+            pair.clean_path,
+            f"sensor size {clean.sensor_size} differs from its input's {flare.sensor_size}",
+        )
+    spans = [flare.time_span(), clean.time_span()]
+    start, end = min(s[0] for s in spans), max(s[1] for s in spans)
+    grid = (start, start + count_segments((start, end), codec.segment_us) * codec.segment_us)
+    inputs = events_to_voxel(_with_span(flare, grid), codec).data
+    targets = events_to_voxel(_with_span(clean, grid), codec).data
+    return inputs, targets
+
+
+def _with_span(events: Events, span: tuple[int, int]) -> Events:
+    return replace(events, span_us=span)
+
+
+class VoxelCache:
+    """Encoded pairs on disk, one ``.pt`` per pair, invalidated by any change of its sources."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def key(self, pair: Pair, codec: CodecSettings, read: ReadSettings) -> str:
+        parts = [f"v{CACHE_VERSION}", codec.model_dump_json(), read.model_dump_json()]
+        for path in (pair.flare_path, pair.clean_path):
+            stat = path.stat()
+            parts += [str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+    def get(self, pair: Pair, codec: CodecSettings, read: ReadSettings) -> CachedPair:
+        """The cached entry of a pair, encoding it first when missing or stale."""
+        path = self.folder / f"{pair.pair_id}-{self.key(pair, codec, read)}.pt"
+        if not path.exists():
+            inputs, targets = encode_pair(pair, codec, read)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for stale in self.folder.glob(f"{pair.pair_id}-*.pt"):
+                stale.unlink(missing_ok=True)
+            with atomic_output(path) as temp_path:
+                torch.save({"input": _compact(inputs), "target": _compact(targets)}, temp_path)
+        header = torch.load(path, mmap=True, weights_only=True)
+        shape = tuple(header["input"].shape)
+        return CachedPair(pair, path, shape[0], (shape[2], shape[3]))
+
+
+def _compact(voxels: torch.Tensor) -> torch.Tensor:
+    """Integer voxels as int16 (half the disk) when they fit, else float32 as they are."""
+    fits = voxels.abs().max() <= torch.iinfo(torch.int16).max
+    if fits and torch.equal(voxels, voxels.round()):
+        return voxels.to(torch.int16)
+    return voxels
+
+
+def prepare_pairs(
+    pairs: list[Pair],
+    cache: VoxelCache,
+    codec: CodecSettings,
+    read: ReadSettings,
+    skip_bad: bool,
+    progress: Progress = no_progress,
+) -> tuple[list[CachedPair], list[str]]:
+    """Encode (or find cached) every pair. Returns the entries and the skipped pairs' reasons.
+
+    A corrupt pair fails with its file's name, or with ``skip_bad`` is left out and reported;
+    training never sees zeros in place of a file it could not read.
+    """
+    entries, skipped = [], []
+    for done, pair in enumerate(pairs, start=1):
+        try:
+            entries.append(cache.get(pair, codec, read))
+        except DeflareError as error:
+            if not skip_bad:
+                raise
+            skipped.append(str(error))
+            log.warning("skipping pair %s: %s", pair.pair_id, error)
+        progress("encoding pairs", done, len(pairs))
+    if not entries:
+        raise DeflareError("no readable training pairs left (all were skipped)")
+    return entries, skipped
+
+
+def split_pairs(
+    pairs: list[Pair], settings: DataSettings, seed: int
+) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs, validation pairs): ``val_dir`` if given, else a seeded ``val_fraction``."""
+    if settings.val_dir is not None:
+        return pairs, find_pairs(*paired_dirs(settings.val_dir))
+    count = round(len(pairs) * settings.val_fraction)
+    if settings.val_fraction > 0 and len(pairs) >= 2:
+        count = max(1, min(count, len(pairs) - 1))
+    else:
+        count = 0
+    order = random.Random(seed).sample(range(len(pairs)), len(pairs))
+    held_out = set(order[:count])
+    train = [p for i, p in enumerate(pairs) if i not in held_out]
+    return train, [p for i, p in enumerate(pairs) if i in held_out]
+
+
+class EventVoxelDataset(Dataset):
+    """Segment pairs ``(input, target)``, each (1, B, h, w) float32.
+
+    Training samples are random crops with random flips; their randomness is a function of
+    (seed, epoch, index) alone, so a resumed run draws exactly the samples the first run would
+    have. Validation samples are full frames.
+    """
+
+    def __init__(
+        self,
+        entries: list[CachedPair],
+        crop: tuple[int, int] | None = None,
+        flips: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.entries = entries
+        self.crop = crop
+        self.flips = flips
+        self.seed = seed
+        self.epoch = 0
+        self.items = [(e, s) for e, entry in enumerate(entries) for s in range(entry.num_segments)]
+        self._open: dict[int, dict[str, torch.Tensor]] = {}
+        for entry in entries:
+            if crop and (crop[0] > entry.sensor_size[0] or crop[1] > entry.sensor_size[1]):
+                raise DeflareError(
+                    f"crop {crop} is larger than the sensor {entry.sensor_size} of "
+                    f"{entry.pair.flare_path}"
+                )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose crops and flips are drawn."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        entry_index, segment = self.items[index]
+        tensors = self._tensors(entry_index)
+        inputs = tensors["input"][segment]
+        targets = tensors["target"][segment]
+        if self.crop is not None or self.flips:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            inputs, targets = self._augment(inputs, targets, rng)
+        return inputs.float().unsqueeze(0), targets.float().unsqueeze(0)
+
+    def _augment(
+        self, inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.crop is not None:
+            height, width = inputs.shape[-2:]
+            top = int(rng.integers(0, height - self.crop[0] + 1))
+            left = int(rng.integers(0, width - self.crop[1] + 1))
+            window = (..., slice(top, top + self.crop[0]), slice(left, left + self.crop[1]))
+            inputs, targets = inputs[window], targets[window]
+        if self.flips:
+            dims = [d for d, flip in ((-1, rng.random() < 0.5), (-2, rng.random() < 0.5)) if flip]
+            if dims:
+                inputs, targets = inputs.flip(dims), targets.flip(dims)
+        return inputs, targets
+
+    def _tensors(self, entry_index: int) -> dict[str, torch.Tensor]:
+        if entry_index not in self._open:
+            path = self.entries[entry_index].path
+            self._open[entry_index] = torch.load(path, mmap=True, weights_only=True)
+        return self._open[entry_index]

@@ -1,0 +1,145 @@
+"""Pictures of events and voxels (headless, matplotlib Agg).
+
+Conventions: positive events red, negative blue; axes in pixels and milliseconds; voxel bins on
+one shared, zero-centred diverging colour scale so that bins compare at a glance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed, and deterministic output
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .events import Events  # noqa: E402
+from .io import atomic_output  # noqa: E402
+
+POSITIVE = (0.85, 0.1, 0.1)
+NEGATIVE = (0.1, 0.25, 0.85)
+MAX_SCATTER_POINTS = 30_000
+
+
+def event_frame(events: Events) -> np.ndarray:
+    """(H, W, 3) RGB image: white background, red where net polarity > 0, blue where < 0."""
+    height, width = events.sensor_size
+    net = np.zeros(height * width, np.float32)
+    np.add.at(net, events.y.astype(np.int64) * width + events.x, events.p)
+    net = net.reshape(height, width)
+    image = np.ones((height, width, 3), np.float32)
+    image[net > 0] = POSITIVE
+    image[net < 0] = NEGATIVE
+    return image
+
+
+def plot_event_frames(events: Events, path: Path, num_windows: int = 4, title: str = "") -> Path:
+    """Red/blue event frames over ``num_windows`` successive equal time windows."""
+    start, end = events.time_span()
+    edges = np.linspace(start, end, num_windows + 1).round().astype(np.int64)
+    figure, axes = plt.subplots(1, num_windows, figsize=(4 * num_windows, 3.6), squeeze=False)
+    for axis, lo, hi in zip(axes[0], edges[:-1], edges[1:], strict=True):
+        window = events.time_slice(int(lo), int(hi))
+        axis.imshow(event_frame(window), interpolation="nearest")
+        axis.set_title(f"{(lo - start) / 1000:.1f}-{(hi - start) / 1000:.1f} ms, {len(window)} ev")
+        axis.set_xlabel("x (px)")
+        axis.set_ylabel("y (px)")
+    _polarity_legend(figure)
+    return _save(figure, path, title or "event frames")
+
+
+def plot_events_3d(events: Events, path: Path, title: str = "") -> Path:
+    """A spatio-temporal scatter (x, time, y), subsampled to at most 30k points."""
+    chosen = _subsample(len(events), MAX_SCATTER_POINTS)
+    start = events.time_span()[0]
+    figure = plt.figure(figsize=(8, 6))
+    axis = figure.add_subplot(projection="3d")
+    colours = np.where(events.p[chosen] > 0, "tab:red", "tab:blue")
+    axis.scatter(
+        events.x[chosen], (events.t[chosen] - start) / 1000, events.y[chosen], s=0.5, c=colours
+    )
+    axis.set_xlabel("x (px)")
+    axis.set_ylabel("time (ms)")
+    axis.set_zlabel("y (px)")
+    axis.set_xlim(0, events.width)
+    axis.set_zlim(events.height, 0)
+    _polarity_legend(figure)
+    note = f" ({len(chosen)} of {len(events)} events)" if len(chosen) < len(events) else ""
+    return _save(figure, path, (title or "events in space and time") + note)
+
+
+def plot_event_rate(events: Events, path: Path, bin_ms: float = 1.0, title: str = "") -> Path:
+    """Events per millisecond over time, positive and negative separately."""
+    start, end = events.time_span()
+    edges = np.arange(start, end + bin_ms * 1000, bin_ms * 1000)
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    for sign, colour, label in ((1, POSITIVE, "positive"), (-1, NEGATIVE, "negative")):
+        counts, _ = np.histogram(events.t[events.p == sign], bins=edges)
+        axis.plot((edges[:-1] - start) / 1000, counts / bin_ms, color=colour, label=label)
+    axis.set_xlabel("time (ms)")
+    axis.set_ylabel("events / ms")
+    axis.legend(loc="upper right")
+    return _save(figure, path, title or "event rate")
+
+
+def plot_voxel_bins(voxel: torch.Tensor, path: Path, title: str = "", bin_ms: float = 2.5) -> Path:
+    """The time bins of one (B, H, W) voxel as a grid, one shared zero-centred colour scale."""
+    grid = voxel.detach().float().cpu().numpy()
+    bins = grid.shape[0]
+    columns = min(bins, 4)
+    rows = -(-bins // columns)
+    magnitudes = np.abs(grid[grid != 0])
+    # A few hot cells (a light source) would wash everything else out: clip at the 99.5th
+    # percentile of the non-zero cells and say so in the colour bar.
+    limit = max(float(np.percentile(magnitudes, 99.5)) if magnitudes.size else 0.0, 1.0)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), squeeze=False)
+    image = None
+    for index, axis in enumerate(axes.flat):
+        axis.set_axis_off()
+        if index < bins:
+            image = axis.imshow(grid[index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            axis.set_title(f"bin {index}: {index * bin_ms:g}-{(index + 1) * bin_ms:g} ms")
+    figure.colorbar(image, ax=axes, shrink=0.8, label=f"net polarity (clipped at +-{limit:.3g})")
+    peak = float(np.abs(grid).max())
+    stats = f"sum {grid.sum():+.1f}, |max| {peak:.2f}, non-zero {np.count_nonzero(grid)}"
+    return _save(figure, path, f"{title or 'voxel bins'} ({stats})", tight=False)
+
+
+def draw_events(events: Events, folder: Path, title: str = "") -> list[Path]:
+    """The full set of event pictures into a folder: 3D scatter, 2D frames, rate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not len(events):
+        (folder / "empty.txt").write_text(f"{title}: no events (every voxel cell rounds to 0)\n")
+        return [folder / "empty.txt"]
+    return [
+        plot_events_3d(events, folder / "events_3d.png", title),
+        plot_event_frames(events, folder / "event_frames.png", title=title),
+        plot_event_rate(events, folder / "event_rate.png", title=title),
+    ]
+
+
+def _subsample(count: int, limit: int) -> np.ndarray:
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
+
+
+def _polarity_legend(figure: plt.Figure) -> None:
+    handles = [
+        plt.Line2D([], [], marker="s", ls="", color=POSITIVE, label="positive (ON)"),
+        plt.Line2D([], [], marker="s", ls="", color=NEGATIVE, label="negative (OFF)"),
+    ]
+    figure.legend(handles=handles, loc="lower right", fontsize="small")
+
+
+def _save(figure: plt.Figure, path: Path, title: str, tight: bool = True) -> Path:
+    figure.suptitle(title)
+    if tight:
+        figure.tight_layout()
+    with atomic_output(path) as temp_path:
+        figure.savefig(temp_path, dpi=100, format="png")
+    plt.close(figure)
+    return path

@@ -1,0 +1,79 @@
+"""The residual U-Net and the settings that must fit it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from deflare_cli.model import TrueResidualUNet3D, count_parameters
+from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8, 32, 48), (2, 1, 8, 30, 46), (1, 1, 8, 26, 35)])
+def test_untrained_model_returns_its_input_exactly(shape) -> None:
+    torch.manual_seed(0)
+    model = TrueResidualUNet3D()
+    voxels = torch.randn(shape) * 3
+    with torch.no_grad():
+        assert torch.equal(model(voxels), voxels)
+
+
+def test_unet3d_backbone_is_identity_too() -> None:
+    model = TrueResidualUNet3D(ModelSettings(backbone="UNet3D", f_maps=(8, 16)))
+    voxels = torch.randn(2, 1, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(voxels), voxels)
+
+
+def test_parameter_counts_match_the_published_configurations() -> None:
+    assert count_parameters(TrueResidualUNet3D()) == 431_889
+    paper = TrueResidualUNet3D(ModelSettings(f_maps=(32, 64, 128, 256)))
+    assert count_parameters(paper) == 7_068_961
+
+
+def test_odd_sensor_sizes_keep_their_shape_after_training_a_bit() -> None:
+    torch.manual_seed(0)
+    model = TrueResidualUNet3D(ModelSettings(f_maps=(8, 16)))
+    with torch.no_grad():
+        model.backbone.final_conv.weight.fill_(0.01)  # a non-trivial residual
+        out = model(torch.randn(1, 1, 8, 13, 17))
+    assert out.shape == (1, 1, 8, 13, 17)
+
+
+def _train_settings(**overrides) -> TrainSettings:
+    values = {"run_dir": "r", "data": DataSettings(data_dir="d")}
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+def test_depth_must_fit_the_time_bins() -> None:
+    _train_settings(model=ModelSettings(f_maps=(8, 16, 32, 64)))  # 8 bins hold 4 levels
+    with pytest.raises(ValidationError, match="num_bins"):
+        _train_settings(model=ModelSettings(f_maps=(8, 16, 32, 64, 128)))
+
+
+def test_crop_must_fit_the_depth() -> None:
+    with pytest.raises(ValidationError, match="crop"):
+        _train_settings(data=DataSettings(data_dir="d", crop=(30, 64)))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"f_maps": (12, 24)}, "multiple of num_groups"),
+        ({"dropout": 0.1}, "ignores dropout"),
+        ({"f_maps": (16,)}, "at least 2"),
+        ({"layer_order": "gr"}, "'c'"),
+    ],
+)
+def test_bad_model_settings_are_refused(values, message) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ModelSettings(**values)
+
+
+def test_data_needs_one_source() -> None:
+    with pytest.raises(ValidationError, match="data_dir"):
+        DataSettings()
+    with pytest.raises(ValidationError, match="not both"):
+        DataSettings(data_dir="d", flare_dir="a", clean_dir="b")

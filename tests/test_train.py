@@ -1,0 +1,171 @@
+"""Training on CPU: learning, checkpoints, exact resumption, Ctrl-C, debug output, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_pairs
+from typer.testing import CliRunner
+
+from deflare_cli.cli import app
+from deflare_cli.data import EventVoxelDataset
+from deflare_cli.model import TrueResidualUNet3D
+from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
+from deflare_cli.train import Trainer, load_checkpoint, start_cluster, train
+
+SMALL_MODEL = ModelSettings(f_maps=(8, 16))
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> Path:
+    return write_pairs(tmp_path_factory.mktemp("pairs"), 3)
+
+
+def settings_for(run_dir: Path, data_dir: Path, **overrides) -> TrainSettings:
+    values = {
+        "run_dir": run_dir,
+        "data": DataSettings(data_dir=data_dir, crop=(16, 16), val_fraction=0.34),
+        "model": SMALL_MODEL,
+        "epochs": 3,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "checkpoint_every": 2,
+    }
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+def mse_on(model: torch.nn.Module, dataset: EventVoxelDataset) -> float:
+    with torch.no_grad():
+        errors = [((model(x[None]) - y[None]) ** 2).mean() for x, y in dataset]
+    return float(torch.stack(errors).mean())
+
+
+def test_loss_decreases(tmp_path: Path, pairs_dir: Path) -> None:
+    settings = settings_for(
+        tmp_path, pairs_dir, epochs=12,
+        data=DataSettings(data_dir=pairs_dir, crop="full", flips=False, val_fraction=0),
+    )  # fmt: skip
+    result = train(settings)
+    trainer = Trainer(
+        settings.model_copy(update={"resume": result.last_checkpoint}), start_cluster("cpu")
+    )
+    before = mse_on(TrueResidualUNet3D(SMALL_MODEL), trainer.train_set)  # identity: raw input
+    after = mse_on(trainer.model, trainer.train_set)
+    assert after < 0.8 * before, (before, after)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_checkpoint_reloads_to_identical_outputs(tmp_path: Path, pairs_dir: Path) -> None:
+    result = train(settings_for(tmp_path / "run", pairs_dir, epochs=1))
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint["step"] == result.steps and checkpoint["epoch"] == 1
+    assert set(checkpoint) >= {"model", "optimizer", "scheduler", "settings", "best_metric"}
+    first = TrueResidualUNet3D(SMALL_MODEL)
+    first.load_state_dict(checkpoint["model"])
+    again = TrueResidualUNet3D(ModelSettings(**checkpoint["settings"]["model"]))
+    again.load_state_dict(load_checkpoint(result.last_checkpoint)["model"])
+    voxels = torch.randn(2, 1, 8, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(first(voxels), again(voxels))
+        assert not torch.equal(first(voxels), voxels)  # it did learn something
+    assert (tmp_path / "run" / "best.pt").exists()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, pairs_dir: Path) -> None:
+    straight = train(settings_for(tmp_path / "a", pairs_dir))
+    steps_per_epoch = straight.steps // 3
+    assert steps_per_epoch >= 2
+
+    stop_at = steps_per_epoch + 1  # in the middle of epoch 2
+
+    def press_ctrl_c(stage: str, done: int, total: int, detail: str = "") -> None:
+        if stage == "training" and done == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(settings_for(tmp_path / "b", pairs_dir), press_ctrl_c)
+    assert first.interrupted and first.steps == stop_at
+    saved = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert saved["step"] == stop_at and saved["step_in_epoch"] == 1
+    resumed = train(settings_for(tmp_path / "b", pairs_dir, resume=tmp_path / "b" / "last.pt"))
+    assert not resumed.interrupted and resumed.steps == straight.steps
+    expected, actual = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    with open(tmp_path / "b" / "metrics.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == sorted(set(steps))  # no duplicated rows after the resume
+
+
+def test_resume_with_other_model_settings_is_refused(tmp_path: Path, pairs_dir: Path) -> None:
+    result = train(settings_for(tmp_path, pairs_dir, epochs=1))
+    other = settings_for(tmp_path, pairs_dir, model=ModelSettings(f_maps=(8, 16, 32)),
+                         resume=result.last_checkpoint)  # fmt: skip
+    with pytest.raises(Exception, match="model settings"):
+        train(other)
+
+
+def test_debug_writes_the_seed_folders(tmp_path: Path, pairs_dir: Path) -> None:
+    result = train(settings_for(tmp_path, pairs_dir, debug=True))
+    folder = result.debug_dir
+    assert folder == tmp_path / "debug_output" / "epoch_000_iter_002"
+    for name in ["1_input_events", "3_target_events", "5_output_events", "8_residual_events"]:
+        assert any((folder / name).iterdir())
+    for name in ["2_input_voxel", "4_target_voxel", "6_output_voxel", "7_residual_voxel"]:
+        assert (folder / name / "voxel_bins.png").stat().st_size > 10_000
+    summary = (folder / "debug_summary.txt").read_text()
+    assert "identity check: output == input + residual: True" in summary
+    assert "residual mean" in summary
+
+
+def test_train_command(tmp_path: Path, pairs_dir: Path) -> None:
+    runner = CliRunner()
+    run_dir = str(tmp_path / "run")
+    args = ["train", "--data-dir", str(pairs_dir), "--run-dir", run_dir, "--epochs", "1",
+            "--crop", "16x16", "--f-maps", "8,16", "--batch-size", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "done" in result.output and (tmp_path / "run" / "last.pt").exists()
+    bad = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nope"), "--run-dir", "x"])
+    assert bad.exit_code == 1 and "folder not found" in bad.output
+    bad = runner.invoke(
+        app,
+        [
+            *args[:-2],
+            "--resume",
+            str(pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"),
+        ],
+    )
+    assert bad.exit_code == 1 and "not a readable deflare checkpoint" in bad.output
+    bad = runner.invoke(app, ["train", "--data-dir", str(pairs_dir)])
+    assert bad.exit_code == 1 and "run_dir" in bad.output
+
+
+def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
+    """torchrun with gloo: both ranks hold identical weights; only rank 0 writes checkpoints."""
+    worker = Path(__file__).parent / "ddp_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(worker), str(pairs_dir), str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "weights_rank1.pt", weights_only=True)
+    initial = TrueResidualUNet3D(SMALL_MODEL).state_dict()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert not torch.equal(
+        rank0["backbone.final_conv.weight"], initial["backbone.final_conv.weight"]
+    )
+    assert (tmp_path / "saves_rank0.txt").read_text().count("last.pt") >= 1
+    assert (tmp_path / "saves_rank1.txt").read_text() == ""
+    assert (tmp_path / "run" / "last.pt").exists()
