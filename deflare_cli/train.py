@@ -33,13 +33,22 @@ from .data import EventVoxelDataset, VoxelCache, find_pairs, prepare_pairs, spli
 from .errors import DeflareError, InputError
 from .events import Progress, no_progress
 from .io import atomic_output
+from .metrics import VOXEL_METRICS, mean_metrics, segment_metrics
 from .model import TrueResidualUNet3D, count_parameters
 from .settings import Device, Precision, ReadSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "deflare-checkpoint/1"
-METRIC_COLUMNS = ["step", "epoch", "train_loss", "val_mse", "val_raw_mse", "lr", "seconds"]
+METRIC_COLUMNS = [
+    "step",
+    "epoch",
+    "train_loss",
+    *(f"val_{name}" for name in VOXEL_METRICS),
+    *(f"raw_{name}" for name in VOXEL_METRICS),  # the input itself scored: the bar to beat
+    "lr",
+    "seconds",
+]
 
 
 # ----------------------------------------------------------------------------- devices
@@ -409,42 +418,44 @@ class Trainer:
     # -- validation and metrics
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """(MSE of the model's output, MSE of the raw input) against targets, full frames."""
+    def validate(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Voxel metrics of the model's output and of the raw input against the targets, as
+        means over the validation segments (full frames). Empty dicts without validation data.
+
+        The output is rounded first: rounded cells are exactly the voxels of the events that
+        decoding would emit, and unrounded near-zero residuals would count as events in the F1s.
+        """
         if self.val_set is None:
-            return math.nan, math.nan
+            return {}, {}
         self.model.eval()
         loader = DataLoader(self.val_set, batch_size=self.settings.batch_size)
-        total_model = total_raw = 0.0
-        count = 0
+        model_rows, raw_rows = [], []
         for done, (inputs, targets) in enumerate(loader, start=1):
-            inputs, targets = self._to_device(inputs), self._to_device(targets)
             with self._autocast():
-                outputs = self.model(inputs).float()
-            cells = targets.numel()
-            total_model += float(((outputs - targets) ** 2).sum())
-            total_raw += float(((inputs - targets) ** 2).sum())
-            count += cells
+                outputs = self.model(self._to_device(inputs)).float().round().cpu()
+            for output, source, target in zip(outputs, inputs, targets, strict=True):
+                model_rows.append(segment_metrics(output[0], target[0]))
+                raw_rows.append(segment_metrics(source[0], target[0]))
             self.progress("validating", done, len(loader))
         self.model.train()
-        return total_model / count, total_raw / count
+        return mean_metrics(model_rows), mean_metrics(raw_rows)
 
     def _validate_and_log(self, losses: list[float], started: float) -> None:
         if self.cluster.is_main:
-            val_mse, raw_mse = self.validate()
+            scores, raw_scores = self.validate()
             train_loss = sum(losses) / len(losses) if losses else math.nan
             row = {
                 "step": self.position.step,
                 "epoch": self.position.epoch,
                 "train_loss": train_loss,
-                "val_mse": val_mse,
-                "val_raw_mse": raw_mse,
+                **{f"val_{k}": scores.get(k, math.nan) for k in VOXEL_METRICS},
+                **{f"raw_{k}": raw_scores.get(k, math.nan) for k in VOXEL_METRICS},
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - started, 2),
             }
             self.history.append(row)
             self._append_metrics(row)
-            metric = val_mse if not math.isnan(val_mse) else train_loss
+            metric = scores.get("mse", train_loss)
             if metric < self.position.best_metric:
                 self.position.best_metric = metric
                 self._save("best.pt")
@@ -461,6 +472,23 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch") and not math.isnan(value):
+                    self.tensorboard.add_scalar(key, value, self.position.step)
+            self.tensorboard.flush()
+
+    @property
+    def tensorboard(self) -> Any:
+        """A TensorBoard writer into RUN_DIR/tensorboard when the package is installed."""
+        if not hasattr(self, "_tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional: metrics.csv has everything
+                self._tensorboard = None
+            else:
+                self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tensorboard
 
     def _trim_metrics(self) -> None:
         """On resume, drop metric rows written after the checkpoint's step."""

@@ -137,6 +137,8 @@ def test_train_command(tmp_path: Path, pairs_dir: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "done" in result.output and (tmp_path / "run" / "last.pt").exists()
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_mse", "val_pmse_4", "val_r_f1", "raw_r_f1", "raw_tp_f1"} <= set(header)
     bad = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nope"), "--run-dir", "x"])
     assert bad.exit_code == 1 and "folder not found" in bad.output
     bad = runner.invoke(
