@@ -154,14 +154,14 @@ def voxel_to_events(voxels: Voxels, seed: int = 0, progress: Progress = no_progr
     rng = np.random.default_rng(seed)
     parts: list[tuple[np.ndarray, ...]] = []
     for segment in range(voxels.num_segments):
-        parts.append(_decode_segment(voxels, segment, rng))
+        parts.append(decode_segment(voxels, segment, rng))
         progress("decoding", segment + 1, voxels.num_segments)
     t, x, y, p = (np.concatenate(column) for column in zip(*parts, strict=True))
     height, width = voxels.sensor_size
     return Events(t, x, y, p, height, width, voxels.span_us)
 
 
-def _decode_segment(
+def decode_segment(
     voxels: Voxels, segment: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(t, x, y, p) of one segment, sorted by time."""

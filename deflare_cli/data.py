@@ -26,12 +26,11 @@ from torch.utils.data import Dataset
 from .codec import count_segments, events_to_voxel
 from .errors import DeflareError, InputError
 from .events import Events, Progress, no_progress
-from .io import atomic_output, read_events
+from .io import atomic_output, list_event_files, read_events
 from .settings import CodecSettings, DataSettings, ReadSettings, paired_dirs
 
 log = logging.getLogger(__name__)
 
-EVENT_SUFFIXES = (".h5", ".hdf5", ".hdf", ".raw", ".dat", ".aedat4", ".es", ".csv")
 _ID_PATTERN = re.compile(r"^composed_(\d+)_bg_(?:flare|light)$")
 CACHE_VERSION = 1
 
@@ -59,13 +58,6 @@ def pair_id(path: Path) -> str:
     """``composed_00042_bg_flare.h5`` -> ``00042``; other names pair by their stem."""
     match = _ID_PATTERN.match(path.stem)
     return match.group(1) if match else path.stem
-
-
-def list_event_files(folder: Path) -> list[Path]:
-    """Readable event files in a folder (not recursive), sorted by name."""
-    if not folder.is_dir():
-        raise InputError(folder, "folder not found")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EVENT_SUFFIXES)
 
 
 def find_pairs(flare_dir: Path, clean_dir: Path) -> list[Pair]:

@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,6 +50,7 @@ from .settings import ReadSettings, WriteSettings
 log = logging.getLogger(__name__)
 
 FAERY_SUFFIXES = (".raw", ".dat", ".aedat4", ".es", ".csv")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 READ_CHUNK = 1 << 22  # events per HDF5 read, so progress moves and temporaries stay small
 WRITE_CHUNK = 1 << 18  # HDF5 chunk length (events) for compressed output
 STDIO = "-"
@@ -92,15 +93,112 @@ def read_events(
     Raises:
         InputError: missing, unreadable, corrupt or invalid file, or no events.
     """
-    label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
-    if isinstance(source, str | Path):
-        path = Path(source)
-        _check_readable(path)
-        if path.suffix.lower() in FAERY_SUFFIXES:
-            return _read_with_faery(path, settings)
-    with _open_hdf5(source, label) as h5:
-        layout = _detect_layout(h5, label)
-        return _read_hdf5(h5, layout, settings, progress, label)
+    with EventFileReader(source, settings, name) as reader:
+        events = reader.read(*reader.span_us, progress)
+    window = settings.time_window_ms
+    if window is None:
+        return replace(events, span_us=None)
+    if not len(events):
+        raise InputError(
+            reader.label, f"no events in the time window {window[0]:g}-{window[1]:g} ms"
+        )
+    return events
+
+
+class EventFileReader:
+    """An event file opened for reading window by window, in time order.
+
+    Streaming code (inference on a 10-minute recording) reads ``[start, end)`` windows one after
+    another with bounded memory: sorted HDF5 files by row ranges found through ``ms_to_idx``
+    (DSEC) or binary search on the time column; unsorted files and camera formats are loaded
+    whole, sorted, once.
+
+    Attributes:
+        label: the file's name for messages.
+        sensor_size: (height, width) in pixels.
+        span_us: [start, end) of the recording, or of the time window when one is set.
+    """
+
+    def __init__(
+        self, source: Source, settings: ReadSettings = ReadSettings(), name: str | None = None
+    ) -> None:
+        self.label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+        self.settings = settings
+        self._h5: h5py.File | None = None
+        self._loaded: Events | None = None
+        if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
+            _check_readable(Path(source))
+            self._loaded = _read_with_faery(Path(source), settings)
+            self.sensor_size = self._loaded.sensor_size
+            start = int(self._loaded.t[0])
+        else:
+            if isinstance(source, str | Path):
+                _check_readable(Path(source))
+            self._h5 = _open_hdf5(source, self.label)
+            try:
+                start = self._open_layout()
+            except BaseException:
+                self.close()
+                raise
+        self.span_us = self._span(start)
+
+    def _open_layout(self) -> int:
+        """Detect the layout; load unsorted files whole. Returns the recording's start (us)."""
+        assert self._h5 is not None
+        self._layout = _detect_layout(self._h5, self.label)
+        self.sensor_size = (
+            self.settings.sensor_size or self._layout.sensor_size or DEFAULT_SENSOR_SIZE
+        )
+        self._total = self._h5[self._layout.columns["t"]].shape[0]
+        if self._total == 0:
+            raise InputError(self.label, "contains no events")
+        if self._layout.ms_to_idx is None and not _column_sorted(self._h5, self._layout):
+            self._loaded = _sorted(self._rows(0, self._total, no_progress), self.label)
+        return _recording_start(self._h5, self._layout, self._loaded)
+
+    def _span(self, start: int) -> tuple[int, int]:
+        window = self.settings.time_window_ms
+        if window is not None:
+            return _window_us(start, window)
+        if self._loaded is not None:
+            return int(self._loaded.t[0]), int(self._loaded.t[-1]) + 1
+        times = self._h5[self._layout.columns["t"]]
+        first = int(self._layout.to_us(np.asarray(times[:1]))[0])
+        last = int(self._layout.to_us(np.asarray(times[-1:]))[0])
+        return first, last + 1
+
+    def read(self, start_us: int, end_us: int, progress: Progress = no_progress) -> Events:
+        """The events with ``start_us <= t < end_us``, sorted, with that window as their span."""
+        if self._loaded is not None:
+            return self._loaded.time_slice(start_us, end_us)
+        first, stop = _window_indices(self._h5, self._layout, (start_us, end_us), self.label)
+        events = _sorted(self._rows(first, stop, progress), self.label)
+        return events.time_slice(start_us, end_us)
+
+    def _rows(self, start: int, stop: int, progress: Progress) -> Events:
+        assert self._h5 is not None
+        return _read_rows(
+            self._h5, self._layout, start, stop, self.sensor_size, progress, self.label
+        )
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> EventFileReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def list_event_files(folder: Path) -> list[Path]:
+    """Event files in a folder (not recursive, by suffix), sorted by name."""
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    suffixes = HDF5_SUFFIXES + FAERY_SUFFIXES
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def _check_readable(path: Path) -> None:
@@ -112,18 +210,13 @@ def _check_readable(path: Path) -> None:
         raise InputError(path, "permission denied")
 
 
-@contextlib.contextmanager
-def _open_hdf5(source: Source, label: str) -> Iterator[h5py.File]:
+def _open_hdf5(source: Source, label: str) -> h5py.File:
     try:
-        h5 = h5py.File(source, "r")
+        return h5py.File(source, "r")
     except OSError as error:
         if _looks_like_hdf5(source):
             raise InputError(label, f"corrupt or truncated HDF5 file ({error})") from None
         raise InputError(label, "not an HDF5 file (and not a known camera format)") from None
-    try:
-        yield h5
-    finally:
-        h5.close()
 
 
 def _looks_like_hdf5(source: Source) -> bool:
@@ -233,30 +326,6 @@ def _refuse_nan(values: np.ndarray, label: str) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         raise InputError(label, f"timestamp is NaN or infinite at event {int(np.argmax(bad))}")
-
-
-def _read_hdf5(
-    h5: h5py.File, layout: _Layout, settings: ReadSettings, progress: Progress, label: str
-) -> Events:
-    sensor_size = settings.sensor_size or layout.sensor_size or DEFAULT_SENSOR_SIZE
-    total = h5[layout.columns["t"]].shape[0]
-    if total == 0:
-        raise InputError(label, "contains no events")
-    window = settings.time_window_ms
-    if window is None:
-        return _sorted(_read_rows(h5, layout, 0, total, sensor_size, progress, label), label)
-    if layout.ms_to_idx is None and not _column_sorted(h5, layout):
-        # Bisection needs sorted rows: read and sort everything, then cut the window.
-        events = _sorted(_read_rows(h5, layout, 0, total, sensor_size, progress, label), label)
-        span = _window_us(_recording_start(h5, layout, events), window)
-    else:
-        span = _window_us(_recording_start(h5, layout), window)
-        start, stop = _window_indices(h5, layout, span, label)
-        events = _sorted(_read_rows(h5, layout, start, stop, sensor_size, progress, label), label)
-    events = events.time_slice(*span)
-    if not len(events):
-        raise InputError(label, f"no events in the time window {window[0]:g}-{window[1]:g} ms")
-    return events
 
 
 def _sorted(events: Events, label: str) -> Events:
@@ -407,14 +476,7 @@ def _read_with_faery(path: Path, settings: ReadSettings) -> Events:
     events = make_events(
         array["t"], array["x"], array["y"], array["on"].astype(np.int8), sensor_size
     )
-    events = _sorted(events, str(path))
-    if settings.time_window_ms is not None:
-        start = int(events.t[0])
-        window = settings.time_window_ms
-        events = events.time_slice(start + round(window[0] * 1000), start + round(window[1] * 1000))
-        if not len(events):
-            raise InputError(path, f"no events in the time window {window} ms")
-    return events
+    return _sorted(events, str(path))
 
 
 # ----------------------------------------------------------------------------- writing

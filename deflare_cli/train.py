@@ -30,16 +30,21 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import __version__
 from .data import EventVoxelDataset, VoxelCache, find_pairs, prepare_pairs, split_pairs
-from .errors import DeflareError, InputError
+from .errors import DeflareError
 from .events import Progress, no_progress
 from .io import atomic_output
 from .metrics import VOXEL_METRICS, mean_metrics, segment_metrics
-from .model import TrueResidualUNet3D, count_parameters
+from .model import (
+    CHECKPOINT_FORMAT,
+    TrueResidualUNet3D,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .settings import Device, Precision, ReadSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "deflare-checkpoint/1"
 METRIC_COLUMNS = [
     "step",
     "epoch",
@@ -148,28 +153,6 @@ class EpochSampler(Sampler[int]):
 def _ignore_sigint(_worker_id: int) -> None:
     # Ctrl-C is the main process's to handle (it saves a checkpoint); workers keep loading.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write one checkpoint dict atomically: a crash mid-write leaves the old file intact."""
-    with atomic_output(path) as temp_path:
-        torch.save(checkpoint, temp_path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A deflare checkpoint, loaded without running code (``weights_only=True``)."""
-    if not Path(path).is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise InputError(path, f"not a readable deflare checkpoint ({error})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not a deflare checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    return checkpoint
 
 
 # ----------------------------------------------------------------------------- training
