@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 FAERY_SUFFIXES = (".raw", ".dat", ".aedat4", ".es", ".csv")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 READ_CHUNK = 1 << 22  # events per HDF5 read, so progress moves and temporaries stay small
-WRITE_CHUNK = 1 << 18  # HDF5 chunk length (events) for compressed output
+WRITE_CHUNK = 1 << 18  # HDF5 chunk length (events): datasets grow by appends
 STDIO = "-"
 
 Source = str | Path | BinaryIO
@@ -495,30 +495,87 @@ def write_events(
     (``t_start_us``, ``t_end_us``) when known, and any ``attrs`` (e.g. provenance).
     A stream target (stdout) receives the finished file's bytes.
     """
-    with atomic_output(target) as temp_path:
-        with h5py.File(temp_path, "w") as h5:
-            group = h5.create_group("events")
-            for key in "txyp":
-                data = getattr(events, key)
-                group.create_dataset(key, data=data, **_compression_options(settings, len(data)))
-            h5.attrs["num_events"] = len(events)
-            h5.attrs["resolution_height"] = events.height
-            h5.attrs["resolution_width"] = events.width
-            if events.span_us is not None:
-                h5.attrs["t_start_us"], h5.attrs["t_end_us"] = events.span_us
-            for key, value in (attrs or {}).items():
-                h5.attrs[key] = value
+    with EventFileWriter(target, events.sensor_size, settings) as writer:
+        writer.append(events)
+        writer.finish(events.span_us, attrs)
 
 
-def _compression_options(settings: WriteSettings, length: int) -> dict[str, Any]:
-    if settings.compression == "none" or length == 0:
-        return {}
-    chunks = (min(WRITE_CHUNK, length),)
+class EventFileWriter:
+    """Writes a deflare-layout event file piece by piece, atomically.
+
+    ``append`` events in time order, then ``finish``; the file appears under its name only when
+    the ``with`` block ends without error. Otherwise nothing is left behind.
+    """
+
+    def __init__(
+        self,
+        target: str | Path | BinaryIO,
+        sensor_size: tuple[int, int],
+        settings: WriteSettings = WriteSettings(),
+    ) -> None:
+        self.target = target
+        self.sensor_size = sensor_size
+        self.settings = settings
+        self.count = 0
+        self._finished = False
+
+    def __enter__(self) -> EventFileWriter:
+        self._output = atomic_output(self.target)
+        temp_path = self._output.__enter__()
+        try:
+            self._h5 = h5py.File(temp_path, "w")
+            group = self._h5.create_group("events")
+            options = _compression_options(self.settings)
+            for key, dtype in (("t", T_DTYPE), ("x", XY_DTYPE), ("y", XY_DTYPE), ("p", np.int8)):
+                group.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dtype, **options)
+        except BaseException:
+            self._output.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def append(self, events: Events) -> None:
+        """Add events (later than those already written)."""
+        if events.sensor_size != self.sensor_size:
+            raise ValueError(f"sensor size {events.sensor_size} != {self.sensor_size}")
+        new_count = self.count + len(events)
+        for key in "txyp":
+            dataset = self._h5["events"][key]
+            dataset.resize((new_count,))
+            dataset[self.count : new_count] = getattr(events, key)
+        self.count = new_count
+
+    def finish(
+        self, span_us: tuple[int, int] | None = None, attrs: dict[str, Any] | None = None
+    ) -> None:
+        """Write the attributes; call once, after the last ``append``."""
+        self._h5.attrs["num_events"] = self.count
+        self._h5.attrs["resolution_height"], self._h5.attrs["resolution_width"] = self.sensor_size
+        if span_us is not None:
+            self._h5.attrs["t_start_us"], self._h5.attrs["t_end_us"] = span_us
+        for key, value in (attrs or {}).items():
+            self._h5.attrs[key] = value
+        self._finished = True
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        self._h5.close()
+        if exc_type is None and not self._finished:
+            exc_type, exc = RuntimeError, RuntimeError("EventFileWriter closed before finish()")
+        if exc_type is None:
+            self._output.__exit__(None, None, None)
+        else:
+            self._output.__exit__(exc_type, exc, traceback)
+
+
+def _compression_options(settings: WriteSettings) -> dict[str, Any]:
+    """Chunked (needed to grow the datasets), optionally compressed."""
+    options: dict[str, Any] = {"chunks": (WRITE_CHUNK,)}
     if settings.compression == "zstd":
-        return {"chunks": chunks, **hdf5plugin.Zstd(clevel=3)}
-    if settings.compression == "gzip":
-        return {"chunks": chunks, "compression": "gzip", "compression_opts": 4, "shuffle": True}
-    return {"chunks": chunks, "compression": "lzf", "shuffle": True}
+        options.update(hdf5plugin.Zstd(clevel=3))
+    elif settings.compression == "gzip":
+        options.update(compression="gzip", compression_opts=4, shuffle=True)
+    elif settings.compression == "lzf":
+        options.update(compression="lzf", shuffle=True)
+    return options
 
 
 @contextlib.contextmanager

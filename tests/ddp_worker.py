@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from deflare_cli import train as train_module
+from deflare_cli.devices import start_cluster
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 
 data_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
@@ -37,7 +38,7 @@ settings = TrainSettings(
     lr=1e-3,
     device="cpu",
 )
-cluster = train_module.start_cluster("cpu")
+cluster = start_cluster("cpu")
 trainer = train_module.Trainer(settings, cluster)
 trainer.run()
 torch.save(trainer.model.state_dict(), out_dir / f"weights_rank{rank}.pt")

@@ -1,0 +1,81 @@
+"""Where computation runs: CPU, one GPU, or one of several torchrun processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from .errors import DeflareError
+from .settings import Device, Precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place among the training processes (one, unless under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(choice: Device, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DeflareError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def cluster_from_env(choice: Device) -> Cluster:
+    """This process's rank and device as torchrun describes them, without a process group
+    (enough for work that is only shared out, like deflaring a folder)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(choice, local_rank)
+    return Cluster(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), device)
+
+
+def start_cluster(choice: Device) -> Cluster:
+    """Join the torchrun process group when WORLD_SIZE > 1, else run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(choice, local_rank)
+    if world_size == 1:
+        return Cluster(device=device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Cluster(dist.get_rank(), dist.get_world_size(), device)
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32.
+
+    ``auto`` is bf16 (fp16 where bf16 is unsupported) on CUDA and fp32 on CPU: on CPU, bf16
+    autocast backward crashed (segfault) with PyTorch 2.13's oneDNN kernels at batch >= 2 on an
+    AMX Xeon, and fp32 at batch >= 2 avoids the slow batch-1 Conv3d kernel anyway.
+    """
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise DeflareError("fp16 training needs a CUDA GPU; use --precision fp32 or bf16")
+        log.warning("bf16 training on CPU is experimental: PyTorch 2.13 crashed here with it")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
