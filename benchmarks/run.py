@@ -135,6 +135,10 @@ def bench_train_step(batch: int, bins_hw: tuple[int, int, int], steps: int) -> l
     shape = (batch, 1, *bins_hw)
     inputs = torch.randint(-2, 3, shape).float() * (torch.rand(shape) < 0.05)
     targets = inputs * (torch.rand(shape) < 0.7)
+    # as the trainer does: channels-last 3D memory
+    model = model.to(memory_format=torch.channels_last_3d)
+    inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+    targets = targets.contiguous(memory_format=torch.channels_last_3d)
 
     def step() -> None:
         loss = torch.nn.functional.mse_loss(model(inputs), targets)
@@ -155,6 +159,49 @@ def bench_train_step(batch: int, bins_hw: tuple[int, int, int], steps: int) -> l
     }]  # fmt: skip
 
 
+def bench_infer(count: int, mode: str) -> list[dict]:
+    """`deflare deflare` on a 100 ms 640x480 file: seconds per stage and the real-time factor.
+
+    The model is the default architecture with a randomly perturbed last layer, so that preserve
+    mode has real edits to make (an untrained model would change nothing); the row names how
+    many events came out.
+    """
+    from deflare_cli.infer import STAGES, deflare
+    from deflare_cli.model import CHECKPOINT_FORMAT, TrueResidualUNet3D
+    from deflare_cli.settings import CodecSettings, InferSettings, ModelSettings
+
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.integers(0, 100_000, count))
+    events = make_events(
+        t, rng.integers(0, SENSOR[1], count), rng.integers(0, SENSOR[0], count),
+        rng.integers(0, 2, count), SENSOR,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = TrueResidualUNet3D()
+    with torch.no_grad():
+        model.backbone.final_conv.weight.normal_(0, 0.1)
+    settings = {"model": ModelSettings().model_dump(mode="json"),
+                "codec": CodecSettings().model_dump(mode="json")}  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        source, checkpoint = Path(folder) / "in.h5", Path(folder) / "model.pt"
+        write_events(source, events)
+        torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "settings": settings},
+                   checkpoint)  # fmt: skip
+        infer = InferSettings(checkpoint=checkpoint, output_mode=mode, device="cpu")
+        [result] = deflare(source, Path(folder) / "out.h5", infer)
+    total = result.seconds
+    row = {
+        "name": f"deflare {count / 1e6:g} M events / 100 ms -> {result.output_events / 1e6:.2f} M, "
+        f"{mode}, CPU fp32 batch 1",
+        "seconds": total,
+        "realtime_factor": result.duration_s / total,
+        "process_peak_bytes": rss_bytes("VmHWM"),
+        "non_model_share": 1 - result.stage_seconds["model"] / total,
+    }
+    row.update({f"stage_{stage}": result.stage_seconds[stage] for stage in STAGES})
+    return [row]
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "encode-1M": lambda: [bench_encode(1_000_000)],
     "encode-10M": lambda: [bench_encode(10_000_000)],
@@ -163,6 +210,8 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "hdf5-zstd": lambda: bench_hdf5(10_000_000, "zstd"),
     "train-crop": lambda: bench_train_step(4, (8, 128, 128), 3),
     "train-full": lambda: bench_train_step(1, (8, 480, 640), 1),
+    "infer-preserve": lambda: bench_infer(1_000_000, "preserve"),
+    "infer-resample": lambda: bench_infer(1_000_000, "resample"),
 }
 
 
@@ -204,13 +253,36 @@ def table(rows: list[dict]) -> str:
             if "speedup_vs_np_add_at" in row
             else "",
             _cell(row, "mb_per_s", "{:.0f}"),
-            f"{row['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in row else "",
+            _memory(row),
             f"{2 * row['events_plus_voxels_bytes'] / 2**20:.0f} MiB"
             if "events_plus_voxels_bytes" in row
             else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    stage_rows = [row for row in rows if "realtime_factor" in row]
+    if stage_rows:
+        lines += [
+            "",
+            "Inference per stage (seconds) and real-time factor (recording s / wall s):",
+            "",
+        ]
+        stages = [key.removeprefix("stage_") for key in stage_rows[0] if key.startswith("stage_")]
+        lines.append("| run | " + " | ".join(stages) + " | total | x real time | all but model |")
+        lines.append("|---" + "|---:" * (len(stages) + 3) + "|")
+        for row in stage_rows:
+            cells = [f"{row['stage_' + stage]:.3f}" for stage in stages]
+            cells += [f"{row['seconds']:.2f}", f"{row['realtime_factor']:.4f}",
+                      f"{100 * row['non_model_share']:.1f}%"]  # fmt: skip
+            lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _memory(row: dict) -> str:
+    if "peak_bytes" in row:
+        return f"{row['peak_bytes'] / 2**20:.0f} MiB"
+    if "process_peak_bytes" in row:
+        return f"{row['process_peak_bytes'] / 2**20:.0f} MiB (process)"
+    return ""
 
 
 def _cell(row: dict, key: str, pattern: str) -> str:

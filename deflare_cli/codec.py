@@ -165,22 +165,34 @@ def decode_segment(
     voxels: Voxels, segment: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(t, x, y, p) of one segment, sorted by time."""
-    height, width = voxels.sensor_size
     counts = torch.round(voxels.data[segment]).to(torch.int32).flatten().numpy()
     cells = np.flatnonzero(counts)
-    cell_counts = counts[cells]
-    repeats = np.abs(cell_counts)
-    cell_of_event = np.repeat(cells, repeats)
-    polarity = np.repeat(np.sign(cell_counts).astype(P_DTYPE), repeats)
+    segment_start = voxels.t0_us + segment * voxels.segment_us
+    return cells_to_events(cells, counts[cells], segment_start, voxels, rng)
 
+
+def cells_to_events(
+    cells: np.ndarray,
+    counts: np.ndarray,
+    segment_start_us: int,
+    layout: Voxels,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Events for signed counts at flat cells ``(bin * H + y) * W + x`` of one segment laid out
+    as ``layout``: |count| events of the count's sign each, timestamps uniform in the bin,
+    sorted by time. Returns (t, x, y, p)."""
+    height, width = layout.sensor_size
+    repeats = np.abs(counts)
+    cell_of_event = np.repeat(cells, repeats)
+    polarity = np.repeat(np.sign(counts).astype(P_DTYPE), repeats)
     bin_index, pixel = np.divmod(cell_of_event, height * width)
     y, x = np.divmod(pixel, width)
-    offset = bin_index * voxels.bin_us + rng.integers(0, voxels.bin_us, size=len(cell_of_event))
+    offset = bin_index * layout.bin_us + rng.integers(0, layout.bin_us, size=len(cell_of_event))
     # Offsets inside a 20 ms segment fit 16 bits, where numpy's stable sort is a radix sort
     # (5x faster than sorting int64 timestamps).
-    key = offset.astype(np.uint16) if voxels.segment_us <= 2**16 else offset
+    key = offset.astype(np.uint16) if layout.segment_us <= 2**16 else offset
     order = np.argsort(key, kind="stable")
-    t = (voxels.t0_us + segment * voxels.segment_us + offset[order]).astype(T_DTYPE)
+    t = (segment_start_us + offset[order]).astype(T_DTYPE)
     return t, x[order].astype(XY_DTYPE), y[order].astype(XY_DTYPE), polarity[order]
 
 

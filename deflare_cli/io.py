@@ -96,8 +96,8 @@ def read_events(
     with EventFileReader(source, settings, name) as reader:
         events = reader.read(*reader.span_us, progress)
     window = settings.time_window_ms
-    if window is None:
-        return replace(events, span_us=None)
+    if window is None:  # the span a deflare-written file recorded, if any
+        return replace(events, span_us=reader.recorded_span)
     if not len(events):
         raise InputError(
             reader.label, f"no events in the time window {window[0]:g}-{window[1]:g} ms"
@@ -117,6 +117,8 @@ class EventFileReader:
         label: the file's name for messages.
         sensor_size: (height, width) in pixels.
         span_us: [start, end) of the recording, or of the time window when one is set.
+        recorded_span: the span stored in a deflare-written file (``t_start_us``,
+            ``t_end_us``), when it holds all the file's events; else None.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class EventFileReader:
         self.settings = settings
         self._h5: h5py.File | None = None
         self._loaded: Events | None = None
+        self.recorded_span: tuple[int, int] | None = None
         if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
             _check_readable(Path(source))
             self._loaded = _read_with_faery(Path(source), settings)
@@ -161,10 +164,17 @@ class EventFileReader:
         if window is not None:
             return _window_us(start, window)
         if self._loaded is not None:
-            return int(self._loaded.t[0]), int(self._loaded.t[-1]) + 1
-        times = self._h5[self._layout.columns["t"]]
-        first = int(self._layout.to_us(np.asarray(times[:1]))[0])
-        last = int(self._layout.to_us(np.asarray(times[-1:]))[0])
+            first, last = int(self._loaded.t[0]), int(self._loaded.t[-1])
+        else:
+            times = self._h5[self._layout.columns["t"]]
+            first = int(self._layout.to_us(np.asarray(times[:1]))[0])
+            last = int(self._layout.to_us(np.asarray(times[-1:]))[0])
+        attrs = self._h5.attrs if self._h5 is not None else {}
+        if "t_start_us" in attrs and "t_end_us" in attrs:
+            recorded = int(attrs["t_start_us"]), int(attrs["t_end_us"])
+            if recorded[0] <= first and last < recorded[1]:
+                self.recorded_span = recorded
+                return recorded
         return first, last + 1
 
     def read(self, start_us: int, end_us: int, progress: Progress = no_progress) -> Events:

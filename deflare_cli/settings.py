@@ -212,6 +212,23 @@ class TrainSettings(Frozen):
         return self
 
 
+OutputMode = Literal["preserve", "resample"]
+
+
+class InferSettings(Frozen):
+    """``deflare deflare``: run a trained model over event files."""
+
+    checkpoint: Path | None = Field(None, description="None: the default model in the package")
+    device: Device = "auto"
+    precision: Precision = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    batch_size: int = Field(1, ge=1, description="segments per forward pass")
+    output_mode: OutputMode = "preserve"
+    sensor_size: tuple[int, int] | None = None
+    overwrite: bool = False
+    seed: int = Field(0, ge=0, description="seed of removals and synthesised timestamps")
+    compression: Compression = "none"
+
+
 S = TypeVar("S", bound=BaseModel)
 
 

@@ -124,9 +124,12 @@ def test_writer_layout_and_compression(tmp_path: Path, events, compression: str)
 def test_writer_keeps_span(tmp_path: Path) -> None:
     events = make_events(np.array([10, 20]), [0, 1], [0, 1], [1, 0], (4, 4), span_us=(0, 100_000))
     write_events(tmp_path / "s.h5", events)
-    assert read_events(tmp_path / "s.h5").span_us is None  # spans travel through voxel files
     with h5py.File(tmp_path / "s.h5") as h5:
         assert (h5.attrs["t_start_us"], h5.attrs["t_end_us"]) == (0, 100_000)
+    assert read_events(tmp_path / "s.h5").span_us == (0, 100_000)  # a re-encode keeps the grid
+    with h5py.File(tmp_path / "s.h5", "r+") as h5:
+        h5.attrs["t_end_us"] = 15  # a span that does not hold the events is ignored
+    assert read_events(tmp_path / "s.h5").span_us is None
 
 
 def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path: Path, events) -> None:
