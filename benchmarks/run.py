@@ -202,12 +202,36 @@ def bench_infer(count: int, mode: str) -> list[dict]:
     return [row]
 
 
+def bench_synth(pairs: int) -> list[dict]:
+    """Seconds per 100 ms 640x480 pair on one core (mean over pairs), events per pair."""
+    from deflare_cli.settings import SynthSettings
+    from deflare_cli.synth import synthesise_pair
+
+    torch.set_num_threads(1)
+    settings = SynthSettings(out_dir=Path("unused"), seed=0)
+    seconds, inputs, targets = [], [], []
+    for index in range(pairs):
+        started = time.perf_counter()
+        pair, _ = synthesise_pair(settings, index)
+        seconds.append(time.perf_counter() - started)
+        inputs.append(len(pair.flare_input))
+        targets.append(len(pair.clean_target))
+    return [{
+        "name": f"synth 100 ms 640x480 pair, 1 core (mean of {pairs}, slowest "
+        f"{max(seconds):.1f} s; {np.mean(inputs) / 1e6:.2f} M input, "
+        f"{np.mean(targets) / 1e6:.2f} M target events)",
+        "seconds": float(np.mean(seconds)),
+        "process_peak_bytes": rss_bytes("VmHWM"),
+    }]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "encode-1M": lambda: [bench_encode(1_000_000)],
     "encode-10M": lambda: [bench_encode(10_000_000)],
     "decode-1M": lambda: [bench_decode(1_000_000)],
     "hdf5-none": lambda: bench_hdf5(10_000_000, "none"),
     "hdf5-zstd": lambda: bench_hdf5(10_000_000, "zstd"),
+    "synth": lambda: bench_synth(6),
     "train-crop": lambda: bench_train_step(4, (8, 128, 128), 3),
     "train-full": lambda: bench_train_step(1, (8, 480, 640), 1),
     "infer-preserve": lambda: bench_infer(1_000_000, "preserve"),

@@ -44,6 +44,7 @@ from .settings import (
     InferSettings,
     OutputMode,
     Precision,
+    SynthSettings,
     TrainSettings,
     load_settings,
     parse_int_list,
@@ -190,6 +191,64 @@ def decode(
         output,
         f"[green]decoded[/] {escape(name)} -> {escape(output)}: {len(events)} events, "
         f"{events.height}x{events.width} sensor",
+    )
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the pairs and manifest.json.")],
+    num_files: Annotated[
+        int | None, typer.Option("--num-files", "-n", help="Pairs to make [10].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every scene [0].")] = None,
+    height: Annotated[int | None, typer.Option("--height", help="Sensor height [480].")] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Sensor width [640].")] = None,
+    duration_ms: Annotated[
+        float | None, typer.Option("--duration-ms", help="Length of each pair [100].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Parallel processes [1].")
+    ] = None,
+    background_dir: Annotated[
+        Path | None,
+        typer.Option("--background-dir", help="Take backgrounds from real recordings here."),
+    ] = None,
+    compression: CompressionOption = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into a folder that holds pairs.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Synthesise paired flare/clean event recordings (E-Deflare layout) from a physical model."""
+    from .synth import synthesise
+
+    with reporting_errors():
+        settings = load_settings(
+            SynthSettings,
+            config,
+            {
+                "out_dir": out_dir,
+                "num_files": num_files,
+                "seed": seed,
+                "height": height,
+                "width": width,
+                "duration_ms": duration_ms,
+                "workers": workers,
+                "background_dir": background_dir,
+                "compression": compression,
+                "overwrite": overwrite or None,
+            },
+        )
+        with progress_bar() as progress:
+            manifest = synthesise(settings, progress)
+    pairs = manifest["pairs"]
+    inputs = sum(pair["counts"]["input_events"] for pair in pairs)
+    targets = sum(pair["counts"]["target_events"] for pair in pairs)
+    print_summary(
+        "",
+        f"[green]synthesised[/] {len(pairs)} pairs in {escape(str(out_dir))}: "
+        f"{inputs / len(pairs):,.0f} input and {targets / len(pairs):,.0f} target events per "
+        "pair on average; parameters in manifest.json",
     )
 
 

@@ -497,16 +497,23 @@ def write_events(
     events: Events,
     settings: WriteSettings = WriteSettings(),
     attrs: dict[str, Any] | None = None,
+    columns: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write events in the deflare layout, atomically (a temp file renamed into place).
 
     ``/events/{t,x,y,p}`` (int64 us, uint16, uint16, int8 +-1) with root attributes
     ``num_events``, ``resolution_height``, ``resolution_width``, the stream's span
     (``t_start_us``, ``t_end_us``) when known, and any ``attrs`` (e.g. provenance).
+    ``columns`` adds per-event datasets beside them (e.g. ``is_flare``), which readers ignore.
     A stream target (stdout) receives the finished file's bytes.
     """
+    for name, column in (columns or {}).items():
+        if name in ("t", "x", "y", "p") or len(column) != len(events):
+            raise ValueError(f"column {name!r} must be new and hold one value per event")
     with EventFileWriter(target, events.sensor_size, settings) as writer:
         writer.append(events)
+        for name, column in (columns or {}).items():
+            writer.add_column(name, column)
         writer.finish(events.span_us, attrs)
 
 
@@ -553,6 +560,15 @@ class EventFileWriter:
             dataset.resize((new_count,))
             dataset[self.count : new_count] = getattr(events, key)
         self.count = new_count
+
+    def add_column(self, name: str, values: np.ndarray) -> None:
+        """Store a per-event dataset ``/events/NAME`` (after all events are appended)."""
+        options = _compression_options(self.settings)
+        if self.settings.compression == "none" or not len(values):
+            options = {}
+        else:
+            options["chunks"] = (min(WRITE_CHUNK, len(values)),)
+        self._h5["events"].create_dataset(name, data=values, **options)
 
     def finish(
         self, span_us: tuple[int, int] | None = None, attrs: dict[str, Any] | None = None
@@ -611,12 +627,19 @@ def atomic_output(target: str | Path | BinaryIO) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     os.close(handle)
     temp_path = Path(name)
+    os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield temp_path
         os.replace(temp_path, final)
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_distinct(source: Source, target: str | Path | BinaryIO) -> None:

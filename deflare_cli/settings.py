@@ -212,6 +212,42 @@ class TrainSettings(Frozen):
         return self
 
 
+class SynthSettings(Frozen):
+    """``deflare synth``: paired flare/clean recordings from a physical model (see synth.py)."""
+
+    out_dir: Path
+    num_files: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+    height: int = Field(480, ge=16, le=4096)
+    width: int = Field(640, ge=16, le=4096)
+    duration_ms: float = Field(100.0, gt=0, le=10_000)
+    workers: int = Field(1, ge=1, description="parallel processes, one pair each")
+    max_lights: int = Field(3, ge=1, le=8)
+    steady_fraction: float = Field(0.3, ge=0, le=1, description="lights that do not flicker")
+    flicker_hz: tuple[float, float] = Field((80.0, 140.0), description="flicker range (2x mains)")
+    max_speed_px_per_ms: float = Field(1.8, ge=0, description="camera translation speed limit")
+    threshold: tuple[float, float] = Field((0.15, 0.3), description="contrast threshold range")
+    threshold_sigma: float = Field(0.03, ge=0, description="per-pixel threshold spread")
+    refractory_us: int = Field(500, ge=0)
+    noise_hz_per_pixel: tuple[float, float] = Field((0.05, 1.0), description="background activity")
+    hot_pixels: tuple[int, int] = Field((0, 8), description="range of hot pixels per file")
+    samples_per_cycle: int = Field(20, ge=4, description="flare samples per flicker cycle")
+    background_dir: Path | None = Field(None, description="real recordings as backgrounds")
+    background_files: list[str] = Field(default_factory=list, description="(filled in)")
+    compression: Compression = "none"
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SynthSettings:
+        for name in ("flicker_hz", "threshold", "noise_hz_per_pixel", "hot_pixels"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must be a range [low, high] with 0 <= low <= high")
+        if self.threshold[0] <= 0:
+            raise ValueError("contrast thresholds must be positive")
+        return self
+
+
 OutputMode = Literal["preserve", "resample"]
 
 

@@ -1,0 +1,210 @@
+"""Synthetic pairs: layout, determinism, mixing invariants, the DVS emulator."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import file_digest, write_deflare
+
+from deflare_cli.errors import DeflareError
+from deflare_cli.io import read_events
+from deflare_cli.settings import SynthSettings
+from deflare_cli.synth import (
+    Sensor,
+    _mix,
+    draw_parameters,
+    emulate,
+    flicker,
+    synthesise,
+    synthesise_pair,
+)
+
+SMALL = {"height": 96, "width": 128, "duration_ms": 30}
+
+
+def small_settings(out_dir: Path, **values) -> SynthSettings:
+    return SynthSettings(out_dir=out_dir, **{**SMALL, "num_files": 2, **values})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    synthesise(small_settings(out, seed=5))
+    return out
+
+
+def test_layout_dtypes_and_manifest(dataset: Path) -> None:
+    flare = sorted((dataset / "background_with_flare_events").iterdir())
+    clean = sorted((dataset / "background_with_light_events").iterdir())
+    assert [p.name for p in flare] == ["composed_00000_bg_flare.h5", "composed_00001_bg_flare.h5"]
+    assert [p.name for p in clean] == ["composed_00000_bg_light.h5", "composed_00001_bg_light.h5"]
+    with h5py.File(flare[0]) as h5:
+        assert h5["events/t"].dtype == np.int64 and h5["events/p"].dtype == np.int8
+        assert h5["events/is_flare"].shape == h5["events/t"].shape
+        assert (h5.attrs["resolution_height"], h5.attrs["resolution_width"]) == (96, 128)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert len(manifest["pairs"]) == 2 and manifest["settings"]["seed"] == 5
+    entry = manifest["pairs"][0]
+    assert entry["input"] == "background_with_flare_events/composed_00000_bg_flare.h5"
+    assert 1 <= len(entry["parameters"]["lights"]) <= 3
+    events = read_events(flare[0])
+    assert entry["counts"]["input_events"] == len(events)
+    assert events.t.min() >= 0 and events.t.max() < 30_000
+    assert set(np.unique(events.p)) <= {-1, 1}
+
+
+def test_flare_inputs_hold_more_events_than_targets(dataset: Path) -> None:
+    for index in range(2):
+        flare = read_events(
+            dataset / f"background_with_flare_events/composed_{index:05d}_bg_flare.h5"
+        )
+        clean = read_events(
+            dataset / f"background_with_light_events/composed_{index:05d}_bg_light.h5"
+        )
+        assert len(flare) > 1.2 * len(clean) > 0
+
+
+def test_deterministic_for_a_seed_and_independent_of_workers(tmp_path: Path, dataset: Path) -> None:
+    again = tmp_path / "again"
+    synthesise(small_settings(again, seed=5, workers=2))
+    for sub in ("background_with_flare_events", "background_with_light_events"):
+        for path in (dataset / sub).iterdir():
+            assert file_digest(path) == file_digest(again / sub / path.name)
+    other = tmp_path / "other"
+    synthesise(small_settings(other, seed=6, num_files=1))
+    name = "background_with_flare_events/composed_00000_bg_flare.h5"
+    assert file_digest(other / name) != file_digest(dataset / name)
+
+
+def test_refuses_a_folder_with_pairs_unless_overwrite(dataset: Path) -> None:
+    with pytest.raises(DeflareError, match="--overwrite"):
+        synthesise(small_settings(dataset, seed=5))
+
+
+def _stream(t, x, y, p=None):
+    t = np.asarray(t, np.int64)
+    p = np.ones(len(t), np.int64) if p is None else np.asarray(p)
+    return t, np.asarray(x, np.int64), np.asarray(y, np.int64), p
+
+
+class FixedWeights:
+    """Background weights for input/target per event, flare and light keep probabilities."""
+
+    def __init__(self, w_input, w_target, flare, light):
+        self.values = (np.asarray(w_input), np.asarray(w_target), flare, light)
+
+    def background_kept(self, t, x, y):
+        return self.values[0], self.values[1]
+
+    def flare_kept(self, t, x, y, i_flare):
+        return np.full(len(t), self.values[2])
+
+    def light_kept(self, t, x, y):
+        return np.full(len(t), self.values[3])
+
+
+class FixedLookup:
+    def __init__(self, light_share):
+        self.light_share = np.asarray(light_share)
+
+    def at(self, t, x, y):
+        return np.ones(len(t)), self.light_share
+
+
+def test_mixing_keeps_input_background_in_target_and_labels_flare(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path, noise_hz_per_pixel=(0, 0), hot_pixels=(0, 0))
+    params = draw_parameters(settings, 0)
+    rng = np.random.default_rng(0)
+    count = 4000
+    background = _stream(
+        np.arange(count) * 4, rng.integers(0, 128, count), rng.integers(0, 96, count)
+    )
+    w_input = rng.uniform(0, 1, count)
+    w_target = np.minimum(1, w_input + rng.uniform(0, 0.5, count))
+    flare = _stream(np.arange(500) * 4 + 1, np.zeros(500), np.zeros(500))
+    light = _stream(np.arange(100) * 4 + 2, np.ones(100), np.ones(100))
+    light_share = np.where(np.arange(500) < 100, 0.9, 0.1)  # first 100 flare events: the source
+    weights = FixedWeights(w_input, w_target, 0.8, 1.0)
+    pair = _mix(settings, params, background, flare, light, weights, FixedLookup(light_share), rng)
+    input_t, target_t = pair.flare_input.t, set(pair.clean_target.t.tolist())
+    from_background = input_t[input_t % 4 == 0]
+    assert 0.3 * count < len(from_background) < 0.7 * count
+    assert set(from_background.tolist()) <= target_t  # kept in the input => kept in the target
+    assert len(target_t & set(range(0, 4 * count, 4))) > len(from_background)
+    labels = pair.is_flare
+    assert np.all(labels[input_t % 4 == 0] == 0)  # background is never flare
+    from_flare = input_t % 4 == 1
+    source = from_flare & (input_t < 400)
+    assert np.all(labels[source] == 0) and np.all(labels[from_flare & ~source] == 1)
+    assert set((input_t[from_flare] - 1) // 4) <= set(range(500))
+    assert not np.any(pair.clean_target.t % 4 == 1)  # no flare event reaches the target
+
+
+def test_emulator_on_a_sinusoidal_log_intensity() -> None:
+    threshold, amplitude, frequency, cycles = 0.2, 1.05, 100.0, 10
+    times = np.linspace(0, cycles / frequency * 1e6, 4001).round().astype(np.int64)
+    log_intensity = amplitude * np.sin(2 * math.pi * frequency * times / 1e6)
+    frames = (np.exp(log_intensity) - 0.02)[:, None, None].astype(np.float32)  # 1 pixel
+    sensor = Sensor(
+        np.full((1, 1), threshold, np.float32), np.full((1, 1), threshold, np.float32), 0
+    )
+    t, x, y, p = emulate(frames, times, sensor, (slice(0, 1), slice(0, 1)))
+    # each half cycle crosses the 2 * floor(A / C) levels between -A and +A: half ON, half OFF
+    expected = 4 * math.floor(amplitude / threshold) * cycles
+    assert abs(len(t) - expected) <= 5  # the first quarter cycle starts at 0, not at -A
+    assert abs((p > 0).sum() - (p < 0).sum()) <= 1
+    order = np.argsort(t, kind="stable")
+    first_on = t[order][p[order] > 0][0]
+    # the first ON event is where sin first reaches C: t = asin(C/A) / (2 pi f)
+    assert abs(first_on - math.asin(threshold / amplitude) / (2 * math.pi * frequency) * 1e6) < 10
+
+
+def test_refractory_period_limits_the_event_rate() -> None:
+    times = np.linspace(0, 10_000, 101).round().astype(np.int64)
+    frames = np.exp(np.linspace(0, 8, 101))[:, None, None].astype(np.float32)  # a steep ramp
+    sensor = Sensor(np.full((1, 1), 0.2, np.float32), np.full((1, 1), 0.2, np.float32), 1000)
+    t, *_ = emulate(frames, times, sensor, (slice(0, 1), slice(0, 1)))
+    assert len(t) <= 11 and np.all(np.diff(np.sort(t)) >= 1000)
+
+
+def test_flicker_waveforms() -> None:
+    params = draw_parameters(SynthSettings(out_dir=Path("x"), seed=2), 0)
+    light = params.lights[0]
+    times = np.linspace(0, 0.1, 10_001)
+    for wave in ("sine", "square", "triangle"):
+        light.flicker, light.frequency_hz, light.depth = wave, 100.0, 0.5
+        values = flicker(light, times)
+        assert values.max() == pytest.approx(1.5, abs=1e-3) and values.min() == pytest.approx(
+            0.5, abs=1e-3
+        )
+    light.flicker = "steady"
+    assert np.all(flicker(light, times) == 1)
+
+
+def test_background_from_real_recordings(tmp_path: Path) -> None:
+    from conftest import random_events
+
+    backgrounds = tmp_path / "real"
+    backgrounds.mkdir()
+    recording = random_events(count=20_000, duration_us=90_000, size=(96, 128))
+    write_deflare(backgrounds / "street.h5", recording)
+    settings = small_settings(tmp_path / "out", background_dir=backgrounds, num_files=1)
+    synthesise(settings)
+    clean = read_events(tmp_path / "out/background_with_light_events/composed_00000_bg_light.h5")
+    window = recording.time_slice(0, 30_000)
+    assert len(clean) >= 0.5 * len(window)  # most real background events survive in the target
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["settings"]["background_files"] == [str(backgrounds / "street.h5")]
+
+
+def test_pair_is_a_function_of_seed_and_index(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path)
+    first, _ = synthesise_pair(settings, 1)
+    second, _ = synthesise_pair(settings, 1)
+    assert np.array_equal(first.flare_input.t, second.flare_input.t)
+    assert np.array_equal(first.is_flare, second.is_flare)
