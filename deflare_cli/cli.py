@@ -36,11 +36,13 @@ from .codec import decode_file, encode_file
 from .errors import DeflareError
 from .io import STDIO, open_source, open_target
 from .settings import (
+    ALL_METHODS,
     Backbone,
     Compression,
     DecodeSettings,
     Device,
     EncodeSettings,
+    EvaluateSettings,
     InferSettings,
     OutputMode,
     Precision,
@@ -327,6 +329,112 @@ def _print_deflared(results) -> None:
             f"{result.duration_s / result.seconds:.3f}" if result.seconds else "",
         )
     Console().print(table)
+
+
+@app.command()
+def evaluate(
+    data_dir: DataDirOption = None,
+    flare_dir: FlareDirOption = None,
+    clean_dir: CleanDirOption = None,
+    pred_dir: Annotated[
+        Path | None,
+        typer.Option("--pred-dir", help="Score outputs made elsewhere (with --clean-dir)."),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated: raw, voxel, efr, pfd-a, pfd-b, baf, antiflicker, model, "
+            "model-resample [all but the model ones].",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Model for the model methods.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Report stem: writes STEM.json, STEM.csv, STEM_files.csv."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Files in parallel [1].")
+    ] = None,
+    efr_f0: Annotated[
+        float | None, typer.Option("--efr-f0", help="EFR notch frequency in Hz [50].")
+    ] = None,
+    device: DeviceOption = None,
+    sensor_size: SensorSizeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Score deflare and classic filters against clean targets (E-Deflare metrics)."""
+    from .evaluate import evaluate as run_evaluation
+
+    with reporting_errors():
+        settings = load_settings(
+            EvaluateSettings,
+            config,
+            {
+                "data_dir": data_dir,
+                "flare_dir": flare_dir,
+                "clean_dir": clean_dir,
+                "pred_dir": pred_dir,
+                "methods": _method_list(methods),
+                "checkpoint": checkpoint,
+                "output": output,
+                "workers": workers,
+                "device": device,
+                "sensor_size": parse_sensor_size(sensor_size) if sensor_size else None,
+                "baselines": {"efr_f0_hz": efr_f0},
+            },
+        )
+        with progress_bar() as progress:
+            report = run_evaluation(settings, progress)
+    _print_report(report, settings)
+
+
+def _method_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_METHODS]
+    if unknown:
+        raise typer.BadParameter(f"unknown method(s) {unknown}; choose from {list(ALL_METHODS)}")
+    return names
+
+
+def _print_report(report, settings: EvaluateSettings) -> None:
+    from .metrics import EVENT_METRICS, TABLE_METRICS
+
+    files = len({row["file"] for row in report.files})
+    console = Console(width=max(Console().width, 110))
+    console.print(_metrics_table(report, TABLE_METRICS, f"E-Deflare metrics, {files} file(s)"))
+    if any("flare_f1" in scores for scores in report.methods.values()):
+        title = "flare removal per event (from the inputs' is_flare labels)"
+        console.print(_metrics_table(report, EVENT_METRICS, title))
+    for method, counts in report.undefined.items():
+        notes = ", ".join(f"{metric} in {count} file(s)" for metric, count in counts.items())
+        err_console.print(f"[yellow]{method}[/]: undefined {notes} (left out of the mean)")
+    if settings.output is not None:
+        print_summary("", f"report: {escape(str(settings.output))}.json / .csv / _files.csv")
+
+
+def _metrics_table(report, metrics: tuple[str, ...], title: str) -> Table:
+    from .metrics import LOWER_IS_BETTER
+
+    table = Table(title=title, caption="* best in its column; arrows: which way is better")
+    table.add_column("method")
+    for metric in metrics:
+        table.add_column(metric + (" ↓" if metric in LOWER_IS_BETTER else " ↑"), justify="right")
+    best = {metric: report.best(metric) for metric in metrics}
+    for method, scores in report.methods.items():
+        cells = []
+        for metric in metrics:
+            value = scores.get(metric, float("nan"))
+            text = "n/a" if value != value else f"{value:.4f}"
+            cells.append(f"[bold green]*{text}[/]" if best[metric] == method else text)
+        table.add_row(method, *cells)
+    return table
 
 
 @app.command()

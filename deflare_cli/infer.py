@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +184,24 @@ def deflare_file(
     result.segments = segments
     result.duration_s = (end - start) / 1e6
     return result
+
+
+def deflare_events(
+    deflarer: Deflarer, events: Events, span_us: tuple[int, int] | None = None
+) -> Events:
+    """Deflare an in-memory stream on the grid starting at ``span_us`` (default: its own span),
+    in batches of segments exactly as :func:`deflare_file` does with a file."""
+    start, end = span_us or events.time_span()
+    segment_us = deflarer.codec.segment_us
+    segments = count_segments((start, end), segment_us)
+    timer = _StageTimer(dict.fromkeys(STAGES, 0.0))
+    pieces = []
+    for first in range(0, segments, deflarer.settings.batch_size):
+        last = min(first + deflarer.settings.batch_size, segments)
+        window = events.time_slice(start + first * segment_us, start + last * segment_us)
+        pieces.append(_deflare_window(deflarer, window, first, timer))
+    output = _join(pieces, events)
+    return replace(output, span_us=(start, start + segments * segment_us))
 
 
 def _deflare_window(

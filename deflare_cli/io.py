@@ -489,6 +489,26 @@ def _read_with_faery(path: Path, settings: ReadSettings) -> Events:
     return _sorted(events, str(path))
 
 
+def read_event_column(path: Path, name: str) -> np.ndarray | None:
+    """A per-event dataset ``/events/NAME`` (e.g. ``is_flare`` from ``deflare synth``), or None.
+
+    It lines up with :func:`read_events`' output only for time-sorted files (which ``synth``
+    writes); for others it returns None rather than mislabel events.
+    """
+    if Path(path).suffix.lower() in FAERY_SUFFIXES:
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            column, times = h5.get(f"events/{name}"), h5.get("events/t")
+            if not isinstance(column, h5py.Dataset) or not isinstance(times, h5py.Dataset):
+                return None
+            if column.shape != times.shape or not _column_sorted(h5, _detect_layout(h5, str(path))):
+                return None
+            return np.asarray(column[:])
+    except OSError as error:
+        raise InputError(path, f"cannot read /events/{name} ({error})") from None
+
+
 # ----------------------------------------------------------------------------- writing
 
 

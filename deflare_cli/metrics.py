@@ -1,4 +1,4 @@
-"""The E-Deflare metric suite (DESIGN.md "Evaluation").
+"""The E-Deflare metric suite (DESIGN.md "Evaluation"), and event-level flare removal scores.
 
 Voxel metrics compare one 20 ms segment at a time: net-polarity voxels ``V`` of shape (B, H, W)
 (8 bins of 2.5 ms, nearest pixel, no normalisation). Several of them split ``V`` into
@@ -8,8 +8,17 @@ segments, then over files.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from .codec import count_segments, events_to_voxel
+from .events import Events
+from .settings import CodecSettings
 
 VOXEL_METRICS = ("mse", "pmse_2", "pmse_4", "r_f1", "t_f1", "tp_f1")
 F1_THRESHOLD = 0.001  # a split cell counts as active from one event on
@@ -71,3 +80,121 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
     return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
+
+
+# ----------------------------------------------------------------------------- point clouds
+
+POINT_METRICS = ("chamfer", "gaussian")
+GAUSSIAN_SCALE = 0.4  # of 1 - exp(-d^2 / 0.4), as E-Deflare
+
+
+def event_points(events: Events, span_us: tuple[int, int]) -> np.ndarray:
+    """(N, 4) points (x, y, p, t), each axis on [0, 100] by a range fixed for the pair:
+    x by the sensor width, y by the height, p from {-1, +1} to {0, 100}, t by the span."""
+    start, end = span_us
+    return np.column_stack(
+        [
+            events.x * (100.0 / events.width),
+            events.y * (100.0 / events.height),
+            (events.p.astype(np.float64) + 1) * 50.0,
+            (events.t - start) * (100.0 / max(end - start, 1)),
+        ]
+    )
+
+
+def point_cloud_metrics(
+    output: Events, target: Events, span_us: tuple[int, int]
+) -> dict[str, float]:
+    """One-sided Chamfer distance (mean over output events of the distance to the nearest target
+    event) and ``gaussian`` = mean of ``1 - exp(-d^2 / 0.4)``. NaN when either stream is empty:
+    an empty output has no defined Chamfer distance (it is not 0)."""
+    if not len(output) or not len(target):
+        return {"chamfer": math.nan, "gaussian": math.nan}
+    tree = cKDTree(event_points(target, span_us))
+    distances, _ = tree.query(event_points(output, span_us), k=1, workers=-1)
+    return {
+        "chamfer": float(distances.mean()),
+        "gaussian": float((1 - np.exp(-(distances**2) / GAUSSIAN_SCALE)).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- files
+
+LOWER_IS_BETTER = {"chamfer", "gaussian", "mse", "pmse_2", "pmse_4"}
+EVENT_METRICS = ("flare_precision", "flare_recall", "flare_f1", "non_flare_kept")
+TABLE_METRICS = (*POINT_METRICS, *VOXEL_METRICS)
+
+
+def pair_span(*streams: Events) -> tuple[int, int]:
+    """The common span of a pair's streams: earliest start to latest end."""
+    spans = [stream.time_span() for stream in streams if len(stream) or stream.span_us]
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
+def voxel_scores(
+    output: Events, target: Events, span_us: tuple[int, int], codec: CodecSettings
+) -> dict[str, float]:
+    """Voxel metrics per segment of one absolute grid from the pair's start, averaged over
+    segments; empty segments count (E-Deflare's code skipped them and misaligned the rest)."""
+    grid = (span_us[0], span_us[0] + count_segments(span_us, codec.segment_us) * codec.segment_us)
+    output_voxels = events_to_voxel(replace(output, span_us=grid), codec).data
+    target_voxels = events_to_voxel(replace(target, span_us=grid), codec).data
+    rows = [segment_metrics(o, t) for o, t in zip(output_voxels, target_voxels, strict=True)]
+    return mean_metrics(rows)
+
+
+def event_scores(source: Events, is_flare: np.ndarray, output: Events) -> dict[str, float]:
+    """Flare removal per event, from the input's labels: which input events are gone.
+
+    An input event counts as kept when the output holds an event with the same (t, x, y, p)
+    (as a multiset). ``flare_precision``: share of removed events that were flare;
+    ``flare_recall``: share of flare events removed; ``non_flare_kept``: share of the other
+    events kept. Outputs with new timestamps (resample) keep almost nothing by this rule, so
+    read these scores for methods that keep events (filters, preserve mode).
+    """
+    kept = _kept_mask(source, output)
+    flare = is_flare.astype(bool)
+    removed = ~kept
+    true_removed = int((removed & flare).sum())
+    precision = true_removed / int(removed.sum()) if removed.any() else math.nan
+    recall = true_removed / int(flare.sum()) if flare.any() else math.nan
+    if math.isnan(recall):  # no flare events at all
+        f1 = math.nan
+    elif recall == 0 or math.isnan(precision) or precision == 0:
+        f1 = 0.0  # nothing removed, or no flare among the removed
+    else:
+        f1 = 2 * precision * recall / (precision + recall)
+    others = ~flare
+    kept_share = int((kept & others).sum()) / int(others.sum()) if others.any() else math.nan
+    return {
+        "flare_precision": precision,
+        "flare_recall": recall,
+        "flare_f1": f1,
+        "non_flare_kept": kept_share,
+    }
+
+
+def _kept_mask(source: Events, output: Events) -> np.ndarray:
+    """Which source events have a counterpart in the output (multiset match on t, x, y, p)."""
+    start = int(min(source.t.min(initial=0), output.t.min(initial=0)))
+    source_keys, output_keys = _event_keys(source, start), _event_keys(output, start)
+    order = np.argsort(source_keys, kind="stable")
+    sorted_source = source_keys[order]
+    # the k-th source event with a given key is kept when the output has more than k of them
+    rank = np.arange(len(sorted_source)) - np.searchsorted(sorted_source, sorted_source, "left")
+    output_sorted = np.sort(output_keys)
+    available = np.searchsorted(output_sorted, sorted_source, "right") - np.searchsorted(
+        output_sorted, sorted_source, "left"
+    )
+    kept = np.zeros(len(source), bool)
+    kept[order] = rank < available
+    return kept
+
+
+def _event_keys(events: Events, start_us: int) -> np.ndarray:
+    """One int64 per event: time since ``start_us`` (30 bits), y, x (16 bits each), polarity."""
+    relative = events.t - start_us
+    if len(relative) and relative.max() >= 2**30:
+        raise ValueError("event-level scores need streams shorter than 17 minutes")
+    pixel = (events.y.astype(np.int64) << 16) | events.x
+    return (relative << 33) | (pixel << 1) | (events.p > 0)

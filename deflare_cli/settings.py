@@ -248,7 +248,68 @@ class SynthSettings(Frozen):
         return self
 
 
+class BaselineSettings(Frozen):
+    """Parameters of the classic filters (``baselines.py``), defaults from their papers."""
+
+    efr_f0_hz: float = Field(50.0, gt=0, description="EFR notch base; E-Deflare used 50 Hz")
+    efr_rho1: float = Field(0.6, gt=0, lt=1, description="EFR feedback of the first comb")
+    efr_threshold: float = Field(0.7, gt=0, description="EFR output event threshold")
+    efr_step_us: int = Field(500, ge=10, description="EFR time sampling of the filters")
+    pfd_dt0_us: int = Field(20_000, ge=1, description="PFD stage 1 neighbour window")
+    pfd_dt_us: int = Field(20_000, ge=1, description="PFD stage 2 flip window")
+    pfd_min_neighbours: int = Field(3, ge=0, description="PFD keeps events with Ne above this")
+    pfd_max_score: float = Field(2.0, gt=0, description="PFD keeps events scoring below this")
+    baf_dt_us: int = Field(10_000, ge=1, description="background-activity filter window")
+    antiflicker_band_hz: tuple[float, float] = Field((50.0, 150.0), description="flicker band")
+    antiflicker_periods: int = Field(7, ge=1, description="steady periods before dropping")
+    chunk_us: int = Field(500, ge=1, description="time resolution of neighbourhood filters")
+
+
 OutputMode = Literal["preserve", "resample"]
+Method = Literal[
+    "raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker", "model", "model-resample"
+]
+ALL_METHODS: tuple[str, ...] = (
+    "raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker", "model", "model-resample"
+)  # fmt: skip
+
+
+class EvaluateSettings(Frozen):
+    """``deflare evaluate``: score methods against clean targets with the E-Deflare metrics."""
+
+    data_dir: Path | None = Field(None, description="folder holding the two paired folders")
+    flare_dir: Path | None = Field(None, description="inputs (instead of data_dir)")
+    clean_dir: Path | None = Field(None, description="targets (with flare_dir or pred_dir)")
+    pred_dir: Path | None = Field(None, description="outputs made elsewhere, scored as they are")
+    methods: tuple[Method, ...] = ("raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker")
+    checkpoint: Path | None = Field(None, description="model for model methods; None: shipped")
+    output: Path | None = Field(None, description="report stem: writes .json, .csv, _files.csv")
+    workers: int = Field(1, ge=1, description="files evaluated in parallel")
+    device: Device = "auto"
+    sensor_size: tuple[int, int] | None = None
+    codec: CodecSettings = CodecSettings()
+    baselines: BaselineSettings = BaselineSettings()
+
+    @model_validator(mode="after")
+    def _sources(self) -> EvaluateSettings:
+        if self.pred_dir is not None:
+            if self.clean_dir is None and self.data_dir is None:
+                raise ValueError("pred_dir needs clean_dir (or data_dir) to compare with")
+        elif self.data_dir is None and (self.flare_dir is None or self.clean_dir is None):
+            raise ValueError("give data_dir, or flare_dir with clean_dir, or pred_dir")
+        if self.data_dir is not None and self.flare_dir is not None:
+            raise ValueError("give data_dir or flare_dir, not both")
+        if not self.methods and self.pred_dir is None:
+            raise ValueError("choose at least one method")
+        return self
+
+    def paired_dirs(self) -> tuple[Path, Path]:
+        """(input folder, target folder); the input is pred_dir when scoring made outputs."""
+        flare_dir, clean_dir = paired_dirs(self.data_dir) if self.data_dir else (None, None)
+        flare_dir = self.pred_dir or self.flare_dir or flare_dir
+        clean_dir = self.clean_dir or clean_dir
+        assert flare_dir is not None and clean_dir is not None  # checked by the validator
+        return flare_dir, clean_dir
 
 
 class InferSettings(Frozen):

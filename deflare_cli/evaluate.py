@@ -1,0 +1,201 @@
+"""``deflare evaluate``: how much each method helps, in the E-Deflare metrics.
+
+For every pair (input with flare, clean target) each method produces an output from the input;
+the output is scored against the target: point-cloud metrics on the whole file, voxel metrics per
+20 ms segment of one absolute grid from the pair's common start, and, where the input carries
+``deflare synth``'s per-event flare labels, event-level flare removal scores. A method's table
+value is the mean over files (files where a metric is undefined, e.g. Chamfer of an empty output,
+are left out of that mean and counted).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .baselines import BASELINES, voxel_round_trip
+from .data import Pair, find_pairs
+from .errors import DeflareError
+from .events import Events, Progress, no_progress
+from .io import atomic_output, read_event_column, read_events
+from .metrics import (
+    EVENT_METRICS,
+    LOWER_IS_BETTER,
+    TABLE_METRICS,
+    event_scores,
+    pair_span,
+    point_cloud_metrics,
+    voxel_scores,
+)
+from .settings import EvaluateSettings, InferSettings, ReadSettings
+
+PREDICTED = "pred"  # the method name of outputs made elsewhere (--pred-dir)
+# Methods that emit new events rather than keep input ones: event-level scores mean nothing.
+RESAMPLING = {"voxel", "efr", "model-resample"}
+
+
+@dataclass
+class Report:
+    """Scores of every method: means over files, and the per-file rows."""
+
+    methods: dict[str, dict[str, float]]
+    files: list[dict[str, Any]]
+    undefined: dict[str, dict[str, int]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "methods": self.methods,
+            "undefined_files": self.undefined,
+            "files": self.files,
+        }
+
+    def best(self, metric: str) -> str | None:
+        """The method with the best mean of a metric (None if no method has it)."""
+        scored = {
+            m: v[metric] for m, v in self.methods.items() if not math.isnan(v.get(metric, math.nan))
+        }
+        if not scored:
+            return None
+        pick = min if metric in LOWER_IS_BETTER else max
+        return pick(scored, key=scored.get)
+
+
+def evaluate(settings: EvaluateSettings, progress: Progress = no_progress) -> Report:
+    """Score the methods (or the outputs in ``pred_dir``) on every pair; write the report files."""
+    pairs = find_pairs(*settings.paired_dirs())
+    jobs = [(settings, pair) for pair in pairs]
+    rows: list[dict[str, Any]] = []
+    if settings.workers > 1 and len(pairs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(settings.workers, len(pairs))) as pool:
+            for done, file_rows in enumerate(pool.imap(_evaluate_job, jobs), start=1):
+                rows += file_rows
+                progress("evaluating", done, len(pairs))
+    else:
+        for done, job in enumerate(jobs, start=1):
+            rows += _evaluate_job(job)
+            progress("evaluating", done, len(pairs))
+    report = summarise(rows)
+    if settings.output is not None:
+        write_report(report, settings.output)
+    return report
+
+
+def _evaluate_job(job: tuple[EvaluateSettings, Pair]) -> list[dict[str, Any]]:
+    settings, pair = job
+    return evaluate_pair(settings, pair)
+
+
+def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]]:
+    """One row of scores per method for one pair."""
+    read = ReadSettings(sensor_size=settings.sensor_size)
+    source = read_events(pair.flare_path, read)
+    target = read_events(pair.clean_path, read)
+    if source.sensor_size != target.sensor_size:
+        raise DeflareError(
+            f"{pair.clean_path}: sensor size {target.sensor_size} differs from "
+            f"{pair.flare_path}'s {source.sensor_size}"
+        )
+    span = pair_span(source, target)
+    labels = None if settings.pred_dir else read_event_column(pair.flare_path, "is_flare")
+    if labels is not None and len(labels) != len(source):
+        labels = None
+    methods = (PREDICTED,) if settings.pred_dir else settings.methods
+    rows = []
+    for method in methods:
+        output = run_method(method, source, span, settings)
+        row: dict[str, Any] = {"file": pair.pair_id, "method": method, "events": len(output)}
+        row.update(point_cloud_metrics(output, target, span))
+        row.update(voxel_scores(output, target, span, settings.codec))
+        if labels is not None and method not in RESAMPLING:
+            row.update(event_scores(source, labels, output))
+        rows.append(row)
+    return rows
+
+
+def run_method(
+    method: str, source: Events, span: tuple[int, int], settings: EvaluateSettings
+) -> Events:
+    """The output of one method on one input."""
+    if method in (PREDICTED, "raw"):
+        return source
+    if method == "voxel":
+        return voxel_round_trip(source, settings.codec, span)
+    if method in BASELINES:
+        return BASELINES[method](source, settings.baselines)
+    mode = "resample" if method == "model-resample" else "preserve"
+    return _model_output(source, span, settings, mode)
+
+
+_DEFLARERS: dict[tuple, Any] = {}
+
+
+def _model_output(
+    source: Events, span: tuple[int, int], settings: EvaluateSettings, mode: str
+) -> Events:
+    from .infer import deflare_events, load_deflarer
+
+    key = (settings.checkpoint, settings.device, mode)
+    if key not in _DEFLARERS:  # load once per process
+        infer = InferSettings(checkpoint=settings.checkpoint, device=settings.device,
+                              output_mode=mode)  # fmt: skip
+        _DEFLARERS[key] = load_deflarer(infer)
+    return deflare_events(_DEFLARERS[key], source, span)
+
+
+def summarise(rows: list[dict[str, Any]]) -> Report:
+    """Means over files per method (undefined values left out and counted)."""
+    methods: dict[str, dict[str, float]] = {}
+    undefined: dict[str, dict[str, int]] = {}
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        metrics = [m for m in (*TABLE_METRICS, *EVENT_METRICS) if any(m in row for row in mine)]
+        methods[method] = {}
+        for metric in metrics:
+            values = np.array([row.get(metric, math.nan) for row in mine], np.float64)
+            defined = values[~np.isnan(values)]
+            methods[method][metric] = float(defined.mean()) if len(defined) else math.nan
+            if len(defined) < len(values):
+                undefined.setdefault(method, {})[metric] = int(len(values) - len(defined))
+    return Report(methods, rows, undefined)
+
+
+def write_report(report: Report, stem: Path) -> list[Path]:
+    """``STEM.json`` (everything), ``STEM.csv`` (methods x metrics), ``STEM_files.csv``."""
+    stem = Path(stem)
+    if stem.suffix in (".json", ".csv"):
+        stem = stem.with_suffix("")
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), Path(f"{stem}_files.csv")]
+    with atomic_output(paths[0]) as temp_path:
+        temp_path.write_text(json.dumps(_jsonable(report.as_json()), indent=1))
+    metrics = list(dict.fromkeys(k for scores in report.methods.values() for k in scores))
+    _write_csv(paths[1], ["method", *metrics],
+               [{"method": m, **scores} for m, scores in report.methods.items()])  # fmt: skip
+    columns = list(dict.fromkeys(k for row in report.files for k in row))
+    _write_csv(paths[2], columns, report.files)
+    return paths
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with atomic_output(path) as temp_path, open(temp_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN is not JSON: write it as null."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
