@@ -225,6 +225,23 @@ def bench_synth(pairs: int) -> list[dict]:
     }]  # fmt: skip
 
 
+def bench_visualize(count: int) -> list[dict]:
+    """All pictures of a 100 ms 640x480 file with ``count`` events."""
+    from deflare_cli.settings import VisualizeSettings
+    from deflare_cli.viz import visualize_file
+
+    rng = np.random.default_rng(0)
+    events = make_events(
+        np.sort(rng.integers(0, 100_000, count)), rng.integers(0, SENSOR[1], count),
+        rng.integers(0, SENSOR[0], count), rng.integers(0, 2, count), SENSOR,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "events.h5"
+        write_events(source, events)
+        seconds = best_of(lambda: visualize_file(source, Path(folder), VisualizeSettings()), 2)
+    return [{"name": f"visualize {count / 1e6:g} M events (4 pictures)", "seconds": seconds}]
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "encode-1M": lambda: [bench_encode(1_000_000)],
     "encode-10M": lambda: [bench_encode(10_000_000)],
@@ -234,6 +251,7 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "synth": lambda: bench_synth(6),
     "train-crop": lambda: bench_train_step(4, (8, 128, 128), 3),
     "train-full": lambda: bench_train_step(1, (8, 480, 640), 1),
+    "visualize": lambda: bench_visualize(1_000_000),
     "infer-preserve": lambda: bench_infer(1_000_000, "preserve"),
     "infer-resample": lambda: bench_infer(1_000_000, "resample"),
 }

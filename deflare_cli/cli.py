@@ -48,6 +48,7 @@ from .settings import (
     Precision,
     SynthSettings,
     TrainSettings,
+    VisualizeSettings,
     load_settings,
     parse_int_list,
     parse_sensor_size,
@@ -329,6 +330,51 @@ def _print_deflared(results) -> None:
             f"{result.duration_s / result.seconds:.3f}" if result.seconds else "",
         )
     Console().print(table)
+
+
+@app.command()
+def visualize(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Event or voxel (.pt) files; with --compare: IN OUT [TARGET]."),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the pictures.")
+    ] = Path("pictures"),
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Compare input, output [and target] side by side.")
+    ] = False,
+    gif: Annotated[bool, typer.Option("--gif", help="With --compare: an animation too.")] = False,
+    segment: Annotated[
+        int | None, typer.Option("--segment", help="Segment whose voxel bins to draw [0].")
+    ] = None,
+    windows: Annotated[
+        int | None, typer.Option("--windows", help="Time windows of the frame panels [4].")
+    ] = None,
+    time_window: TimeWindowOption = None,
+    sensor_size: SensorSizeOption = None,
+) -> None:
+    """Draw events and voxels: 3D scatter, red/blue frames, event rate, voxel bins."""
+    from .viz import compare_files, visualize_file
+
+    with reporting_errors():
+        settings = load_settings(
+            VisualizeSettings,
+            None,
+            {
+                "segment": segment,
+                "num_windows": windows,
+                "time_window_ms": parse_time_window(time_window) if time_window else None,
+                "sensor_size": parse_sensor_size(sensor_size) if sensor_size else None,
+                "gif": gif or None,
+            },
+        )
+        if compare:
+            written = compare_files(files, out_dir, settings)
+        else:
+            written = [path for file in files for path in visualize_file(file, out_dir, settings)]
+    for path in written:
+        print_summary("", f"wrote {escape(str(path))}")
 
 
 @app.command()

@@ -644,7 +644,10 @@ def atomic_output(target: str | Path | BinaryIO) -> Iterator[Path]:
         raise OutputError(f"{final}: is a folder; give a file name")
     if not final.parent.exists():
         raise OutputError(f"{final}: the folder {final.parent} does not exist")
-    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    # The temporary name keeps the target's suffix, for writers that choose a format by it.
+    handle, name = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{final.suffix}"
+    )
     os.close(handle)
     temp_path = Path(name)
     os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode

@@ -265,6 +265,16 @@ class BaselineSettings(Frozen):
     chunk_us: int = Field(500, ge=1, description="time resolution of neighbourhood filters")
 
 
+class VisualizeSettings(Frozen):
+    """``deflare visualize``: which part of a recording to draw."""
+
+    segment: int = Field(0, description="segment whose voxel bins are drawn (negative: from end)")
+    time_window_ms: tuple[float, float] | None = None
+    num_windows: int = Field(4, ge=1, le=32, description="time windows of the frame panels")
+    sensor_size: tuple[int, int] | None = None
+    gif: bool = Field(False, description="with --compare: also an animation over time")
+
+
 OutputMode = Literal["preserve", "resample"]
 Method = Literal[
     "raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker", "model", "model-resample"

@@ -16,8 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .codec import Voxels, events_to_voxel, read_voxels, voxel_to_events  # noqa: E402
+from .errors import DeflareError  # noqa: E402
 from .events import Events  # noqa: E402
-from .io import atomic_output  # noqa: E402
+from .io import atomic_output, read_events  # noqa: E402
+from .settings import ReadSettings, VisualizeSettings  # noqa: E402
 
 POSITIVE = (0.85, 0.1, 0.1)
 NEGATIVE = (0.1, 0.25, 0.85)
@@ -142,4 +145,144 @@ def _save(figure: plt.Figure, path: Path, title: str, tight: bool = True) -> Pat
     with atomic_output(path) as temp_path:
         figure.savefig(temp_path, dpi=100, format="png")
     plt.close(figure)
+    return path
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def visualize_file(path: Path, out_dir: Path, settings: VisualizeSettings) -> list[Path]:
+    """All pictures of one event file (3D, frames, rate, one segment's voxel) or voxel file
+    (the segment's bins and its decoded events), named ``STEM_*.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(path).stem
+    if Path(path).suffix == ".pt":
+        voxels = read_voxels(path)
+        segment = _segment_index(settings.segment, voxels.num_segments, path)
+        single = Voxels(voxels.data[segment : segment + 1].contiguous(),
+                        voxels.t0_us + segment * voxels.segment_us, voxels.segment_us)  # fmt: skip
+        events = voxel_to_events(single)
+        bins = voxels.data[segment]
+        title = f"{stem}, segment {segment} (decoded)"
+    else:
+        read = ReadSettings(
+            sensor_size=settings.sensor_size, time_window_ms=settings.time_window_ms
+        )
+        events = read_events(path, read)
+        voxels = events_to_voxel(events)
+        segment = _segment_index(settings.segment, voxels.num_segments, path)
+        bins = voxels.data[segment]
+        title = stem
+    bin_ms = voxels.bin_us / 1000
+    written = [
+        plot_events_3d(events, out_dir / f"{stem}_events_3d.png", title),
+        plot_event_frames(events, out_dir / f"{stem}_frames.png", settings.num_windows, title),
+        plot_event_rate(events, out_dir / f"{stem}_rate.png", title=title),
+        plot_voxel_bins(
+            bins,
+            out_dir / f"{stem}_voxel_segment{segment}.png",
+            f"{stem}, segment {segment}",
+            bin_ms,
+        ),  # fmt: skip
+    ]
+    return written
+
+
+def _segment_index(segment: int, count: int, path: Path) -> int:
+    if not -count <= segment < count:
+        raise DeflareError(f"{path}: has {count} segments; --segment {segment} does not exist")
+    return segment % count
+
+
+def compare_files(paths: list[Path], out_dir: Path, settings: VisualizeSettings) -> list[Path]:
+    """Input, output and (optionally) target side by side over time windows, with difference
+    maps: what the method removed (input - output) and what it got wrong (output - target).
+    Writes ``compare.png`` and, with ``gif``, ``compare.gif``."""
+    if not 2 <= len(paths) <= 3:
+        raise DeflareError("--compare takes INPUT OUTPUT [TARGET]")
+    read = ReadSettings(sensor_size=settings.sensor_size)
+    streams = [read_events(path, read) for path in paths]
+    sizes = {stream.sensor_size for stream in streams}
+    if len(sizes) > 1:
+        raise DeflareError(f"the files have different sensor sizes: {sorted(sizes)}")
+    start = min(stream.time_span()[0] for stream in streams)
+    end = max(stream.time_span()[1] for stream in streams)
+    if settings.time_window_ms is not None:
+        start, end = (
+            start + round(settings.time_window_ms[0] * 1000),
+            start + round(settings.time_window_ms[1] * 1000),
+        )
+    edges = np.linspace(start, end, settings.num_windows + 1).round().astype(np.int64)
+    names = ["input", "output", "target"][: len(paths)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = _compare_figure(streams, names, edges, start)
+    written = [_save(figure, out_dir / "compare.png", "comparison", tight=False)]
+    if settings.gif:
+        written.append(_compare_gif(streams, names, edges, start, out_dir / "compare.gif"))
+    return written
+
+
+def _count_map(events: Events, lo: int, hi: int) -> np.ndarray:
+    window = events.time_slice(lo, hi)
+    counts = np.zeros(events.height * events.width, np.int32)
+    np.add.at(counts, window.y.astype(np.int64) * events.width + window.x, 1)
+    return counts.reshape(events.sensor_size)
+
+
+def _compare_row(
+    axes: np.ndarray, streams: list[Events], names: list[str], lo: int, hi: int, start: int
+) -> None:
+    """One time window: the streams' frames, then the difference maps."""
+    label = f"{(lo - start) / 1000:.1f}-{(hi - start) / 1000:.1f} ms"
+    for axis, stream, name in zip(axes, streams, names, strict=False):
+        window = stream.time_slice(lo, hi)
+        axis.imshow(event_frame(window), interpolation="nearest")
+        axis.set_title(f"{name}, {label}: {len(window)} ev", fontsize="small")
+    removed = _count_map(streams[0], lo, hi) - _count_map(streams[1], lo, hi)
+    panels = [("removed (input - output)", removed)]
+    if len(streams) == 3:
+        error = _count_map(streams[1], lo, hi) - _count_map(streams[2], lo, hi)
+        panels.append(("error (output - target)", error))
+    for axis, (title, difference) in zip(axes[len(streams) :], panels, strict=True):
+        limit = max(1, int(np.percentile(np.abs(difference), 99.5)))
+        image = axis.imshow(difference, cmap="PuOr_r", vmin=-limit, vmax=limit)
+        axis.set_title(title, fontsize="small")
+        plt.colorbar(image, ax=axis, fraction=0.046, label="events per pixel")
+    for axis in axes:
+        axis.set_xlabel("x (px)")
+        axis.set_ylabel("y (px)")
+
+
+def _compare_figure(
+    streams: list[Events], names: list[str], edges: np.ndarray, start: int
+) -> plt.Figure:
+    columns = len(streams) + len(streams) - 1
+    rows = len(edges) - 1
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), squeeze=False)
+    for row, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        _compare_row(axes[row], streams, names, int(lo), int(hi), start)
+    _polarity_legend(figure)
+    figure.tight_layout()
+    return figure
+
+
+def _compare_gif(
+    streams: list[Events], names: list[str], edges: np.ndarray, start: int, path: Path
+) -> Path:
+    """An animation over the time windows: each window's comparison row is one frame."""
+    import io
+
+    from PIL import Image
+
+    frames = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        figure = _compare_figure(streams, names, np.array([lo, hi]), start)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        plt.close(figure)
+        buffer.seek(0)
+        frames.append(Image.open(buffer).convert("RGB"))
+    with atomic_output(path) as temp_path:
+        frames[0].save(temp_path, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=700, loop=0)  # fmt: skip
     return path
