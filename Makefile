@@ -27,13 +27,35 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
-# For now: make an example recording, encode it to voxels, decode it back, summarise.
+DEFLARE := $(VENV)/bin/deflare
+DEMO_TEST := $(DEMO_DIR)/data/test
+DEMO_METHODS := raw,voxel,efr,pfd-a,pfd-b,baf,antiflicker,model,model-resample
+
+# The main job on built-in data, end to end on CPU in well under 10 minutes on 2 cores.
 demo: $(STAMP)
-	mkdir -p $(DEMO_DIR)
-	$(PY) examples/make_example_events.py $(DEMO_DIR)/example.h5
-	$(VENV)/bin/deflare encode $(DEMO_DIR)/example.h5 -o $(DEMO_DIR)/example.pt
-	$(VENV)/bin/deflare decode $(DEMO_DIR)/example.pt -o $(DEMO_DIR)/decoded.h5
-	$(PY) examples/encode_decode.py $(DEMO_DIR)/example.h5
+	@echo "== 1/6 synthesising 8 training and 3 test pairs (640x480, 100 ms each)"
+	$(DEFLARE) synth $(DEMO_DIR)/data/train --num-files 8 --seed 11 --workers 2 --overwrite
+	$(DEFLARE) synth $(DEMO_TEST) --num-files 3 --seed 12 --workers 2 --overwrite
+	@echo "== 2/6 training a small model for 2-3 minutes on CPU (a real one trains for hours)"
+	$(DEFLARE) train --data-dir $(DEMO_DIR)/data/train --run-dir $(DEMO_DIR)/model \
+		--max-steps 120 --epochs 1000 --batch-size 4 --crop 96x96 --lr 0.001 --val-fraction 0
+	@echo "== 3/6 deflaring the test inputs with it"
+	$(DEFLARE) deflare $(DEMO_TEST)/background_with_flare_events $(DEMO_DIR)/deflared \
+		--checkpoint $(DEMO_DIR)/model/last.pt --overwrite
+	@echo "== 4/6 scoring every method against the clean targets"
+	$(DEFLARE) evaluate --data-dir $(DEMO_TEST) --methods $(DEMO_METHODS) --workers 2 \
+		--checkpoint $(DEMO_DIR)/model/last.pt --efr-f0 120 --output $(DEMO_DIR)/report
+	@echo "== 5/6 the default model shipped with deflare, on the same files"
+	$(DEFLARE) evaluate --data-dir $(DEMO_TEST) --methods raw,model --output $(DEMO_DIR)/report_default
+	@echo "== 6/6 pictures"
+	$(DEFLARE) deflare $(DEMO_TEST)/background_with_flare_events/composed_00000_bg_flare.h5 \
+		$(DEMO_DIR)/default_00000.h5 --overwrite
+	$(DEFLARE) visualize --compare $(DEMO_TEST)/background_with_flare_events/composed_00000_bg_flare.h5 \
+		$(DEMO_DIR)/default_00000.h5 $(DEMO_TEST)/background_with_light_events/composed_00000_bg_light.h5 \
+		--windows 3 --gif -o $(DEMO_DIR)/pictures
+	$(DEFLARE) visualize $(DEMO_TEST)/background_with_flare_events/composed_00000_bg_flare.h5 \
+		-o $(DEMO_DIR)/pictures
+	@echo "== done: reports in $(DEMO_DIR)/report*.json, pictures in $(DEMO_DIR)/pictures/"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
