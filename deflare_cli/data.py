@@ -103,20 +103,29 @@ class VoxelCache:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def key(self, pair: Pair, codec: CodecSettings, read: ReadSettings) -> str:
+    @staticmethod
+    def slot(pair: Pair) -> str:
+        """Names the pair's source files: pairs of other folders may share an ID."""
+        paths = f"{pair.flare_path.resolve()}\n{pair.clean_path.resolve()}"
+        return f"{pair.pair_id}-{hashlib.sha256(paths.encode()).hexdigest()[:8]}"
+
+    @staticmethod
+    def key(pair: Pair, codec: CodecSettings, read: ReadSettings) -> str:
+        """Changes whenever a source file or the encoding settings change."""
         parts = [f"v{CACHE_VERSION}", codec.model_dump_json(), read.model_dump_json()]
         for path in (pair.flare_path, pair.clean_path):
             stat = path.stat()
-            parts += [str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+            parts += [str(stat.st_size), str(stat.st_mtime_ns)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
     def get(self, pair: Pair, codec: CodecSettings, read: ReadSettings) -> CachedPair:
         """The cached entry of a pair, encoding it first when missing or stale."""
-        path = self.folder / f"{pair.pair_id}-{self.key(pair, codec, read)}.pt"
+        slot = self.slot(pair)
+        path = self.folder / f"{slot}-{self.key(pair, codec, read)}.pt"
         if not path.exists():
             inputs, targets = encode_pair(pair, codec, read)
             self.folder.mkdir(parents=True, exist_ok=True)
-            for stale in self.folder.glob(f"{pair.pair_id}-*.pt"):
+            for stale in self.folder.glob(f"{slot}-*.pt"):  # older versions of this pair
                 stale.unlink(missing_ok=True)
             with atomic_output(path) as temp_path:
                 torch.save({"input": _compact(inputs), "target": _compact(targets)}, temp_path)

@@ -79,6 +79,16 @@ def test_cache_is_reused_then_invalidated(tmp_path: Path, monkeypatch) -> None:
     assert calls == [1, 1]
 
 
+def test_pairs_of_other_folders_with_the_same_id_keep_their_own_entries(tmp_path: Path) -> None:
+    train = find_pairs(*paired_dirs(write_pairs(tmp_path / "train", 1, seed=1)))[0]
+    val = find_pairs(*paired_dirs(write_pairs(tmp_path / "val", 1, seed=2)))[0]
+    assert train.pair_id == val.pair_id
+    cache = VoxelCache(tmp_path / "cache")
+    first = cache.get(train, CodecSettings(), ReadSettings())
+    second = cache.get(val, CodecSettings(), ReadSettings())
+    assert first.path != second.path and first.path.exists() and second.path.exists()
+
+
 def test_corrupt_pair_fails_with_its_name_or_is_skipped(tmp_path: Path) -> None:
     pairs = find_pairs(*paired_dirs(write_pairs(tmp_path / "data", 2)))
     pairs[1].clean_path.write_bytes(b"garbage")
