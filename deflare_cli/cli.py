@@ -34,7 +34,7 @@ from rich.text import Text
 from . import __version__
 from .codec import decode_file, encode_file
 from .errors import DeflareError
-from .io import STDIO, open_source, open_target
+from .io import STDIO, check_distinct, open_source, open_target
 from .settings import (
     ALL_METHODS,
     Backbone,
@@ -375,6 +375,20 @@ def visualize(
             written = [path for file in files for path in visualize_file(file, out_dir, settings)]
     for path in written:
         print_summary("", f"wrote {escape(str(path))}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (RUN_DIR/best.pt).")],
+    output: Annotated[Path, typer.Argument(help="Model file to write (.pt).")],
+) -> None:
+    """Keep only the model of a training checkpoint (a few MB), for sharing or shipping."""
+    from .model import export_checkpoint
+
+    with reporting_errors():
+        check_distinct(checkpoint, output)
+        size = export_checkpoint(checkpoint, output)
+    print_summary("", f"[green]exported[/] {escape(str(output))} ({size / 2**20:.1f} MiB)")
 
 
 @app.command()

@@ -98,6 +98,27 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def export_checkpoint(source: Path, target: Path, notes: dict[str, Any] | None = None) -> int:
+    """Write a training checkpoint's model alone (no optimizer state): what inference needs.
+
+    Returns the size of the written file in bytes.
+    """
+    checkpoint = load_checkpoint(source)
+    slim = {
+        "format": CHECKPOINT_FORMAT,
+        "model": checkpoint["model"],
+        "settings": {
+            "model": checkpoint["settings"]["model"],
+            "codec": checkpoint["settings"].get("codec", {}),
+        },
+        "step": checkpoint.get("step", 0),
+        "best_metric": checkpoint.get("best_metric", float("nan")),
+        "notes": notes or {},
+    }
+    save_checkpoint(target, slim)
+    return Path(target).stat().st_size
+
+
 def model_from_checkpoint(path: Path) -> tuple[TrueResidualUNet3D, dict[str, Any]]:
     """The trained model of a checkpoint and the checkpoint's settings (a plain dict)."""
     checkpoint = load_checkpoint(path)

@@ -254,3 +254,17 @@ def test_long_dsec_recording_is_read_window_by_window(
     [result] = deflare(source, tmp_path / "out.h5", settings)
     assert result.segments == 100 and result.output_events == len(events)
     assert max(largest) < 1200  # about 2 x 20 ms of 40k events over 2 s, never the whole file
+
+
+def test_export_keeps_the_model_only(tmp_path: Path, perturbed: Path, recording: Path) -> None:
+    from deflare_cli.model import export_checkpoint, load_checkpoint
+
+    size = export_checkpoint(perturbed, tmp_path / "slim.pt", {"trained_on": "test"})
+    slim = load_checkpoint(tmp_path / "slim.pt")
+    assert size == (tmp_path / "slim.pt").stat().st_size and "optimizer" not in slim
+    assert slim["notes"] == {"trained_on": "test"}
+    for checkpoint in (perturbed, tmp_path / "slim.pt"):
+        deflare(recording, tmp_path / f"{checkpoint.stem}.h5", InferSettings(checkpoint=checkpoint))
+    assert same_events(read_events(tmp_path / "perturbed.h5"), read_events(tmp_path / "slim.h5"))
+    result = CliRunner().invoke(app, ["export", str(perturbed), str(tmp_path / "cli.pt")])
+    assert result.exit_code == 0 and "exported" in result.output
