@@ -20,7 +20,7 @@ import torch
 
 from .errors import DeflareError, InputError
 from .events import P_DTYPE, T_DTYPE, XY_DTYPE, Events, Progress, no_progress
-from .io import atomic_output, check_distinct, read_events, write_events
+from .io import atomic_output, check_distinct, read_events, source_label, write_events
 from .settings import CodecSettings, DecodeSettings, EncodeSettings
 
 # Events per encoding chunk: large enough to amortise the per-call cost of index_add_, small
@@ -222,7 +222,7 @@ def write_voxels(target: str | Path | BinaryIO, voxels: Voxels) -> None:
 
 def read_voxels(source: str | Path | BinaryIO, name: str | None = None) -> Voxels:
     """Load a voxel file written by :func:`write_voxels`, refusing anything else."""
-    label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+    label = source_label(source, name)
     if isinstance(source, str | Path) and not Path(source).is_file():
         raise InputError(label, "file not found" if not Path(source).exists() else "not a file")
     if not zipfile.is_zipfile(source):  # torch.save writes zip archives since PyTorch 1.6
@@ -276,7 +276,7 @@ def encode_file(
     check_distinct(source, target)
     events = read_events(source, settings.read, progress, name)
     voxels = events_to_voxel(events, settings.codec, progress)
-    label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+    label = source_label(source, name)
     voxels = replace(voxels, source=label)
     write_voxels(target, voxels)
     return voxels

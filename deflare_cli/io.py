@@ -124,7 +124,7 @@ class EventFileReader:
     def __init__(
         self, source: Source, settings: ReadSettings = ReadSettings(), name: str | None = None
     ) -> None:
-        self.label = name or (str(source) if isinstance(source, str | Path) else "<stream>")
+        self.label = source_label(source, name)
         self.settings = settings
         self._h5: h5py.File | None = None
         self._loaded: Events | None = None
@@ -201,6 +201,11 @@ class EventFileReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def source_label(source: Source, name: str | None = None) -> str:
+    """How messages call an input: the given name, else its path, else ``<stream>``."""
+    return name or (str(source) if isinstance(source, str | Path) else "<stream>")
 
 
 def list_event_files(folder: Path) -> list[Path]:
