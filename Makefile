@@ -52,10 +52,9 @@ demo: $(STAMP)
 			--output $(DEMO_DIR)/report_default; \
 	else echo "no default model ships with this checkout: skipped"; fi
 	@echo "== 6/6 pictures"
-	$(DEFLARE) deflare $(DEMO_TEST)/background_with_flare_events/composed_00000_bg_flare.h5 \
-		$(DEMO_DIR)/deflared_00000.h5 --checkpoint $(DEMO_DIR)/model/last.pt --overwrite
 	$(DEFLARE) visualize --compare $(DEMO_TEST)/background_with_flare_events/composed_00000_bg_flare.h5 \
-		$(DEMO_DIR)/deflared_00000.h5 $(DEMO_TEST)/background_with_light_events/composed_00000_bg_light.h5 \
+		$(DEMO_DIR)/deflared/composed_00000_bg_flare.h5 \
+		$(DEMO_TEST)/background_with_light_events/composed_00000_bg_light.h5 \
 		--windows 3 --gif -o $(DEMO_DIR)/pictures
 	$(DEFLARE) visualize $(DEMO_TEST)/background_with_flare_events/composed_00000_bg_flare.h5 \
 		-o $(DEMO_DIR)/pictures
