@@ -279,6 +279,13 @@ def machine() -> str:
     )
 
 
+def gpu_line() -> str:
+    """What GPU this run had: the GPU benchmarks need one (none so far in this project)."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} present, but no GPU benchmark is implemented yet."
+    return "not measured (no CUDA device on this machine)."
+
+
 def table(rows: list[dict]) -> str:
     header = [
         "benchmark", "seconds", "M events/s", "samples/s", "vs np.add.at", "MB/s",
@@ -349,7 +356,8 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} by `make bench` on: {machine()}.\n\n"
         "Encode target: at least 4x `np.add.at` measured in the same run; peak memory of the\n"
         "encoding process at most twice the events plus voxels. Peak memory of a training step is\n"
-        "what the step adds to the process (model, activations, gradients, Adam state).\n\n"
+        "what the step adds to the process (model, activations, gradients, Adam state).\n"
+        f"GPU figures: {gpu_line()}\n\n"
         f"{table(rows)}\n"
     )
     print(text)
