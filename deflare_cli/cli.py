@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -152,8 +152,8 @@ def encode(
             config,
             {
                 "read": {
-                    "sensor_size": parse_sensor_size(sensor_size) if sensor_size else None,
-                    "time_window_ms": parse_time_window(time_window) if time_window else None,
+                    "sensor_size": _parsed(parse_sensor_size, sensor_size),
+                    "time_window_ms": _parsed(parse_time_window, time_window),
                 },
                 "codec": {
                     "num_bins": bins,
@@ -301,7 +301,7 @@ def deflare_command(
                 "batch_size": batch_size,
                 "precision": precision,
                 "output_mode": output_mode,
-                "sensor_size": parse_sensor_size(sensor_size) if sensor_size else None,
+                "sensor_size": _parsed(parse_sensor_size, sensor_size),
                 "overwrite": overwrite or None,
                 "seed": seed,
                 "compression": compression,
@@ -364,8 +364,8 @@ def visualize(
             {
                 "segment": segment,
                 "num_windows": windows,
-                "time_window_ms": parse_time_window(time_window) if time_window else None,
-                "sensor_size": parse_sensor_size(sensor_size) if sensor_size else None,
+                "time_window_ms": _parsed(parse_time_window, time_window),
+                "sensor_size": _parsed(parse_sensor_size, sensor_size),
                 "gif": gif or None,
             },
         )
@@ -444,7 +444,7 @@ def evaluate(
                 "output": output,
                 "workers": workers,
                 "device": device,
-                "sensor_size": parse_sensor_size(sensor_size) if sensor_size else None,
+                "sensor_size": _parsed(parse_sensor_size, sensor_size),
                 "baselines": {"efr_f0_hz": efr_f0},
             },
         )
@@ -587,6 +587,11 @@ def train(
         with progress_bar() as progress:
             result = run_training(settings, progress)
     _print_training(result)
+
+
+def _parsed(parse: Callable[[str], object], text: str | None) -> object:
+    """A flag's text parsed, or None when the flag was not given."""
+    return parse(text) if text else None
 
 
 def _crop_setting(crop: str | None) -> object:
