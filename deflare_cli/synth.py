@@ -469,8 +469,10 @@ def _outside_refractory(
         return keep
     first = np.r_[True, pixel[1:] != pixel[:-1]]
     rank = np.arange(len(pixel)) - np.maximum.accumulate(np.where(first, np.arange(len(pixel)), 0))
-    for j in range(int(rank.max()) + 1):
-        at_rank = np.flatnonzero(rank == j)
+    by_rank = np.argsort(rank, kind="stable")
+    bounds = np.cumsum(np.bincount(rank))
+    for lo, hi in zip(np.r_[0, bounds[:-1]], bounds, strict=True):
+        at_rank = by_rank[lo:hi]
         ok = t[at_rank] - last_event[pixel[at_rank]] >= refractory_us
         keep[at_rank[~ok]] = False
         last_event[pixel[at_rank[ok]]] = t[at_rank[ok]]
@@ -582,11 +584,13 @@ class _Layer:
 
     def at(self, t: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Intensity at event positions and times (nearest sample; 0 outside the region)."""
+        _, height, width = self.frames.shape
         ry, rx = y - self.region[0].start, x - self.region[1].start
-        inside = (ry >= 0) & (ry < self.frames.shape[1]) & (rx >= 0) & (rx < self.frames.shape[2])
+        inside = np.flatnonzero((ry >= 0) & (ry < height) & (rx >= 0) & (rx < width))
         values = np.zeros(len(t), np.float32)
-        k = _nearest(self.times, t[inside])
-        values[inside] = self.frames[k, ry[inside], rx[inside]]
+        nearest = _nearest(self.times, t[inside]).astype(np.int64)
+        flat = (nearest * height + ry[inside]) * width + rx[inside]
+        values[inside] = self.frames.ravel()[flat]
         return values
 
 
