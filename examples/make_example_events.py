@@ -2,7 +2,8 @@
 
     python examples/make_example_events.py runs/demo/example.h5 [--seed 0]
 
-This stands in for real data until `deflare synth` exists; it uses the library, not the CLI.
+A hand-made toy (no optics, no DVS emulation) showing how to build and write events from
+Python; `deflare synth` makes realistic pairs.
 """
 
 from __future__ import annotations
