@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -383,7 +384,11 @@ class Sensor:
 
 
 def emulate(
-    frames: np.ndarray, times_us: np.ndarray, sensor: Sensor, region: tuple[slice, slice]
+    frames: np.ndarray,
+    times_us: np.ndarray,
+    sensor: Sensor,
+    region: tuple[slice, slice],
+    thin: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """DVS events of intensity frames (K, h, w) over ``region`` of the sensor.
 
@@ -391,6 +396,9 @@ def emulate(
     beyond it, an event fires and the reference moves to the crossed level, so a big change gives
     several events. Timestamps are interpolated linearly between samples (ESIM). An event within
     the refractory period of the pixel's previous event is dropped (its level still counts).
+
+    ``thin(k, pixels)``, when given, says which events of the interval ending at sample k to keep
+    (pixels are flat indices into the region): mixing can drop events as they are made.
 
     Returns (t, x, y, p) in sensor coordinates, not sorted.
     """
@@ -407,10 +415,13 @@ def emulate(
         np.subtract(current, reference, out=difference)
         active = np.flatnonzero((difference >= on) | (difference <= -off))
         if len(active):
-            pieces.append(
-                _crossings(active, difference, current, previous, reference, on, off,
-                           times_us[k - 1], times_us[k], last_event, sensor.refractory_us)
-            )  # fmt: skip
+            t, pixel, p = _crossings(active, difference, current, previous, reference, on, off,
+                                     times_us[k - 1], times_us[k], last_event,
+                                     sensor.refractory_us)  # fmt: skip
+            if thin is not None:
+                keep = thin(k, pixel)
+                t, pixel, p = t[keep], pixel[keep], p[keep]
+            pieces.append((t, pixel, p))
         previous = current
     if not pieces:
         empty = np.zeros(0, np.int64)
@@ -506,14 +517,15 @@ def synthesise_pair(settings: SynthSettings, index: int) -> tuple[Pair, PairPara
     flare_parts, light_parts = flare_layers(params, camera, flare_times / 1e6)
     flare = _Layer(*_render_layers(flare_parts, settings), flare_times)
     light = _Layer(*_render_layers(light_parts, settings), flare_times)
-    flare_events = emulate(flare.frames, flare_times, sensor, flare.region)
     light_events = emulate(light.frames, flare_times, sensor, light.region)
     flare_lookup = _FlareLookup(flare, light)
 
     weights: _IntensityWeights | _CountWeights
     if settings.background_files:
         bg_events = real_background(settings, index)
+        flare_events = emulate(flare.frames, flare_times, sensor, flare.region)
         weights = _CountWeights.from_events(settings, bg_events, flare_events, light_events)
+        thinned = False
     else:
         background_times = _sample_times(duration_us, BACKGROUND_RATE_HZ)
         texture = make_texture(
@@ -522,9 +534,31 @@ def synthesise_pair(settings: SynthSettings, index: int) -> tuple[Pair, PairPara
         background = render_background(texture, camera, background_times / 1e6)
         full = (slice(0, settings.height), slice(0, settings.width))
         bg_events = emulate(background, background_times, sensor, full)
+        # Mixing keeps a flare event with I_flare / (I_bg + I_flare): decide as events are made,
+        # so that the many flare events mixing would drop are never stored or looked up.
+        thin = _flare_thinning(flare, background, _nearest(background_times, flare_times), rng)
+        flare_events = emulate(flare.frames, flare_times, sensor, flare.region, thin)
         weights = _IntensityWeights(background, background_times, flare_lookup)
-    pair = _mix(settings, params, bg_events, flare_events, light_events, weights, flare_lookup, rng)
+        thinned = True
+    pair = _mix(settings, params, bg_events, flare_events, light_events, weights, flare_lookup,
+                rng, flare_thinned=thinned)  # fmt: skip
     return pair, params
+
+
+def _flare_thinning(
+    flare: _Layer, background: np.ndarray, background_index: np.ndarray, rng: np.random.Generator
+) -> Callable[[int, np.ndarray], np.ndarray]:
+    """The mixing draw for flare events of one sample interval (see :func:`emulate`)."""
+    top, left = flare.region[0].start, flare.region[1].start
+    width = flare.frames.shape[2]
+
+    def keep(k: int, pixel: np.ndarray) -> np.ndarray:
+        ry, rx = np.divmod(pixel, width)
+        i_flare = flare.frames[k].ravel()[pixel].astype(np.float32)
+        i_bg = background[background_index[k], ry + top, rx + left]
+        return rng.random(len(pixel)) < i_flare / (i_bg + i_flare)
+
+    return keep
 
 
 def real_background(settings: SynthSettings, index: int) -> tuple[np.ndarray, ...]:
@@ -694,8 +728,12 @@ def _mix(
     weights: _IntensityWeights | _CountWeights,
     flare_lookup: _FlareLookup,
     rng: np.random.Generator,
+    flare_thinned: bool = False,
 ) -> Pair:
-    """E-Deflare's forward model with one draw per background event, plus sensor noise."""
+    """E-Deflare's forward model with one draw per background event, plus sensor noise.
+
+    ``flare_thinned``: the flare events were already drawn with their keep probability.
+    """
     bg_t, bg_x, bg_y, _ = bg_events
     w_input, w_target = weights.background_kept(bg_t, bg_x, bg_y)
     draw = rng.random(len(bg_t))
@@ -703,7 +741,10 @@ def _mix(
 
     fl_t, fl_x, fl_y, _ = flare_events
     f_flare, f_light = flare_lookup.at(fl_t, fl_x, fl_y)
-    flare_kept = rng.random(len(fl_t)) < weights.flare_kept(fl_t, fl_x, fl_y, f_flare)
+    if flare_thinned:
+        flare_kept = np.ones(len(fl_t), bool)
+    else:
+        flare_kept = rng.random(len(fl_t)) < weights.flare_kept(fl_t, fl_x, fl_y, f_flare)
     # An event of the flare stream where the source itself dominates is a light event, not flare.
     is_flare = (f_light <= 0.5 * f_flare).astype(np.int8)
 
@@ -722,7 +763,7 @@ def _mix(
     )
     counts = {
         "background_events": int(len(bg_t)),
-        "flare_stream_events": int(len(fl_t)),
+        "flare_events_kept": int(flare_kept.sum()),
         "light_stream_events": int(len(li_t)),
         "noise_events": int(len(noise[0])),
         "input_events": len(flare_input),
