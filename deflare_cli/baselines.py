@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .codec import count_segments, events_to_voxel, voxel_to_events
+from .codec import events_to_voxel, segment_grid, voxel_to_events
 from .events import Events
 from .settings import BaselineSettings, CodecSettings
 
@@ -305,7 +305,7 @@ def _run_lengths(good: np.ndarray) -> np.ndarray:
 
 def voxel_round_trip(events: Events, codec: CodecSettings, span_us: tuple[int, int]) -> Events:
     """Encode on the pair's grid, then decode: what the codec alone costs (no network)."""
-    grid = (span_us[0], span_us[0] + count_segments(span_us, codec.segment_us) * codec.segment_us)
+    grid = segment_grid(span_us, codec.segment_us)
     return voxel_to_events(events_to_voxel(replace(events, span_us=grid), codec), seed=0)
 
 

@@ -374,7 +374,7 @@ def visualize(
         else:
             written = [path for file in files for path in visualize_file(file, out_dir, settings)]
     for path in written:
-        print_summary("", f"wrote {escape(str(path))}")
+        say(f"wrote {escape(str(path))}")
 
 
 @app.command()
@@ -388,7 +388,7 @@ def export(
     with reporting_errors():
         check_distinct(checkpoint, output)
         size = export_checkpoint(checkpoint, output)
-    print_summary("", f"[green]exported[/] {escape(str(output))} ({size / 2**20:.1f} MiB)")
+    say(f"[green]exported[/] {escape(str(output))} ({size / 2**20:.1f} MiB)")
 
 
 @app.command()
@@ -476,7 +476,7 @@ def _print_report(report, settings: EvaluateSettings) -> None:
         notes = ", ".join(f"{metric} in {count} file(s)" for metric, count in counts.items())
         err_console.print(f"[yellow]{method}[/]: undefined {notes} (left out of the mean)")
     if settings.output is not None:
-        print_summary("", f"report: {escape(str(settings.output))}.json / .csv / _files.csv")
+        say(f"report: {escape(str(settings.output))}.json / .csv / _files.csv")
 
 
 def _metrics_table(report, metrics: tuple[str, ...], title: str) -> Table:
@@ -602,7 +602,7 @@ def _crop_setting(crop: str | None) -> object:
 
 def _print_training(result) -> None:
     if result.debug_dir is not None:
-        print_summary("", f"[green]debug run done[/]: pictures in {escape(str(result.debug_dir))}")
+        say(f"[green]debug run done[/]: pictures in {escape(str(result.debug_dir))}")
         return
     table = Table(title="training", show_header=False)
     state = "[yellow]interrupted[/] (resume with --resume)" if result.interrupted else "done"
@@ -669,6 +669,11 @@ class SpeedColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.2f}/s" if speed else "", style="progress.data.speed")
+
+
+def say(text: str) -> None:
+    """A summary line on stdout (for commands whose data never goes to stdout)."""
+    Console().print(text, soft_wrap=True, highlight=False)
 
 
 def print_summary(output: str, text: str) -> None:

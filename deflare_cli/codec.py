@@ -80,6 +80,23 @@ def count_segments(span_us: tuple[int, int], segment_us: int) -> int:
     return max(1, math.ceil((end - start) / segment_us))
 
 
+def segment_grid(span_us: tuple[int, int], segment_us: int) -> tuple[int, int]:
+    """``[start, end)`` of the whole segments that cover ``span_us`` from its start."""
+    start = span_us[0]
+    return start, start + count_segments(span_us, segment_us) * segment_us
+
+
+def segment_windows(
+    span_us: tuple[int, int], segment_us: int, batch: int
+) -> list[tuple[int, tuple[int, int]]]:
+    """Batches of ``batch`` whole segments covering ``span_us``: (first segment index, window)."""
+    start, end = segment_grid(span_us, segment_us)
+    return [
+        (first, (start + first * segment_us, min(start + (first + batch) * segment_us, end)))
+        for first in range(0, (end - start) // segment_us, batch)
+    ]
+
+
 def events_to_voxel(
     events: Events,
     codec: CodecSettings = CodecSettings(),

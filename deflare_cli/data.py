@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .codec import count_segments, events_to_voxel
+from .codec import events_to_voxel, segment_grid
 from .errors import DeflareError, InputError
 from .events import Events, Progress, no_progress
 from .io import atomic_output, list_event_files, read_events
@@ -87,7 +87,7 @@ def encode_pair(
         )
     spans = [flare.time_span(), clean.time_span()]
     start, end = min(s[0] for s in spans), max(s[1] for s in spans)
-    grid = (start, start + count_segments((start, end), codec.segment_us) * codec.segment_us)
+    grid = segment_grid((start, end), codec.segment_us)
     inputs = events_to_voxel(_with_span(flare, grid), codec).data
     targets = events_to_voxel(_with_span(clean, grid), codec).data
     return inputs, targets

@@ -29,10 +29,9 @@ from .metrics import (
     EVENT_METRICS,
     LOWER_IS_BETTER,
     TABLE_METRICS,
+    TargetScorer,
     event_scores,
     pair_span,
-    point_cloud_metrics,
-    voxel_scores,
 )
 from .settings import EvaluateSettings, InferSettings, ReadSettings
 
@@ -108,12 +107,13 @@ def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]
     if labels is not None and len(labels) != len(source):
         labels = None
     methods = (PREDICTED,) if settings.pred_dir else settings.methods
+    scorer = TargetScorer(target, span, settings.codec)
     rows = []
     for method in methods:
         output = run_method(method, source, span, settings)
         row: dict[str, Any] = {"file": pair.pair_id, "method": method, "events": len(output)}
-        row.update(point_cloud_metrics(output, target, span))
-        row.update(voxel_scores(output, target, span, settings.codec))
+        row.update(scorer.point_cloud(output))
+        row.update(scorer.voxel(output))
         if labels is not None and method not in RESAMPLING:
             row.update(event_scores(source, labels, output))
         rows.append(row)

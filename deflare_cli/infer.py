@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .codec import Voxels, cells_to_events, count_segments, decode_segment, events_to_voxel
+from .codec import (
+    Voxels,
+    cells_to_events,
+    decode_segment,
+    events_to_voxel,
+    segment_grid,
+    segment_windows,
+)
 from .devices import Cluster, autocast_dtype, cluster_from_env
 from .errors import DeflareError, InputError, OutputError
 from .events import P_DTYPE, T_DTYPE, XY_DTYPE, Events, Progress, no_progress
@@ -161,15 +168,11 @@ def deflare_file(
     batch = deflarer.settings.batch_size
     read = ReadSettings(sensor_size=deflarer.settings.sensor_size)
     with EventFileReader(source, read) as reader:
-        start, end = reader.span_us
-        segments = count_segments((start, end), codec.segment_us)
+        grid = segment_grid(reader.span_us, codec.segment_us)
+        windows = segment_windows(reader.span_us, codec.segment_us, batch)
         write = WriteSettings(compression=deflarer.settings.compression)
         with EventFileWriter(target, reader.sensor_size, write) as writer:
-            for first in range(0, segments, batch):
-                window = (
-                    start + first * codec.segment_us,
-                    start + min(first + batch, segments) * codec.segment_us,
-                )
+            for done, (first, window) in enumerate(windows, start=1):
                 with timer("read"):
                     events = reader.read(*window)
                 output = _deflare_window(deflarer, events, first, timer)
@@ -177,11 +180,12 @@ def deflare_file(
                     writer.append(output)
                 result.input_events += len(events)
                 result.output_events += len(output)
-                progress(f"deflaring {source.name}", min(first + batch, segments), segments)
+                progress(f"deflaring {source.name}", done, len(windows))
             with timer("write"):
                 attrs = {**deflarer.provenance, "deflare_source": str(source)}
-                writer.finish((start, start + segments * codec.segment_us), attrs)
-    result.segments = segments
+                writer.finish(grid, attrs)
+        start, end = reader.span_us
+    result.segments = (grid[1] - grid[0]) // codec.segment_us
     result.duration_s = (end - start) / 1e6
     return result
 
@@ -191,17 +195,14 @@ def deflare_events(
 ) -> Events:
     """Deflare an in-memory stream on the grid starting at ``span_us`` (default: its own span),
     in batches of segments exactly as :func:`deflare_file` does with a file."""
-    start, end = span_us or events.time_span()
+    span = span_us or events.time_span()
     segment_us = deflarer.codec.segment_us
-    segments = count_segments((start, end), segment_us)
     timer = _StageTimer(dict.fromkeys(STAGES, 0.0))
-    pieces = []
-    for first in range(0, segments, deflarer.settings.batch_size):
-        last = min(first + deflarer.settings.batch_size, segments)
-        window = events.time_slice(start + first * segment_us, start + last * segment_us)
-        pieces.append(_deflare_window(deflarer, window, first, timer))
-    output = _join(pieces, events)
-    return replace(output, span_us=(start, start + segments * segment_us))
+    pieces = [
+        _deflare_window(deflarer, events.time_slice(*window), first, timer)
+        for first, window in segment_windows(span, segment_us, deflarer.settings.batch_size)
+    ]
+    return replace(_join(pieces, events), span_us=segment_grid(span, segment_us))
 
 
 def _deflare_window(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from .codec import count_segments, events_to_voxel
+from .codec import events_to_voxel, segment_grid
 from .events import Events
 from .settings import CodecSettings
 
@@ -108,14 +108,7 @@ def point_cloud_metrics(
     """One-sided Chamfer distance (mean over output events of the distance to the nearest target
     event) and ``gaussian`` = mean of ``1 - exp(-d^2 / 0.4)``. NaN when either stream is empty:
     an empty output has no defined Chamfer distance (it is not 0)."""
-    if not len(output) or not len(target):
-        return {"chamfer": math.nan, "gaussian": math.nan}
-    tree = cKDTree(event_points(target, span_us))
-    distances, _ = tree.query(event_points(output, span_us), k=1, workers=-1)
-    return {
-        "chamfer": float(distances.mean()),
-        "gaussian": float((1 - np.exp(-(distances**2) / GAUSSIAN_SCALE)).mean()),
-    }
+    return TargetScorer(target, span_us, CodecSettings()).point_cloud(output)
 
 
 # ----------------------------------------------------------------------------- files
@@ -136,11 +129,44 @@ def voxel_scores(
 ) -> dict[str, float]:
     """Voxel metrics per segment of one absolute grid from the pair's start, averaged over
     segments; empty segments count (E-Deflare's code skipped them and misaligned the rest)."""
-    grid = (span_us[0], span_us[0] + count_segments(span_us, codec.segment_us) * codec.segment_us)
-    output_voxels = events_to_voxel(replace(output, span_us=grid), codec).data
-    target_voxels = events_to_voxel(replace(target, span_us=grid), codec).data
-    rows = [segment_metrics(o, t) for o, t in zip(output_voxels, target_voxels, strict=True)]
-    return mean_metrics(rows)
+    return TargetScorer(target, span_us, codec).voxel(output)
+
+
+class TargetScorer:
+    """Scores any number of outputs against one target, building the target's KD-tree and voxel
+    grid once (an evaluation scores every method against the same target)."""
+
+    def __init__(self, target: Events, span_us: tuple[int, int], codec: CodecSettings) -> None:
+        self.span_us = span_us
+        self.codec = codec
+        self.grid = segment_grid(span_us, codec.segment_us)
+        self.target = target
+        self._tree: cKDTree | None = None
+        self._voxels: torch.Tensor | None = None
+
+    def point_cloud(self, output: Events) -> dict[str, float]:
+        """``chamfer`` and ``gaussian`` (see :func:`point_cloud_metrics`)."""
+        if not len(output) or not len(self.target):
+            return {"chamfer": math.nan, "gaussian": math.nan}
+        if self._tree is None:
+            self._tree = cKDTree(event_points(self.target, self.span_us))
+        distances, _ = self._tree.query(event_points(output, self.span_us), k=1, workers=-1)
+        return {
+            "chamfer": float(distances.mean()),
+            "gaussian": float((1 - np.exp(-(distances**2) / GAUSSIAN_SCALE)).mean()),
+        }
+
+    def voxel(self, output: Events) -> dict[str, float]:
+        """Voxel metrics averaged over the segments of the grid (see :func:`voxel_scores`)."""
+        if self._voxels is None:
+            self._voxels = self._encode(self.target)
+        rows = [
+            segment_metrics(o, t) for o, t in zip(self._encode(output), self._voxels, strict=True)
+        ]
+        return mean_metrics(rows)
+
+    def _encode(self, events: Events) -> torch.Tensor:
+        return events_to_voxel(replace(events, span_us=self.grid), self.codec).data
 
 
 def event_scores(source: Events, is_flare: np.ndarray, output: Events) -> dict[str, float]:

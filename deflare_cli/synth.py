@@ -494,7 +494,7 @@ def _outside_refractory(
 
 
 @dataclass
-class Pair:
+class SynthPair:
     """A synthesised pair and what it is made of."""
 
     flare_input: Events
@@ -503,7 +503,7 @@ class Pair:
     counts: dict[str, int]
 
 
-def synthesise_pair(settings: SynthSettings, index: int) -> tuple[Pair, PairParameters]:
+def synthesise_pair(settings: SynthSettings, index: int) -> tuple[SynthPair, PairParameters]:
     """Build pair ``index``: deterministic for (seed, index)."""
     params = draw_parameters(settings, index)
     rng = np.random.default_rng([settings.seed, index, 2])
@@ -525,7 +525,8 @@ def synthesise_pair(settings: SynthSettings, index: int) -> tuple[Pair, PairPara
         bg_events = real_background(settings, index)
         flare_events = emulate(flare.frames, flare_times, sensor, flare.region)
         weights = _CountWeights.from_events(settings, bg_events, flare_events, light_events)
-        thinned = False
+        fl_t, fl_x, fl_y, _ = flare_events
+        flare_kept = rng.random(len(fl_t)) < weights.flare_kept(fl_t, fl_x, fl_y)
     else:
         background_times = _sample_times(duration_us, BACKGROUND_RATE_HZ)
         texture = make_texture(
@@ -539,9 +540,9 @@ def synthesise_pair(settings: SynthSettings, index: int) -> tuple[Pair, PairPara
         thin = _flare_thinning(flare, background, _nearest(background_times, flare_times), rng)
         flare_events = emulate(flare.frames, flare_times, sensor, flare.region, thin)
         weights = _IntensityWeights(background, background_times, flare_lookup)
-        thinned = True
+        flare_kept = np.ones(len(flare_events[0]), bool)  # drawn already
     pair = _mix(settings, params, bg_events, flare_events, light_events, weights, flare_lookup,
-                rng, flare_thinned=thinned)  # fmt: skip
+                flare_kept, rng)  # fmt: skip
     return pair, params
 
 
@@ -656,11 +657,6 @@ class _IntensityWeights:
         i_flare, i_light = self.flare.at(t, x, y)
         return i_bg / (i_bg + i_flare), i_bg / (i_bg + i_light)
 
-    def flare_kept(self, t, x, y, i_flare: np.ndarray) -> np.ndarray:
-        """P(kept in input) of flare-stream events, given their flare intensity."""
-        i_bg = self._background(t, x, y)
-        return i_flare / (i_bg + i_flare)
-
     def light_kept(self, t, x, y) -> np.ndarray:
         i_bg = self._background(t, x, y)
         i_light = self.flare.light.at(t, x, y)
@@ -691,7 +687,7 @@ class _CountWeights:
         # counts need not nest like intensities do: keep "kept in input => kept in target"
         return in_input, np.maximum(in_input, c_bg / np.maximum(c_bg + c_light, 1e-9))
 
-    def flare_kept(self, t, x, y, i_flare: np.ndarray) -> np.ndarray:
+    def flare_kept(self, t, x, y) -> np.ndarray:
         c_bg, c_flare = self.background[y, x], self.flare[y, x]
         return c_flare / np.maximum(c_bg + c_flare, 1e-9)
 
@@ -727,12 +723,13 @@ def _mix(
     light_events: tuple[np.ndarray, ...],
     weights: _IntensityWeights | _CountWeights,
     flare_lookup: _FlareLookup,
+    flare_kept: np.ndarray,
     rng: np.random.Generator,
-    flare_thinned: bool = False,
-) -> Pair:
+) -> SynthPair:
     """E-Deflare's forward model with one draw per background event, plus sensor noise.
 
-    ``flare_thinned``: the flare events were already drawn with their keep probability.
+    ``flare_kept`` marks the flare events that won their mixing draw (made by the caller: the
+    emulator itself draws them for rendered backgrounds, see ``_flare_thinning``).
     """
     bg_t, bg_x, bg_y, _ = bg_events
     w_input, w_target = weights.background_kept(bg_t, bg_x, bg_y)
@@ -741,10 +738,6 @@ def _mix(
 
     fl_t, fl_x, fl_y, _ = flare_events
     f_flare, f_light = flare_lookup.at(fl_t, fl_x, fl_y)
-    if flare_thinned:
-        flare_kept = np.ones(len(fl_t), bool)
-    else:
-        flare_kept = rng.random(len(fl_t)) < weights.flare_kept(fl_t, fl_x, fl_y, f_flare)
     # An event of the flare stream where the source itself dominates is a light event, not flare.
     is_flare = (f_light <= 0.5 * f_flare).astype(np.int8)
 
@@ -770,7 +763,7 @@ def _mix(
         "target_events": len(clean_target),
         "input_flare_events": int(labels.sum()),
     }
-    return Pair(flare_input, labels, clean_target, counts)
+    return SynthPair(flare_input, labels, clean_target, counts)
 
 
 def _pick(stream: tuple[np.ndarray, ...], mask: np.ndarray, label: object) -> tuple:

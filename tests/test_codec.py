@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from deflare_cli.codec import Voxels, count_segments, events_to_voxel, voxel_to_events
+from deflare_cli.codec import (
+    Voxels,
+    count_segments,
+    events_to_voxel,
+    segment_grid,
+    segment_windows,
+    voxel_to_events,
+)
 from deflare_cli.errors import DeflareError
 from deflare_cli.events import Events, make_events
 from deflare_cli.settings import CodecSettings
@@ -149,3 +156,10 @@ def test_oversized_grid_is_refused_with_advice() -> None:
 def test_bins_must_divide_the_segment() -> None:
     with pytest.raises(ValueError, match="multiple of num_bins"):
         CodecSettings(num_bins=7, segment_us=20_000)
+
+
+def test_segment_windows_cover_the_span_in_batches() -> None:
+    assert segment_grid((1000, 101_000), 20_000) == (1000, 101_000)
+    assert segment_grid((1000, 101_001), 20_000) == (1000, 121_000)
+    windows = segment_windows((0, 100_000), 20_000, 2)
+    assert windows == [(0, (0, 40_000)), (2, (40_000, 80_000)), (4, (80_000, 100_000))]

@@ -101,9 +101,6 @@ class FixedWeights:
     def background_kept(self, t, x, y):
         return self.values[0], self.values[1]
 
-    def flare_kept(self, t, x, y, i_flare):
-        return np.full(len(t), self.values[2])
-
     def light_kept(self, t, x, y):
         return np.full(len(t), self.values[3])
 
@@ -130,7 +127,9 @@ def test_mixing_keeps_input_background_in_target_and_labels_flare(tmp_path: Path
     light = _stream(np.arange(100) * 4 + 2, np.ones(100), np.ones(100))
     light_share = np.where(np.arange(500) < 100, 0.9, 0.1)  # first 100 flare events: the source
     weights = FixedWeights(w_input, w_target, 0.8, 1.0)
-    pair = _mix(settings, params, background, flare, light, weights, FixedLookup(light_share), rng)
+    flare_kept = rng.random(500) < weights.values[2]
+    pair = _mix(settings, params, background, flare, light, weights, FixedLookup(light_share),
+                flare_kept, rng)  # fmt: skip
     input_t, target_t = pair.flare_input.t, set(pair.clean_target.t.tolist())
     from_background = input_t[input_t % 4 == 0]
     assert 0.3 * count < len(from_background) < 0.7 * count
