@@ -29,7 +29,6 @@ test: $(STAMP)
 
 DEFLARE := $(VENV)/bin/deflare
 DEMO_TEST := $(DEMO_DIR)/data/test
-DEMO_METHODS := raw,voxel,efr,pfd-a,pfd-b,baf,antiflicker,model,model-resample
 DEFAULT_MODEL := deflare_cli/weights/default.pt
 
 # The main job on built-in data, end to end on CPU in well under 10 minutes on 2 cores.
@@ -44,7 +43,7 @@ demo: $(STAMP)
 	$(DEFLARE) deflare $(DEMO_TEST)/background_with_flare_events $(DEMO_DIR)/deflared \
 		--checkpoint $(DEMO_DIR)/model/last.pt --overwrite
 	@echo "== 4/6 scoring every method against the clean targets"
-	$(DEFLARE) evaluate --data-dir $(DEMO_TEST) --methods $(DEMO_METHODS) --workers 2 \
+	$(DEFLARE) evaluate --data-dir $(DEMO_TEST) --methods all --workers 2 \
 		--checkpoint $(DEMO_DIR)/model/last.pt --efr-f0 120 --output $(DEMO_DIR)/report
 	@echo "== 5/6 the default model shipped with deflare, on the same files"
 	@if [ -f $(DEFAULT_MODEL) ]; then \

@@ -125,8 +125,8 @@ def bench_hdf5(count: int, compression: str) -> list[dict]:
 
 def bench_train_step(batch: int, bins_hw: tuple[int, int, int], steps: int) -> list[dict]:
     """Optimizer steps of the default model (f_maps 16,32,64) on CPU, as the trainer does them."""
+    from deflare_cli.devices import autocast_dtype
     from deflare_cli.model import TrueResidualUNet3D
-    from deflare_cli.train import autocast_dtype
 
     torch.manual_seed(0)
     model = TrueResidualUNet3D()
@@ -166,9 +166,10 @@ def bench_infer(count: int, mode: str) -> list[dict]:
     mode has real edits to make (an untrained model would change nothing); the row names how
     many events came out.
     """
+    from deflare_cli.checkpoint import CHECKPOINT_FORMAT
     from deflare_cli.infer import STAGES, deflare
-    from deflare_cli.model import CHECKPOINT_FORMAT, TrueResidualUNet3D
-    from deflare_cli.settings import CodecSettings, InferSettings, ModelSettings
+    from deflare_cli.model import TrueResidualUNet3D
+    from deflare_cli.settings import CodecSettings, InferSettings, ModelSettings, RuntimeSettings
 
     rng = np.random.default_rng(0)
     t = np.sort(rng.integers(0, 100_000, count))
@@ -187,7 +188,9 @@ def bench_infer(count: int, mode: str) -> list[dict]:
         write_events(source, events)
         torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "settings": settings},
                    checkpoint)  # fmt: skip
-        infer = InferSettings(checkpoint=checkpoint, output_mode=mode, device="cpu")
+        infer = InferSettings(
+            checkpoint=checkpoint, output_mode=mode, runtime=RuntimeSettings(device="cpu")
+        )
         [result] = deflare(source, Path(folder) / "out.h5", infer)
     total = result.seconds
     row = {

@@ -12,13 +12,11 @@ younger than one chunk.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import numpy as np
 
-from .codec import events_to_voxel, segment_grid, voxel_to_events
-from .events import Events
-from .settings import BaselineSettings, CodecSettings
+from .events import Events, concat_events, make_events, pixel_index
+from .settings import BaselineSettings
 
 # The 8 neighbours of a pixel, as (dy, dx).
 NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -171,8 +169,7 @@ def event_flicker_removal(events: Events, settings: BaselineSettings) -> Events:
     rho2 = 1 - (1 - settings.efr_rho1) / 10
     start = int(events.t[0])
     samples = int((events.t[-1] - start) // step) + 1
-    pixel = events.y.astype(np.int64) * events.width + events.x
-    pixels, which = np.unique(pixel, return_inverse=True)
+    pixels, which = np.unique(pixel_index(events), return_inverse=True)
     counts = np.bincount(which)
     mean_p = np.bincount(which, events.p) / counts
     bias = np.where(counts >= 20, mean_p, 0.0)
@@ -192,17 +189,8 @@ def event_flicker_removal(events: Events, settings: BaselineSettings) -> Events:
     late = emitted_t >= lag_end
     early = events.select(events.t < lag_end)
     y, x = np.divmod(rows[late], events.width)
-    t = np.concatenate([early.t, emitted_t[late]])
-    order = np.argsort(t, kind="stable")
-    return Events(
-        t[order],
-        np.concatenate([early.x, x.astype(np.uint16)])[order],
-        np.concatenate([early.y, y.astype(np.uint16)])[order],
-        np.concatenate([early.p, polarity[late]])[order],
-        events.height,
-        events.width,
-        events.span_us,
-    )
+    emitted = make_events(emitted_t[late], x, y, polarity[late], events.sensor_size)
+    return concat_events([early, emitted], events)
 
 
 def _comb(signal: np.ndarray, delay: int, rho: float) -> np.ndarray:
@@ -264,7 +252,7 @@ def anti_flicker_filter(events: Events, settings: BaselineSettings) -> Events:
     if not len(events):
         return events
     low_hz, high_hz = settings.antiflicker_band_hz
-    pixel = events.y.astype(np.int64) * events.width + events.x
+    pixel = pixel_index(events)
     order = np.lexsort((events.t, pixel))
     sorted_pixel, sorted_t, sorted_p = pixel[order], events.t[order], events.p[order]
     on = np.flatnonzero(sorted_p > 0)
@@ -298,21 +286,3 @@ def _run_lengths(good: np.ndarray) -> np.ndarray:
     count = np.cumsum(good)
     reset = np.maximum.accumulate(np.where(~good, count, 0))
     return count - reset
-
-
-# ----------------------------------------------------------------------------- voxel
-
-
-def voxel_round_trip(events: Events, codec: CodecSettings, span_us: tuple[int, int]) -> Events:
-    """Encode on the pair's grid, then decode: what the codec alone costs (no network)."""
-    grid = segment_grid(span_us, codec.segment_us)
-    return voxel_to_events(events_to_voxel(replace(events, span_us=grid), codec), seed=0)
-
-
-BASELINES = {
-    "efr": event_flicker_removal,
-    "pfd-a": lambda events, settings: polarity_focused_filter(events, settings, "A"),
-    "pfd-b": lambda events, settings: polarity_focused_filter(events, settings, "B"),
-    "baf": background_activity_filter,
-    "antiflicker": anti_flicker_filter,
-}

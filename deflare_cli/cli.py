@@ -8,10 +8,12 @@ data on stdout: ``deflare encode in.h5 -o - | deflare decode - -o out.h5``.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import typer
 from rich.console import Console
@@ -32,11 +34,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .codec import decode_file, encode_file
 from .errors import DeflareError
-from .io import STDIO, check_distinct, open_source, open_target
+from .io import check_distinct, decode_file, encode_file
+from .methods import METHODS, resolve_methods
 from .settings import (
-    ALL_METHODS,
     Backbone,
     Compression,
     DecodeSettings,
@@ -63,6 +64,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+STDIO = "-"  # as an input: stdin; as an output: stdout
+
+
+def open_source(argument: str) -> tuple[Path | BinaryIO, str]:
+    """A command-line input and its name for messages: ``-`` is stdin (read whole, so that it
+    can be seeked), else a path."""
+    if argument == STDIO:
+        return io.BytesIO(sys.stdin.buffer.read()), "<stdin>"
+    return Path(argument), argument
+
+
+def open_target(argument: str) -> Path | BinaryIO:
+    """A command-line output: ``-`` is stdout, anything else a path."""
+    if argument == STDIO:
+        return sys.stdout.buffer
+    return Path(argument)
+
 
 # Options shared by several commands, declared once.
 ConfigOption = Annotated[
@@ -236,9 +254,9 @@ def synth(
                 "height": height,
                 "width": width,
                 "duration_ms": duration_ms,
-                "workers": workers,
+                "runtime": {"workers": workers},
                 "background_dir": background_dir,
-                "compression": compression,
+                "write": {"compression": compression},
                 "overwrite": overwrite or None,
             },
         )
@@ -297,14 +315,13 @@ def deflare_command(
             config,
             {
                 "checkpoint": checkpoint,
-                "device": device,
                 "batch_size": batch_size,
-                "precision": precision,
                 "output_mode": output_mode,
-                "sensor_size": _parsed(parse_sensor_size, sensor_size),
                 "overwrite": overwrite or None,
                 "seed": seed,
-                "compression": compression,
+                "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
+                "write": {"compression": compression},
+                "runtime": {"device": device, "precision": precision},
             },
         )
         with progress_bar() as progress:
@@ -364,8 +381,10 @@ def visualize(
             {
                 "segment": segment,
                 "num_windows": windows,
-                "time_window_ms": _parsed(parse_time_window, time_window),
-                "sensor_size": _parsed(parse_sensor_size, sensor_size),
+                "read": {
+                    "time_window_ms": _parsed(parse_time_window, time_window),
+                    "sensor_size": _parsed(parse_sensor_size, sensor_size),
+                },
                 "gif": gif or None,
             },
         )
@@ -383,7 +402,7 @@ def export(
     output: Annotated[Path, typer.Argument(help="Model file to write (.pt).")],
 ) -> None:
     """Keep only the model of a training checkpoint (a few MB), for sharing or shipping."""
-    from .model import export_checkpoint
+    from .checkpoint import export_checkpoint
 
     with reporting_errors():
         check_distinct(checkpoint, output)
@@ -404,8 +423,9 @@ def evaluate(
         str | None,
         typer.Option(
             "--methods",
-            help="Comma-separated: raw, voxel, efr, pfd-a, pfd-b, baf, antiflicker, model, "
-            "model-resample [all but the model ones].",
+            help="Comma-separated method names, or 'all' [all but the model ones]: "
+            + "; ".join(f"{method.name}: {method.help}" for method in METHODS.values())
+            + ".",
         ),
     ] = None,
     checkpoint: Annotated[
@@ -442,9 +462,8 @@ def evaluate(
                 "methods": _method_list(methods),
                 "checkpoint": checkpoint,
                 "output": output,
-                "workers": workers,
-                "device": device,
-                "sensor_size": _parsed(parse_sensor_size, sensor_size),
+                "runtime": {"workers": workers, "device": device},
+                "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
                 "baselines": {"efr_f0_hz": efr_f0},
             },
         )
@@ -457,9 +476,10 @@ def _method_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ALL_METHODS]
-    if unknown:
-        raise typer.BadParameter(f"unknown method(s) {unknown}; choose from {list(ALL_METHODS)}")
+    try:
+        resolve_methods(tuple(names))
+    except DeflareError as error:
+        raise typer.BadParameter(str(error)) from None
     return names
 
 
@@ -569,6 +589,7 @@ def train(
                     "num_workers": num_workers,
                     "skip_bad": skip_bad or None,
                 },
+                "runtime": {"device": device, "precision": precision},
                 "model": {
                     "f_maps": parse_int_list(f_maps) if f_maps else None,
                     "backbone": backbone,
@@ -576,8 +597,6 @@ def train(
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "lr": lr,
-                "device": device,
-                "precision": precision,
                 "resume": resume,
                 "seed": seed,
                 "max_steps": max_steps,

@@ -9,19 +9,15 @@ stretched to the events' own span, and no event is dropped (E-Deflare, DESIGN.md
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import BinaryIO
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .errors import DeflareError, InputError
-from .events import P_DTYPE, T_DTYPE, XY_DTYPE, Events, Progress, no_progress
-from .io import atomic_output, check_distinct, read_events, source_label, write_events
-from .settings import CodecSettings, DecodeSettings, EncodeSettings
+from .errors import DeflareError
+from .events import P_DTYPE, T_DTYPE, XY_DTYPE, Events, pixel_index
+from .progress import Progress, no_progress
+from .settings import CodecSettings
 
 # Events per encoding chunk: large enough to amortise the per-call cost of index_add_, small
 # enough that the int32 index temporaries stay in cache-friendly sizes (benchmarks/run.py).
@@ -72,6 +68,15 @@ class Voxels:
     def span_us(self) -> tuple[int, int]:
         """[start, end) in microseconds covered by all segments."""
         return self.t0_us, self.t0_us + self.num_segments * self.segment_us
+
+    def segment_start_us(self, index: int) -> int:
+        """Start of segment ``index`` in microseconds."""
+        return self.t0_us + index * self.segment_us
+
+    def segment(self, index: int) -> Voxels:
+        """Segment ``index`` alone, as a grid of one segment (1, B, H, W) at its own time."""
+        data = self.data[index : index + 1].contiguous()
+        return Voxels(data, self.segment_start_us(index), self.segment_us, self.source)
 
 
 def count_segments(span_us: tuple[int, int], segment_us: int) -> int:
@@ -143,6 +148,14 @@ def _flat_index(
     return global_bin.mul_(height * width).add_(y.mul_(width)).add_(x)
 
 
+def cell_index(events: Events, t0_us: int, bin_us: int) -> np.ndarray:
+    """Flat cell index ``(bin * H + y) * W + x`` of every event (int64), bins counted from
+    ``t0_us``: the numpy form of the index the encoder builds in torch."""
+    height, width = events.sensor_size
+    bins = (events.t - t0_us) // bin_us
+    return bins * (height * width) + pixel_index(events)
+
+
 def _check_size(shape: tuple[int, ...], max_gib: float) -> None:
     gib = math.prod(shape) * 4 / 2**30
     if gib > max_gib:
@@ -184,8 +197,7 @@ def decode_segment(
     """(t, x, y, p) of one segment, sorted by time."""
     counts = torch.round(voxels.data[segment]).to(torch.int32).flatten().numpy()
     cells = np.flatnonzero(counts)
-    segment_start = voxels.t0_us + segment * voxels.segment_us
-    return cells_to_events(cells, counts[cells], segment_start, voxels, rng)
+    return cells_to_events(cells, counts[cells], voxels.segment_start_us(segment), voxels, rng)
 
 
 def cells_to_events(
@@ -211,105 +223,3 @@ def cells_to_events(
     order = np.argsort(key, kind="stable")
     t = (segment_start_us + offset[order]).astype(T_DTYPE)
     return t, x[order].astype(XY_DTYPE), y[order].astype(XY_DTYPE), polarity[order]
-
-
-# ----------------------------------------------------------------------------- voxel files
-
-VOXEL_FORMAT = "deflare-voxels/1"
-
-
-def write_voxels(target: str | Path | BinaryIO, voxels: Voxels) -> None:
-    """Save a voxel grid and its metadata as a ``.pt`` file, atomically.
-
-    The file holds only tensors, numbers and strings, so it loads with
-    ``torch.load(weights_only=True)`` and can never run code.
-    """
-    payload = {
-        "format": VOXEL_FORMAT,
-        "voxels": voxels.data.contiguous(),
-        "t0_us": int(voxels.t0_us),
-        "segment_us": int(voxels.segment_us),
-        "num_bins": voxels.num_bins,
-        "sensor_size": list(voxels.sensor_size),
-        "source": voxels.source,
-    }
-    with atomic_output(target) as temp_path:
-        torch.save(payload, temp_path)
-
-
-def read_voxels(source: str | Path | BinaryIO, name: str | None = None) -> Voxels:
-    """Load a voxel file written by :func:`write_voxels`, refusing anything else."""
-    label = source_label(source, name)
-    if isinstance(source, str | Path) and not Path(source).is_file():
-        raise InputError(label, "file not found" if not Path(source).exists() else "not a file")
-    if not zipfile.is_zipfile(source):  # torch.save writes zip archives since PyTorch 1.6
-        raise InputError(label, "not a voxel file (not a PyTorch .pt archive)")
-    if not isinstance(source, str | Path):
-        source.seek(0)
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError(
-            label, "refused: the file holds Python objects that could run code, not voxels"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise InputError(label, f"not a voxel file (cannot load it with torch: {error})") from None
-    return _voxels_from_payload(payload, label)
-
-
-def _voxels_from_payload(payload: object, label: str) -> Voxels:
-    if not isinstance(payload, dict) or payload.get("format") != VOXEL_FORMAT:
-        raise InputError(label, f"not a deflare voxel file (no '{VOXEL_FORMAT}' marker)")
-    data = payload.get("voxels")
-    expected_bins = payload.get("num_bins")
-    expected_size = payload.get("sensor_size")
-    if not isinstance(data, torch.Tensor) or data.ndim != 4 or data.dtype != torch.float32:
-        raise InputError(label, "voxel file must hold a float32 tensor of shape (S, B, H, W)")
-    if [data.shape[1], *data.shape[2:]] != [expected_bins, *(expected_size or [])]:
-        raise InputError(
-            label,
-            f"tensor shape {tuple(data.shape)} does not match its metadata "
-            f"(bins {expected_bins}, sensor size {expected_size})",
-        )
-    try:
-        return Voxels(
-            data, int(payload["t0_us"]), int(payload["segment_us"]), str(payload["source"])
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(label, f"voxel file metadata is incomplete or invalid ({error})") from None
-
-
-# ----------------------------------------------------------------------------- file to file
-
-
-def encode_file(
-    source: str | Path | BinaryIO,
-    target: str | Path | BinaryIO,
-    settings: EncodeSettings = EncodeSettings(),
-    progress: Progress = no_progress,
-    name: str | None = None,
-) -> Voxels:
-    """Read an event file, encode it, and write the voxel file. Returns the voxels."""
-    check_distinct(source, target)
-    events = read_events(source, settings.read, progress, name)
-    voxels = events_to_voxel(events, settings.codec, progress)
-    label = source_label(source, name)
-    voxels = replace(voxels, source=label)
-    write_voxels(target, voxels)
-    return voxels
-
-
-def decode_file(
-    source: str | Path | BinaryIO,
-    target: str | Path | BinaryIO,
-    settings: DecodeSettings = DecodeSettings(),
-    progress: Progress = no_progress,
-    name: str | None = None,
-) -> Events:
-    """Read a voxel file, decode it, and write the events (deflare layout). Returns the events."""
-    check_distinct(source, target)
-    voxels = read_voxels(source, name)
-    events = voxel_to_events(voxels, settings.seed, progress)
-    provenance = {"deflare_decoded_from": voxels.source, "deflare_decode_seed": settings.seed}
-    write_events(target, events, settings.write, provenance)
-    return events

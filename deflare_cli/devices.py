@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -79,3 +80,11 @@ def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | 
             raise DeflareError("fp16 training needs a CUDA GPU; use --precision fp32 or bf16")
         log.warning("bf16 training on CPU is experimental: PyTorch 2.13 crashed here with it")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Mixed precision for the network's forward pass: autocast to ``dtype`` on ``device``, or
+    nothing at all for plain fp32 (``dtype`` None, from :func:`autocast_dtype`)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

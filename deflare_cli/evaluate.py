@@ -13,18 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .baselines import BASELINES, voxel_round_trip
-from .data import Pair, find_pairs
-from .errors import DeflareError
-from .events import Events, Progress, no_progress
-from .io import atomic_output, read_event_column, read_events
+from .io import Pair, atomic_output, find_pairs, read_event_column, read_pair
+from .methods import Method, resolve_methods
 from .metrics import (
     EVENT_METRICS,
     LOWER_IS_BETTER,
@@ -33,11 +29,11 @@ from .metrics import (
     event_scores,
     pair_span,
 )
-from .settings import EvaluateSettings, InferSettings, ReadSettings
+from .progress import Progress, map_jobs, no_progress
+from .settings import EvaluateSettings
 
-PREDICTED = "pred"  # the method name of outputs made elsewhere (--pred-dir)
-# Methods that emit new events rather than keep input ones: event-level scores mean nothing.
-RESAMPLING = {"voxel", "efr", "model-resample"}
+# Outputs made elsewhere (--pred-dir), scored as they are: a method that returns its input.
+PREDICTED = Method("pred", "outputs made elsewhere", True, lambda source, span, settings: source)
 
 
 @dataclass
@@ -68,20 +64,11 @@ class Report:
 
 def evaluate(settings: EvaluateSettings, progress: Progress = no_progress) -> Report:
     """Score the methods (or the outputs in ``pred_dir``) on every pair; write the report files."""
+    resolve_methods(settings.methods)  # unknown names fail before any work
     pairs = find_pairs(*settings.paired_dirs())
     jobs = [(settings, pair) for pair in pairs]
-    rows: list[dict[str, Any]] = []
-    if settings.workers > 1 and len(pairs) > 1:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(min(settings.workers, len(pairs))) as pool:
-            for done, file_rows in enumerate(pool.imap(_evaluate_job, jobs), start=1):
-                rows += file_rows
-                progress("evaluating", done, len(pairs))
-    else:
-        for done, job in enumerate(jobs, start=1):
-            rows += _evaluate_job(job)
-            progress("evaluating", done, len(pairs))
-    report = summarise(rows)
+    per_file = map_jobs(_evaluate_job, jobs, settings.runtime.workers, "evaluating", progress)
+    report = summarise([row for file_rows in per_file for row in file_rows])
     if settings.output is not None:
         write_report(report, settings.output)
     return report
@@ -94,60 +81,23 @@ def _evaluate_job(job: tuple[EvaluateSettings, Pair]) -> list[dict[str, Any]]:
 
 def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]]:
     """One row of scores per method for one pair."""
-    read = ReadSettings(sensor_size=settings.sensor_size)
-    source = read_events(pair.flare_path, read)
-    target = read_events(pair.clean_path, read)
-    if source.sensor_size != target.sensor_size:
-        raise DeflareError(
-            f"{pair.clean_path}: sensor size {target.sensor_size} differs from "
-            f"{pair.flare_path}'s {source.sensor_size}"
-        )
+    source, target = read_pair(pair, settings.read)
     span = pair_span(source, target)
     labels = None if settings.pred_dir else read_event_column(pair.flare_path, "is_flare")
     if labels is not None and len(labels) != len(source):
         labels = None
-    methods = (PREDICTED,) if settings.pred_dir else settings.methods
+    methods = [PREDICTED] if settings.pred_dir else resolve_methods(settings.methods)
     scorer = TargetScorer(target, span, settings.codec)
     rows = []
     for method in methods:
-        output = run_method(method, source, span, settings)
-        row: dict[str, Any] = {"file": pair.pair_id, "method": method, "events": len(output)}
+        output = method.run(source, span, settings)
+        row: dict[str, Any] = {"file": pair.pair_id, "method": method.name, "events": len(output)}
         row.update(scorer.point_cloud(output))
         row.update(scorer.voxel(output))
-        if labels is not None and method not in RESAMPLING:
+        if labels is not None and method.keeps_input_events:
             row.update(event_scores(source, labels, output))
         rows.append(row)
     return rows
-
-
-def run_method(
-    method: str, source: Events, span: tuple[int, int], settings: EvaluateSettings
-) -> Events:
-    """The output of one method on one input."""
-    if method in (PREDICTED, "raw"):
-        return source
-    if method == "voxel":
-        return voxel_round_trip(source, settings.codec, span)
-    if method in BASELINES:
-        return BASELINES[method](source, settings.baselines)
-    mode = "resample" if method == "model-resample" else "preserve"
-    return _model_output(source, span, settings, mode)
-
-
-_DEFLARERS: dict[tuple, Any] = {}
-
-
-def _model_output(
-    source: Events, span: tuple[int, int], settings: EvaluateSettings, mode: str
-) -> Events:
-    from .infer import deflare_events, load_deflarer
-
-    key = (settings.checkpoint, settings.device, mode)
-    if key not in _DEFLARERS:  # load once per process
-        infer = InferSettings(checkpoint=settings.checkpoint, device=settings.device,
-                              output_mode=mode)  # fmt: skip
-        _DEFLARERS[key] = load_deflarer(infer)
-    return deflare_events(_DEFLARERS[key], source, span)
 
 
 def summarise(rows: list[dict[str, Any]]) -> Report:

@@ -7,8 +7,8 @@ polarity ``p`` is +1 or -1 (int8). Files in other conventions are converted on r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import numpy as np
 
@@ -17,19 +17,6 @@ XY_DTYPE = np.dtype(np.uint16)
 P_DTYPE = np.dtype(np.int8)
 
 DEFAULT_SENSOR_SIZE = (480, 640)  # (height, width) in pixels, as DSEC's event cameras
-
-
-class Progress(Protocol):
-    """Called by long library operations, e.g. ``progress("reading", 4_000_000, 9_000_000)``.
-
-    The CLI draws one bar per stage; ``detail`` is a short status such as the current loss.
-    """
-
-    def __call__(self, stage: str, done: int, total: int, detail: str = "") -> None: ...
-
-
-def no_progress(stage: str, done: int, total: int, detail: str = "") -> None:
-    """A progress callback that does nothing."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +115,34 @@ def polarity_from_raw(raw: np.ndarray) -> np.ndarray:
     return np.where(raw == 1, np.int8(1), np.int8(-1)).astype(P_DTYPE, copy=False)
 
 
+def time_order(t: np.ndarray) -> np.ndarray:
+    """Indices that sort timestamps, stable: equal timestamps keep their order."""
+    return np.argsort(t, kind="stable")
+
+
 def sort_by_time(events: Events) -> Events:
     """The same events in non-decreasing time order (stable, so equal timestamps keep order)."""
-    order = np.argsort(events.t, kind="stable")
-    return events.select(order)
+    return events.select(time_order(events.t))
+
+
+def concat_events(pieces: Sequence[Events], like: Events) -> Events:
+    """Pieces of one sensor's stream joined and sorted by time (stable); sensor size and span
+    from ``like``. No pieces give ``like``'s empty stream."""
+    if not pieces:
+        return like.select(slice(0, 0))
+    columns = [np.concatenate([getattr(piece, key) for piece in pieces]) for key in "txyp"]
+    joined = make_events(*columns, like.sensor_size, like.span_us)
+    return sort_by_time(joined)
+
+
+def pixel_index(events: Events) -> np.ndarray:
+    """Flat pixel index ``y * width + x`` of every event, int64."""
+    return events.y.astype(np.int64) * events.width + events.x
+
+
+def window_us(start_us: int, window_ms: tuple[float, float]) -> tuple[int, int]:
+    """A ``[start, end)`` window in milliseconds from ``start_us``, in absolute microseconds."""
+    return start_us + round(window_ms[0] * 1000), start_us + round(window_ms[1] * 1000)
 
 
 def is_time_sorted(t: np.ndarray) -> bool:

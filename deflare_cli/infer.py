@@ -22,7 +22,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,20 +29,23 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checkpoint import model_from_checkpoint
 from .codec import (
     Voxels,
+    cell_index,
     cells_to_events,
     decode_segment,
     events_to_voxel,
     segment_grid,
     segment_windows,
 )
-from .devices import Cluster, autocast_dtype, cluster_from_env
+from .devices import Cluster, autocast, autocast_dtype, cluster_from_env
 from .errors import DeflareError, InputError, OutputError
-from .events import P_DTYPE, T_DTYPE, XY_DTYPE, Events, Progress, no_progress
-from .io import EventFileReader, EventFileWriter, check_distinct, list_event_files
-from .model import TrueResidualUNet3D, file_sha256, model_from_checkpoint
-from .settings import CodecSettings, InferSettings, ReadSettings, WriteSettings
+from .events import Events, concat_events, make_events
+from .io import EventFileReader, EventFileWriter, check_distinct, file_sha256, list_event_files
+from .model import TrueResidualUNet3D
+from .progress import Progress, no_progress
+from .settings import CodecSettings, InferSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class Deflarer:
 
     @property
     def dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.settings.precision, self.cluster.device)
+        return autocast_dtype(self.settings.runtime.precision, self.cluster.device)
 
 
 def load_deflarer(settings: InferSettings) -> Deflarer:
@@ -92,13 +94,12 @@ def load_deflarer(settings: InferSettings) -> Deflarer:
             "no default model ships with this version of deflare yet: pass --checkpoint "
             "(e.g. RUN_DIR/best.pt from `deflare train`)"
         )
-    model, saved = model_from_checkpoint(checkpoint)
-    cluster = cluster_from_env(settings.device)
+    model, codec = model_from_checkpoint(checkpoint)
+    cluster = cluster_from_env(settings.runtime.device)
     # channels-last 3D is faster on CPU too, and there it also avoids the slow batch-1 Conv3d
     # kernel (fp32, full frame, 2 threads: 1.9 s and 1.2 GB per segment instead of 2.6 s and
     # 2.3 GB at batch 2 without it).
     model = model.to(cluster.device, memory_format=torch.channels_last_3d)
-    codec = CodecSettings(**saved.get("codec", {}))
     provenance = {
         "deflare_version": __version__,
         "deflare_checkpoint": Path(checkpoint).name,
@@ -107,7 +108,7 @@ def load_deflarer(settings: InferSettings) -> Deflarer:
             {
                 "output_mode": settings.output_mode,
                 "seed": settings.seed,
-                "model": saved.get("model"),
+                "model": model.settings.model_dump(mode="json"),
                 "codec": codec.model_dump(mode="json"),
             }
         ),
@@ -166,12 +167,10 @@ def deflare_file(
     timer = _StageTimer(result.stage_seconds)
     codec = deflarer.codec
     batch = deflarer.settings.batch_size
-    read = ReadSettings(sensor_size=deflarer.settings.sensor_size)
-    with EventFileReader(source, read) as reader:
+    with EventFileReader(source, deflarer.settings.read) as reader:
         grid = segment_grid(reader.span_us, codec.segment_us)
         windows = segment_windows(reader.span_us, codec.segment_us, batch)
-        write = WriteSettings(compression=deflarer.settings.compression)
-        with EventFileWriter(target, reader.sensor_size, write) as writer:
+        with EventFileWriter(target, reader.sensor_size, deflarer.settings.write) as writer:
             for done, (first, window) in enumerate(windows, start=1):
                 with timer("read"):
                     events = reader.read(*window)
@@ -202,7 +201,7 @@ def deflare_events(
         _deflare_window(deflarer, events.time_slice(*window), first, timer)
         for first, window in segment_windows(span, segment_us, deflarer.settings.batch_size)
     ]
-    return replace(_join(pieces, events), span_us=segment_grid(span, segment_us))
+    return replace(concat_events(pieces, events), span_us=segment_grid(span, segment_us))
 
 
 def _deflare_window(
@@ -214,17 +213,17 @@ def _deflare_window(
     with timer("model"):
         predicted = run_model(deflarer, voxels.data)
     with timer("decode"):
+        predicted_voxels = Voxels(predicted, voxels.t0_us, voxels.segment_us)
         pieces = []
         for index in range(voxels.num_segments):
-            segment_start = voxels.t0_us + index * voxels.segment_us
-            segment_events = events.time_slice(segment_start, segment_start + voxels.segment_us)
+            single = predicted_voxels.segment(index)
+            segment_events = events.time_slice(*single.span_us)
             rng = np.random.default_rng([deflarer.settings.seed, first_segment + index])
-            single = Voxels(predicted[index : index + 1], segment_start, voxels.segment_us)
             if deflarer.settings.output_mode == "preserve":
                 pieces.append(preserve_events(segment_events, voxels.data[index], single, rng))
             else:
                 pieces.append(_as_events(decode_segment(single, 0, rng), events))
-        return _join(pieces, events)
+        return concat_events(pieces, events)
 
 
 @torch.no_grad()
@@ -232,9 +231,7 @@ def run_model(deflarer: Deflarer, voxels: torch.Tensor) -> torch.Tensor:
     """(S, B, H, W) voxels through the model, in one batch; returns (S, B, H, W) float32 on CPU."""
     device = deflarer.cluster.device
     batch = voxels[:, None].to(device).contiguous(memory_format=torch.channels_last_3d)
-    dtype = deflarer.dtype
-    context = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    with context:
+    with autocast(device, deflarer.dtype):
         output = deflarer.model(batch)
     return output[:, 0].float().cpu().contiguous()
 
@@ -264,7 +261,7 @@ def preserve_events(
     net = input_grid.numpy()[changed].astype(np.int64)
     slot = np.full(input_grid.numel(), -1, np.int32)  # cell -> index into `changed`
     slot[changed] = np.arange(len(changed), dtype=np.int32)
-    event_slot = slot[_cell_index(events, predicted.t0_us, predicted.bin_us)]
+    event_slot = slot[cell_index(events, predicted.t0_us, predicted.bin_us)]
     positive = events.p > 0
     count_positive = np.bincount(event_slot[positive & (event_slot >= 0)], minlength=len(changed))
     excess = net - wanted
@@ -274,13 +271,7 @@ def preserve_events(
     added = np.where(excess > 0, remove_positive - excess, -excess - remove_negative)
     new = np.flatnonzero(added)
     synthesised = cells_to_events(changed[new], added[new], predicted.t0_us, predicted, rng)
-    return _join([events.select(keep), _as_events(synthesised, events)], events)
-
-
-def _cell_index(events: Events, t0_us: int, bin_us: int) -> np.ndarray:
-    height, width = events.sensor_size
-    bins = (events.t - t0_us) // bin_us
-    return (bins * height + events.y) * width + events.x.astype(np.int64)
+    return concat_events([events.select(keep), _as_events(synthesised, events)], events)
 
 
 def _choose_removed(
@@ -313,21 +304,7 @@ def _choose_removed(
 
 
 def _as_events(columns: tuple[np.ndarray, ...], like: Events) -> Events:
-    t, x, y, p = columns
-    return Events(t, x, y, p, like.height, like.width)
-
-
-def _join(pieces: list[Events], like: Events) -> Events:
-    """Concatenate event pieces and sort by time (stable: equal timestamps keep their order)."""
-    if not pieces:
-        return like.select(slice(0, 0))
-    columns = [np.concatenate([getattr(piece, key) for piece in pieces]) for key in "txyp"]
-    order = np.argsort(columns[0], kind="stable")
-    t, x, y, p = (column[order] for column in columns)
-    return Events(
-        t.astype(T_DTYPE), x.astype(XY_DTYPE), y.astype(XY_DTYPE), p.astype(P_DTYPE),
-        like.height, like.width, like.span_us,
-    )  # fmt: skip
+    return make_events(*columns, like.sensor_size)
 
 
 class _StageTimer:

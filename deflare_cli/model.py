@@ -8,19 +8,12 @@ convolution starts at zero, so the untrained model is exactly the identity.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DeflareError, InputError
-from .io import atomic_output
+from .errors import DeflareError
 from .settings import ModelSettings
-
-CHECKPOINT_FORMAT = "deflare-checkpoint/1"
 
 
 class TrueResidualUNet3D(nn.Module):
@@ -77,65 +70,3 @@ def build_backbone(settings: ModelSettings) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write one checkpoint dict atomically: a crash mid-write leaves the old file intact."""
-    with atomic_output(path) as temp_path:
-        torch.save(checkpoint, temp_path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A deflare checkpoint, loaded without running code (``weights_only=True``)."""
-    if not Path(path).is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise InputError(path, f"not a readable deflare checkpoint ({error})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not a deflare checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    return checkpoint
-
-
-def export_checkpoint(source: Path, target: Path, notes: dict[str, Any] | None = None) -> int:
-    """Write a training checkpoint's model alone (no optimizer state): what inference needs.
-
-    Returns the size of the written file in bytes.
-    """
-    checkpoint = load_checkpoint(source)
-    slim = {
-        "format": CHECKPOINT_FORMAT,
-        "model": checkpoint["model"],
-        "settings": {
-            "model": checkpoint["settings"]["model"],
-            "codec": checkpoint["settings"].get("codec", {}),
-        },
-        "step": checkpoint.get("step", 0),
-        "best_metric": checkpoint.get("best_metric", float("nan")),
-        "notes": notes or {},
-    }
-    save_checkpoint(target, slim)
-    return Path(target).stat().st_size
-
-
-def model_from_checkpoint(path: Path) -> tuple[TrueResidualUNet3D, dict[str, Any]]:
-    """The trained model of a checkpoint and the checkpoint's settings (a plain dict)."""
-    checkpoint = load_checkpoint(path)
-    try:
-        settings = checkpoint["settings"]
-        model = TrueResidualUNet3D(ModelSettings(**settings["model"]))
-        model.load_state_dict(checkpoint["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise InputError(path, f"checkpoint does not match its model settings ({error})") from None
-    model.eval()
-    return model, settings
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, for provenance."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -83,6 +83,20 @@ class WriteSettings(Frozen):
     compression: Compression = "none"
 
 
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class RuntimeSettings(Frozen):
+    """Where and how the work runs: the network's device and precision, and how many worker
+    processes share out the files (``synth`` and ``evaluate``; ``train`` and ``deflare`` share
+    work over GPUs with torchrun instead)."""
+
+    device: Device = Field("auto", description="auto: CUDA when present, else CPU")
+    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    workers: int = Field(1, ge=1, description="processes sharing the files (synth, evaluate)")
+
+
 class EncodeSettings(Frozen):
     """``deflare encode``: event file to voxel file."""
 
@@ -98,8 +112,6 @@ class DecodeSettings(Frozen):
 
 
 Backbone = Literal["ResidualUNet3D", "UNet3D"]
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ModelSettings(Frozen):
@@ -146,7 +158,7 @@ class DataSettings(Frozen):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="pairs held out when no val_dir")
     crop: tuple[int, int] | Literal["full"] = Field((128, 128), description="training crop (h, w)")
     flips: bool = Field(True, description="random horizontal and vertical flips in training")
-    sensor_size: tuple[int, int] | None = Field(None, description="override the files' size")
+    read: ReadSettings = Field(ReadSettings(), description="sensor size override")
     cache_dir: Path | None = Field(None, description="voxel cache; None: RUN_DIR/voxel_cache")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     skip_bad: bool = Field(False, description="skip unreadable pairs (reported) instead of failing")
@@ -189,8 +201,7 @@ class TrainSettings(Frozen):
     val_every: int | None = Field(None, ge=1, description="validate every N steps; None: epoch")
     checkpoint_every: int = Field(200, ge=1, description="save last.pt every N steps too")
     max_steps: int | None = Field(None, ge=1, description="stop after N steps in total")
-    device: Device = "auto"
-    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    runtime: RuntimeSettings = RuntimeSettings()
     seed: int = Field(0, ge=0)
     resume: Path | None = Field(None, description="checkpoint to continue from")
     debug: bool = Field(False, description="run 2 steps and write debug_output/ pictures")
@@ -221,7 +232,6 @@ class SynthSettings(Frozen):
     height: int = Field(480, ge=16, le=4096)
     width: int = Field(640, ge=16, le=4096)
     duration_ms: float = Field(100.0, gt=0, le=10_000)
-    workers: int = Field(1, ge=1, description="parallel processes, one pair each")
     max_lights: int = Field(3, ge=1, le=8)
     steady_fraction: float = Field(0.3, ge=0, le=1, description="lights that do not flicker")
     flicker_hz: tuple[float, float] = Field((80.0, 140.0), description="flicker range (2x mains)")
@@ -233,8 +243,8 @@ class SynthSettings(Frozen):
     hot_pixels: tuple[int, int] = Field((0, 8), description="range of hot pixels per file")
     samples_per_cycle: int = Field(20, ge=4, description="flare samples per flicker cycle")
     background_dir: Path | None = Field(None, description="real recordings as backgrounds")
-    background_files: list[str] = Field(default_factory=list, description="(filled in)")
-    compression: Compression = "none"
+    write: WriteSettings = WriteSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     overwrite: bool = False
 
     @model_validator(mode="after")
@@ -269,19 +279,12 @@ class VisualizeSettings(Frozen):
     """``deflare visualize``: which part of a recording to draw."""
 
     segment: int = Field(0, description="segment whose voxel bins are drawn (negative: from end)")
-    time_window_ms: tuple[float, float] | None = None
+    read: ReadSettings = ReadSettings()
     num_windows: int = Field(4, ge=1, le=32, description="time windows of the frame panels")
-    sensor_size: tuple[int, int] | None = None
     gif: bool = Field(False, description="with --compare: also an animation over time")
 
 
 OutputMode = Literal["preserve", "resample"]
-Method = Literal[
-    "raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker", "model", "model-resample"
-]
-ALL_METHODS: tuple[str, ...] = (
-    "raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker", "model", "model-resample"
-)  # fmt: skip
 
 
 class EvaluateSettings(Frozen):
@@ -291,12 +294,13 @@ class EvaluateSettings(Frozen):
     flare_dir: Path | None = Field(None, description="inputs (instead of data_dir)")
     clean_dir: Path | None = Field(None, description="targets (with flare_dir or pred_dir)")
     pred_dir: Path | None = Field(None, description="outputs made elsewhere, scored as they are")
-    methods: tuple[Method, ...] = ("raw", "voxel", "efr", "pfd-a", "pfd-b", "baf", "antiflicker")
+    methods: tuple[str, ...] | None = Field(
+        None, description="names from deflare_cli.methods; None: its default set"
+    )
     checkpoint: Path | None = Field(None, description="model for model methods; None: shipped")
     output: Path | None = Field(None, description="report stem: writes .json, .csv, _files.csv")
-    workers: int = Field(1, ge=1, description="files evaluated in parallel")
-    device: Device = "auto"
-    sensor_size: tuple[int, int] | None = None
+    read: ReadSettings = ReadSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     codec: CodecSettings = CodecSettings()
     baselines: BaselineSettings = BaselineSettings()
 
@@ -309,7 +313,7 @@ class EvaluateSettings(Frozen):
             raise ValueError("give data_dir, or flare_dir with clean_dir, or pred_dir")
         if self.data_dir is not None and self.flare_dir is not None:
             raise ValueError("give data_dir or flare_dir, not both")
-        if not self.methods and self.pred_dir is None:
+        if self.methods is not None and not self.methods and self.pred_dir is None:
             raise ValueError("choose at least one method")
         return self
 
@@ -326,14 +330,13 @@ class InferSettings(Frozen):
     """``deflare deflare``: run a trained model over event files."""
 
     checkpoint: Path | None = Field(None, description="None: the default model in the package")
-    device: Device = "auto"
-    precision: Precision = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     batch_size: int = Field(1, ge=1, description="segments per forward pass")
     output_mode: OutputMode = "preserve"
-    sensor_size: tuple[int, int] | None = None
     overwrite: bool = False
     seed: int = Field(0, ge=0, description="seed of removals and synthesised timestamps")
-    compression: Compression = "none"
+    read: ReadSettings = ReadSettings()
+    write: WriteSettings = WriteSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
 
 S = TypeVar("S", bound=BaseModel)

@@ -26,8 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,9 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DeflareError
-from .events import Events, Progress, make_events, no_progress
+from .events import Events, make_events, time_order
 from .io import atomic_output, list_event_files, read_events, write_events
-from .settings import ReadSettings, SynthSettings, WriteSettings, paired_dirs
+from .progress import Progress, map_jobs, no_progress
+from .settings import ReadSettings, SynthSettings, paired_dirs
 
 log = logging.getLogger(__name__)
 
@@ -503,8 +503,11 @@ class SynthPair:
     counts: dict[str, int]
 
 
-def synthesise_pair(settings: SynthSettings, index: int) -> tuple[SynthPair, PairParameters]:
-    """Build pair ``index``: deterministic for (seed, index)."""
+def synthesise_pair(
+    settings: SynthSettings, index: int, backgrounds: Sequence[Path] = ()
+) -> tuple[SynthPair, PairParameters]:
+    """Build pair ``index``: deterministic for (seed, index). With ``backgrounds`` (real
+    recordings), the background comes from one of them instead of a rendered scene."""
     params = draw_parameters(settings, index)
     rng = np.random.default_rng([settings.seed, index, 2])
     camera = Camera(settings, params)
@@ -521,8 +524,8 @@ def synthesise_pair(settings: SynthSettings, index: int) -> tuple[SynthPair, Pai
     flare_lookup = _FlareLookup(flare, light)
 
     weights: _IntensityWeights | _CountWeights
-    if settings.background_files:
-        bg_events = real_background(settings, index)
+    if backgrounds:
+        bg_events = real_background(settings, index, backgrounds)
         flare_events = emulate(flare.frames, flare_times, sensor, flare.region)
         weights = _CountWeights.from_events(settings, bg_events, flare_events, light_events)
         fl_t, fl_x, fl_y, _ = flare_events
@@ -562,10 +565,11 @@ def _flare_thinning(
     return keep
 
 
-def real_background(settings: SynthSettings, index: int) -> tuple[np.ndarray, ...]:
+def real_background(
+    settings: SynthSettings, index: int, files: Sequence[Path]
+) -> tuple[np.ndarray, ...]:
     """Background events of pair ``index`` from a real recording: file ``index mod n``, the
     ``index // n``-th window of the pair's duration (wrapping around within the file)."""
-    files = settings.background_files
     path = Path(files[index % len(files)])
     duration_ms = settings.duration_ms
     with_size = ReadSettings(sensor_size=(settings.height, settings.width))
@@ -783,7 +787,7 @@ def _stream(size: tuple[int, int], duration_us: int, *parts: tuple) -> tuple[Eve
     # The last sample is at t = duration: a crossing there belongs to the next window.
     inside = t < duration_us
     t, x, y, p, labels = t[inside], x[inside], y[inside], p[inside], labels[inside]
-    order = np.argsort(t, kind="stable")
+    order = time_order(t)
     events = make_events(t[order], x[order], y[order], p[order] > 0, size, span_us=(0, duration_us))
     return events, labels[order]
 
@@ -820,11 +824,11 @@ def pair_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
     )
 
 
-def write_pair(settings: SynthSettings, index: int) -> dict:
+def write_pair(settings: SynthSettings, index: int, backgrounds: Sequence[Path] = ()) -> dict:
     """Synthesise pair ``index`` and write both files; returns its manifest entry."""
-    pair, params = synthesise_pair(settings, index)
+    pair, params = synthesise_pair(settings, index, backgrounds)
     flare_path, clean_path = pair_paths(settings.out_dir, index)
-    write = WriteSettings(compression=settings.compression)
+    write = settings.write
     attrs = {"deflare_synth_seed": settings.seed, "deflare_synth_index": index}
     write_events(flare_path, pair.flare_input, write, attrs, columns={"is_flare": pair.is_flare})
     write_events(clean_path, pair.clean_target, write, attrs)
@@ -844,32 +848,23 @@ def synthesise(settings: SynthSettings, progress: Progress = no_progress) -> dic
     alone, so the output does not depend on the number of workers.
     """
     check_out_dir(settings)
-    recordings = background_recordings(settings)
-    if recordings:
-        settings = settings.model_copy(update={"background_files": [str(p) for p in recordings]})
+    recordings = tuple(background_recordings(settings))
     for folder in paired_dirs(settings.out_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    indices = list(range(settings.num_files))
-    entries: list[dict] = []
-    if settings.workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(settings.workers, initializer=_quiet_worker) as pool:
-            jobs = pool.imap_unordered(_write_pair_job, [(settings, i) for i in indices])
-            for done, entry in enumerate(jobs, start=1):
-                entries.append(entry)
-                progress("synthesising pairs", done, len(indices))
-    else:
-        for done, index in enumerate(indices, start=1):
-            entries.append(write_pair(settings, index))
-            progress("synthesising pairs", done, len(indices))
-    entries.sort(key=lambda entry: entry["index"])
-    manifest = {"settings": settings.model_dump(mode="json"), "pairs": entries}
+    jobs = [(settings, index, recordings) for index in range(settings.num_files)]
+    entries = map_jobs(_write_pair_job, jobs, settings.runtime.workers, "synthesising pairs",
+                       progress, initializer=_quiet_worker)  # fmt: skip
+    manifest = {
+        "settings": settings.model_dump(mode="json"),
+        "background_files": [str(path) for path in recordings],
+        "pairs": entries,
+    }
     with atomic_output(settings.out_dir / "manifest.json") as temp_path:
         temp_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def _write_pair_job(job: tuple[SynthSettings, int]) -> dict:
+def _write_pair_job(job: tuple[SynthSettings, int, tuple[Path, ...]]) -> dict:
     return write_pair(*job)
 
 

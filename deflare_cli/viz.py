@@ -16,10 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .codec import Voxels, events_to_voxel, read_voxels, voxel_to_events  # noqa: E402
+from .codec import events_to_voxel, voxel_to_events  # noqa: E402
 from .errors import DeflareError  # noqa: E402
-from .events import Events  # noqa: E402
-from .io import atomic_output, read_events  # noqa: E402
+from .events import Events, pixel_index, window_us  # noqa: E402
+from .io import atomic_output, read_events, read_voxels  # noqa: E402
 from .settings import ReadSettings, VisualizeSettings  # noqa: E402
 
 POSITIVE = (0.85, 0.1, 0.1)
@@ -31,7 +31,7 @@ def event_frame(events: Events) -> np.ndarray:
     """(H, W, 3) RGB image: white background, red where net polarity > 0, blue where < 0."""
     height, width = events.sensor_size
     net = np.zeros(height * width, np.float32)
-    np.add.at(net, events.y.astype(np.int64) * width + events.x, events.p)
+    np.add.at(net, pixel_index(events), events.p)
     net = net.reshape(height, width)
     image = np.ones((height, width, 3), np.float32)
     image[net > 0] = POSITIVE
@@ -159,16 +159,11 @@ def visualize_file(path: Path, out_dir: Path, settings: VisualizeSettings) -> li
     if Path(path).suffix == ".pt":
         voxels = read_voxels(path)
         segment = _segment_index(settings.segment, voxels.num_segments, path)
-        single = Voxels(voxels.data[segment : segment + 1].contiguous(),
-                        voxels.t0_us + segment * voxels.segment_us, voxels.segment_us)  # fmt: skip
-        events = voxel_to_events(single)
+        events = voxel_to_events(voxels.segment(segment))
         bins = voxels.data[segment]
         title = f"{stem}, segment {segment} (decoded)"
     else:
-        read = ReadSettings(
-            sensor_size=settings.sensor_size, time_window_ms=settings.time_window_ms
-        )
-        events = read_events(path, read)
+        events = read_events(path, settings.read)
         voxels = events_to_voxel(events)
         segment = _segment_index(settings.segment, voxels.num_segments, path)
         bins = voxels.data[segment]
@@ -200,18 +195,15 @@ def compare_files(paths: list[Path], out_dir: Path, settings: VisualizeSettings)
     Writes ``compare.png`` and, with ``gif``, ``compare.gif``."""
     if not 2 <= len(paths) <= 3:
         raise DeflareError("--compare takes INPUT OUTPUT [TARGET]")
-    read = ReadSettings(sensor_size=settings.sensor_size)
-    streams = [read_events(path, read) for path in paths]
+    whole = ReadSettings(sensor_size=settings.read.sensor_size)  # windows are cut below
+    streams = [read_events(path, whole) for path in paths]
     sizes = {stream.sensor_size for stream in streams}
     if len(sizes) > 1:
         raise DeflareError(f"the files have different sensor sizes: {sorted(sizes)}")
     start = min(stream.time_span()[0] for stream in streams)
     end = max(stream.time_span()[1] for stream in streams)
-    if settings.time_window_ms is not None:
-        start, end = (
-            start + round(settings.time_window_ms[0] * 1000),
-            start + round(settings.time_window_ms[1] * 1000),
-        )
+    if settings.read.time_window_ms is not None:
+        start, end = window_us(start, settings.read.time_window_ms)
     edges = np.linspace(start, end, settings.num_windows + 1).round().astype(np.int64)
     names = ["input", "output", "target"][: len(paths)]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +217,7 @@ def compare_files(paths: list[Path], out_dir: Path, settings: VisualizeSettings)
 def _count_map(events: Events, lo: int, hi: int) -> np.ndarray:
     window = events.time_slice(lo, hi)
     counts = np.zeros(events.height * events.width, np.int32)
-    np.add.at(counts, window.y.astype(np.int64) * events.width + window.x, 1)
+    np.add.at(counts, pixel_index(window), 1)
     return counts.reshape(events.sensor_size)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from deflare_cli.codec import Voxels, count_segments, events_to_voxel
 from deflare_cli.infer import load_deflarer, preserve_events, run_model
 from deflare_cli.io import EventFileReader
-from deflare_cli.settings import InferSettings
+from deflare_cli.settings import InferSettings, RuntimeSettings
 
 
 def main() -> None:
@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("recording", type=Path)
     parser.add_argument("checkpoint", type=Path)
     args = parser.parse_args()
-    deflarer = load_deflarer(InferSettings(checkpoint=args.checkpoint, device="cpu"))
+    cpu = RuntimeSettings(device="cpu")
+    deflarer = load_deflarer(InferSettings(checkpoint=args.checkpoint, runtime=cpu))
     segment_us = deflarer.codec.segment_us
     kept_total = seen_total = 0
     with EventFileReader(args.recording) as reader:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from deflare_cli import train as train_module
 from deflare_cli.devices import start_cluster
-from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
+from deflare_cli.settings import DataSettings, ModelSettings, RuntimeSettings, TrainSettings
+from deflare_cli.train import trainer as train_module
 
 data_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
 rank = int(os.environ["RANK"])
@@ -36,7 +36,7 @@ settings = TrainSettings(
     epochs=1,
     batch_size=1,
     lr=1e-3,
-    device="cpu",
+    runtime=RuntimeSettings(device="cpu"),
 )
 cluster = start_cluster("cpu")
 trainer = train_module.Trainer(settings, cluster)

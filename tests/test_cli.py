@@ -15,9 +15,8 @@ from conftest import file_digest, same_events, write_deflare, write_dsec
 from typer.testing import CliRunner
 
 from deflare_cli.cli import app
-from deflare_cli.codec import read_voxels
 from deflare_cli.events import make_events
-from deflare_cli.io import read_events
+from deflare_cli.io import read_events, read_voxels
 
 runner = CliRunner()
 
@@ -224,7 +223,8 @@ def _save(path: Path, obj) -> Path:
 
 
 def _truncated_voxels(folder: Path) -> Path:
-    from deflare_cli.codec import Voxels, write_voxels
+    from deflare_cli.codec import Voxels
+    from deflare_cli.io import write_voxels
 
     path = folder / "cut.pt"
     write_voxels(path, Voxels(torch.ones(2, 8, 16, 16), 0, 20_000))

@@ -10,18 +10,17 @@ import pytest
 import torch
 from conftest import flare_pair, write_deflare, write_pairs
 
-from deflare_cli import data as data_module
-from deflare_cli.data import (
+from deflare_cli.errors import DeflareError, InputError
+from deflare_cli.io import Pair, find_pairs
+from deflare_cli.settings import CodecSettings, DataSettings, ReadSettings, paired_dirs
+from deflare_cli.train import data as data_module
+from deflare_cli.train.data import (
     EventVoxelDataset,
-    Pair,
     VoxelCache,
     encode_pair,
-    find_pairs,
     prepare_pairs,
     split_pairs,
 )
-from deflare_cli.errors import DeflareError, InputError
-from deflare_cli.settings import CodecSettings, DataSettings, ReadSettings, paired_dirs
 
 
 def test_pairs_by_id(tmp_path: Path) -> None:

@@ -7,17 +7,18 @@ from pathlib import Path
 from conftest import flare_pair, write_deflare
 from typer.testing import CliRunner
 
+from deflare_cli.checkpoint import model_from_checkpoint
 from deflare_cli.cli import app
 from deflare_cli.infer import DEFAULT_CHECKPOINT
 from deflare_cli.io import read_events
-from deflare_cli.model import count_parameters, model_from_checkpoint
+from deflare_cli.model import count_parameters
 
 
 def test_default_model_ships_small_and_loads() -> None:
     assert DEFAULT_CHECKPOINT.exists(), "deflare_cli/weights/default.pt must ship"
     assert DEFAULT_CHECKPOINT.stat().st_size < 4 * 2**20
-    model, settings = model_from_checkpoint(DEFAULT_CHECKPOINT)
-    assert count_parameters(model) == 431_889 and settings["codec"]["num_bins"] == 8
+    model, codec = model_from_checkpoint(DEFAULT_CHECKPOINT)
+    assert count_parameters(model) == 431_889 and codec.num_bins == 8
 
 
 def test_deflare_without_checkpoint_uses_it(tmp_path: Path) -> None:

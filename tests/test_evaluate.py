@@ -12,10 +12,10 @@ from conftest import write_deflare, write_pairs
 from test_infer import write_checkpoint
 from typer.testing import CliRunner
 
-from deflare_cli.baselines import BASELINES
 from deflare_cli.cli import app
 from deflare_cli.evaluate import evaluate
 from deflare_cli.events import make_events
+from deflare_cli.methods import CLASSIC_FILTERS as BASELINES
 from deflare_cli.metrics import event_scores, pair_span, point_cloud_metrics, voxel_scores
 from deflare_cli.settings import BaselineSettings, CodecSettings, EvaluateSettings
 

@@ -13,14 +13,15 @@ from conftest import file_digest, flare_pair, random_events, same_events, write_
 from typer.testing import CliRunner
 
 from deflare_cli import infer
+from deflare_cli.checkpoint import CHECKPOINT_FORMAT
 from deflare_cli.cli import app
 from deflare_cli.codec import Voxels, events_to_voxel
 from deflare_cli.errors import DeflareError, InputError, OutputError
 from deflare_cli.events import make_events
 from deflare_cli.infer import deflare, preserve_events
-from deflare_cli.io import read_events
-from deflare_cli.model import CHECKPOINT_FORMAT, TrueResidualUNet3D, file_sha256
-from deflare_cli.settings import CodecSettings, InferSettings, ModelSettings
+from deflare_cli.io import file_sha256, read_events
+from deflare_cli.model import TrueResidualUNet3D
+from deflare_cli.settings import CodecSettings, InferSettings, ModelSettings, ReadSettings
 
 SMALL = ModelSettings(f_maps=(8, 16))
 
@@ -237,7 +238,7 @@ def test_long_dsec_recording_is_read_window_by_window(
 ) -> None:
     from conftest import write_dsec
 
-    from deflare_cli import io
+    from deflare_cli.io import reader as io
 
     events = random_events(count=40_000, duration_us=2_000_000, size=(32, 48))
     shifted = make_events(events.t + 10**9, events.x, events.y, events.p, events.sensor_size)
@@ -250,14 +251,16 @@ def test_long_dsec_recording_is_read_window_by_window(
         return original(h5, layout, start, stop, *args)
 
     monkeypatch.setattr(io, "_read_rows", counting)
-    settings = InferSettings(checkpoint=identity, sensor_size=(32, 48), batch_size=2)
+    settings = InferSettings(
+        checkpoint=identity, read=ReadSettings(sensor_size=(32, 48)), batch_size=2
+    )
     [result] = deflare(source, tmp_path / "out.h5", settings)
     assert result.segments == 100 and result.output_events == len(events)
     assert max(largest) < 1200  # about 2 x 20 ms of 40k events over 2 s, never the whole file
 
 
 def test_export_keeps_the_model_only(tmp_path: Path, perturbed: Path, recording: Path) -> None:
-    from deflare_cli.model import export_checkpoint, load_checkpoint
+    from deflare_cli.checkpoint import export_checkpoint, load_checkpoint
 
     size = export_checkpoint(perturbed, tmp_path / "slim.pt", {"trained_on": "test"})
     slim = load_checkpoint(tmp_path / "slim.pt")

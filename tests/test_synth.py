@@ -13,7 +13,7 @@ from conftest import file_digest, write_deflare
 
 from deflare_cli.errors import DeflareError
 from deflare_cli.io import read_events
-from deflare_cli.settings import SynthSettings
+from deflare_cli.settings import RuntimeSettings, SynthSettings
 from deflare_cli.synth import (
     Sensor,
     _mix,
@@ -71,7 +71,7 @@ def test_flare_inputs_hold_more_events_than_targets(dataset: Path) -> None:
 
 def test_deterministic_for_a_seed_and_independent_of_workers(tmp_path: Path, dataset: Path) -> None:
     again = tmp_path / "again"
-    synthesise(small_settings(again, seed=5, workers=2))
+    synthesise(small_settings(again, seed=5, runtime=RuntimeSettings(workers=2)))
     for sub in ("background_with_flare_events", "background_with_light_events"):
         for path in (dataset / sub).iterdir():
             assert file_digest(path) == file_digest(again / sub / path.name)
@@ -198,7 +198,7 @@ def test_background_from_real_recordings(tmp_path: Path) -> None:
     window = recording.time_slice(0, 30_000)
     assert len(clean) >= 0.5 * len(window)  # most real background events survive in the target
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
-    assert manifest["settings"]["background_files"] == [str(backgrounds / "street.h5")]
+    assert manifest["background_files"] == [str(backgrounds / "street.h5")]
 
 
 def test_pair_is_a_function_of_seed_and_index(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ import torch
 from conftest import write_pairs
 from typer.testing import CliRunner
 
+from deflare_cli.checkpoint import load_checkpoint
 from deflare_cli.cli import app
-from deflare_cli.data import EventVoxelDataset
 from deflare_cli.devices import start_cluster
-from deflare_cli.model import TrueResidualUNet3D, load_checkpoint
+from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
+from deflare_cli.train.data import EventVoxelDataset
 
 SMALL_MODEL = ModelSettings(f_maps=(8, 16))
 

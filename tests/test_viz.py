@@ -12,8 +12,9 @@ from conftest import flare_pair, random_events, write_deflare
 from typer.testing import CliRunner
 
 from deflare_cli.cli import app
-from deflare_cli.codec import Voxels, write_voxels
+from deflare_cli.codec import Voxels
 from deflare_cli.events import make_events
+from deflare_cli.io import write_voxels
 from deflare_cli.settings import VisualizeSettings
 from deflare_cli.viz import NEGATIVE, POSITIVE, compare_files, event_frame, visualize_file
 

@@ -11,25 +11,18 @@ from pathlib import Path
 
 import torch
 
-from .codec import Voxels, voxel_to_events
-from .model import count_parameters
-from .train import Trainer, TrainResult
-from .viz import draw_events, plot_voxel_bins
+from ..codec import Voxels, voxel_to_events
+from ..model import count_parameters
+from ..viz import draw_events, plot_voxel_bins
+from .data import VoxelCache
+from .trainer import Trainer, TrainResult
 
 DEBUG_STEPS = 2
 
 
 def run_debug(trainer: Trainer) -> TrainResult:
     """Run ``DEBUG_STEPS`` optimizer steps and write the debug folder (rank 0 only)."""
-    losses = []
-    trainer.train_set.set_epoch(0)
-    trainer.sampler.set_epoch(0)
-    for inputs, targets in trainer.loader:
-        losses.append(trainer.train_step(inputs, targets))
-        trainer.position.step += 1
-        trainer.progress("debug steps", len(losses), DEBUG_STEPS)
-        if len(losses) == DEBUG_STEPS:
-            break
+    losses = trainer.run_steps(DEBUG_STEPS)
     folder = trainer.run_dir / "debug_output" / f"epoch_000_iter_{trainer.position.step:03d}"
     if trainer.cluster.is_main:
         write_debug_folder(trainer, folder, losses)
@@ -50,7 +43,7 @@ def run_debug(trainer: Trainer) -> TrainResult:
 def write_debug_folder(trainer: Trainer, folder: Path, losses: list[float]) -> None:
     """Pictures and statistics of the first full-frame segment of the first training pair."""
     entry = trainer.train_set.entries[0]
-    tensors = torch.load(entry.path, mmap=True, weights_only=True)
+    tensors = VoxelCache.load(entry.path)
     inputs = tensors["input"][0].float()
     targets = tensors["target"][0].float()
     trainer.model.eval()

@@ -1,9 +1,7 @@
 """Paired training data: flare inputs and clean targets as voxel segments.
 
-E-Deflare's layout pairs ``background_with_flare_events/composed_NNNNN_bg_flare.h5`` (input)
-with ``background_with_light_events/composed_NNNNN_bg_light.h5`` (target) by NNNNN; other file
-names pair when their names are equal. Both files of a pair are cut on one absolute grid from
-the pair's common start, so a 100 ms pair gives 5 segment pairs.
+Pairs are found by :func:`deflare_cli.io.find_pairs`. Both files of a pair are cut on one
+absolute grid from the pair's common start, so a 100 ms pair gives 5 segment pairs.
 
 Encoded pairs are kept in a voxel cache on disk (int16 where the counts fit), keyed by the
 source files' path, size and modification time and by the codec settings, so later epochs and
@@ -15,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,25 +20,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .codec import events_to_voxel, segment_grid
-from .errors import DeflareError, InputError
-from .events import Events, Progress, no_progress
-from .io import atomic_output, list_event_files, read_events
-from .settings import CodecSettings, DataSettings, ReadSettings, paired_dirs
+from ..codec import events_to_voxel, segment_grid
+from ..errors import DeflareError
+from ..events import Events
+from ..io import Pair, atomic_output, find_pairs, read_pair
+from ..progress import Progress, no_progress
+from ..settings import CodecSettings, DataSettings, ReadSettings, TrainSettings, paired_dirs
 
 log = logging.getLogger(__name__)
 
-_ID_PATTERN = re.compile(r"^composed_(\d+)_bg_(?:flare|light)$")
 CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One training example file pair."""
-
-    pair_id: str
-    flare_path: Path
-    clean_path: Path
 
 
 @dataclass(frozen=True)
@@ -54,37 +42,11 @@ class CachedPair:
     sensor_size: tuple[int, int]
 
 
-def pair_id(path: Path) -> str:
-    """``composed_00042_bg_flare.h5`` -> ``00042``; other names pair by their stem."""
-    match = _ID_PATTERN.match(path.stem)
-    return match.group(1) if match else path.stem
-
-
-def find_pairs(flare_dir: Path, clean_dir: Path) -> list[Pair]:
-    """Pair input and target files by ID; a file without a partner is an error listing them."""
-    flare = {pair_id(p): p for p in list_event_files(flare_dir)}
-    clean = {pair_id(p): p for p in list_event_files(clean_dir)}
-    lonely = sorted(set(flare) ^ set(clean))
-    if lonely:
-        names = [str(flare.get(i) or clean.get(i)) for i in lonely]
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise InputError(flare_dir.parent, f"{len(names)} file(s) without a partner: {shown}")
-    if not flare:
-        raise InputError(flare_dir, "no event files to train on")
-    return [Pair(i, flare[i], clean[i]) for i in sorted(flare)]
-
-
 def encode_pair(
     pair: Pair, codec: CodecSettings, read: ReadSettings = ReadSettings()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Input and target voxels (S, B, H, W) of one pair, on the pair's common time grid."""
-    flare = read_events(pair.flare_path, read)
-    clean = read_events(pair.clean_path, read)
-    if flare.sensor_size != clean.sensor_size:
-        raise InputError(
-            pair.clean_path,
-            f"sensor size {clean.sensor_size} differs from its input's {flare.sensor_size}",
-        )
+    flare, clean = read_pair(pair, read)
     spans = [flare.time_span(), clean.time_span()]
     start, end = min(s[0] for s in spans), max(s[1] for s in spans)
     grid = segment_grid((start, end), codec.segment_us)
@@ -129,9 +91,14 @@ class VoxelCache:
                 stale.unlink(missing_ok=True)
             with atomic_output(path) as temp_path:
                 torch.save({"input": _compact(inputs), "target": _compact(targets)}, temp_path)
-        header = torch.load(path, mmap=True, weights_only=True)
-        shape = tuple(header["input"].shape)
+        shape = tuple(self.load(path)["input"].shape)
         return CachedPair(pair, path, shape[0], (shape[2], shape[3]))
+
+    @staticmethod
+    def load(path: Path) -> dict[str, torch.Tensor]:
+        """An entry's ``input`` and ``target`` voxels (S, B, H, W), memory-mapped: a crop reads
+        only its pages. Integer entries come back as int16."""
+        return torch.load(path, mmap=True, weights_only=True)
 
 
 def _compact(voxels: torch.Tensor) -> torch.Tensor:
@@ -250,6 +217,31 @@ class EventVoxelDataset(Dataset):
 
     def _tensors(self, entry_index: int) -> dict[str, torch.Tensor]:
         if entry_index not in self._open:
-            path = self.entries[entry_index].path
-            self._open[entry_index] = torch.load(path, mmap=True, weights_only=True)
+            self._open[entry_index] = VoxelCache.load(self.entries[entry_index].path)
         return self._open[entry_index]
+
+
+@dataclass
+class Datasets:
+    """A run's training and validation samples, and the pairs left out as unreadable."""
+
+    train: EventVoxelDataset
+    val: EventVoxelDataset | None
+    skipped: list[str]
+
+
+def load_datasets(settings: TrainSettings, progress: Progress = no_progress) -> Datasets:
+    """Find, split and encode (or find cached) the run's pairs into datasets."""
+    data = settings.data
+    pairs = find_pairs(*data.paired_dirs())
+    train_pairs, val_pairs = split_pairs(pairs, data, settings.seed)
+    cache = VoxelCache(data.cache_dir or settings.run_dir / "voxel_cache")
+    train, skipped = prepare_pairs(train_pairs, cache, settings.codec, data.read,
+                                   data.skip_bad, progress)  # fmt: skip
+    val, val_skipped = [], []
+    if val_pairs:
+        val, val_skipped = prepare_pairs(val_pairs, cache, settings.codec, data.read,
+                                         data.skip_bad, progress)  # fmt: skip
+    crop = None if data.crop == "full" else data.crop
+    train_set = EventVoxelDataset(train, crop, data.flips, settings.seed)
+    return Datasets(train_set, EventVoxelDataset(val) if val else None, skipped + val_skipped)

@@ -1,0 +1,36 @@
+"""Event files, voxel files and paired recordings: everything deflare reads or writes.
+
+- :mod:`.layouts`: the HDF5 layouts (deflare/E-Deflare, DSEC, event_utils) and their detection;
+- :mod:`.reader`: reading any layout, or a camera format through ``faery``, window by window;
+- :mod:`.writer`: writing the deflare layout, atomically and piece by piece;
+- :mod:`.voxels`: voxel files and the whole-file encode/decode;
+- :mod:`.pairs`: pairs of input and target files;
+- :mod:`.files`: atomic outputs, distinct paths, listing event files, hashing.
+"""
+
+from .files import atomic_output, check_distinct, file_sha256, list_event_files, source_label
+from .pairs import Pair, find_pairs, pair_id, read_pair
+from .reader import EventFileReader, read_event_column, read_events
+from .voxels import decode_file, encode_file, read_voxels, write_voxels
+from .writer import EventFileWriter, write_events
+
+__all__ = [
+    "EventFileReader",
+    "EventFileWriter",
+    "Pair",
+    "atomic_output",
+    "check_distinct",
+    "decode_file",
+    "encode_file",
+    "file_sha256",
+    "find_pairs",
+    "list_event_files",
+    "pair_id",
+    "read_event_column",
+    "read_events",
+    "read_pair",
+    "read_voxels",
+    "source_label",
+    "write_events",
+    "write_voxels",
+]

@@ -1,0 +1,105 @@
+"""File helpers shared by every reader and writer: atomic outputs, distinct paths, listing event
+files by suffix, and hashing for provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import InputError, OutputError
+
+FAERY_SUFFIXES = (".raw", ".dat", ".aedat4", ".es", ".csv")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+Source = str | Path | BinaryIO
+
+
+def source_label(source: Source, name: str | None = None) -> str:
+    """How messages call an input: the given name, else its path, else ``<stream>``."""
+    return name or (str(source) if isinstance(source, str | Path) else "<stream>")
+
+
+def list_event_files(folder: Path) -> list[Path]:
+    """Event files in a folder (not recursive, by suffix), sorted by name."""
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    suffixes = HDF5_SUFFIXES + FAERY_SUFFIXES
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def check_readable(path: Path) -> None:
+    """Refuse a missing path, a folder, or a file this process may not read."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an event file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "permission denied")
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | Path | BinaryIO) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` in one rename.
+
+    On any error the temporary file is removed and ``target`` is left as it was. A binary stream
+    target (stdout) receives the finished file's bytes instead.
+    """
+    if not isinstance(target, str | Path):
+        with tempfile.TemporaryDirectory() as folder:
+            temp_path = Path(folder) / "output"
+            yield temp_path
+            with open(temp_path, "rb") as finished:
+                shutil.copyfileobj(finished, target)
+            target.flush()
+        return
+    final = Path(target)
+    if final.is_dir():
+        raise OutputError(f"{final}: is a folder; give a file name")
+    if not final.parent.exists():
+        raise OutputError(f"{final}: the folder {final.parent} does not exist")
+    # The temporary name keeps the target's suffix, for writers that choose a format by it.
+    handle, name = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{final.suffix}"
+    )
+    os.close(handle)
+    temp_path = Path(name)
+    os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+    try:
+        yield temp_path
+        os.replace(temp_path, final)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_distinct(source: Source, target: Source) -> None:
+    """Refuse to write an output over its own input."""
+    if not isinstance(source, str | Path) or not isinstance(target, str | Path):
+        return
+    source_path, target_path = Path(source), Path(target)
+    same = source_path.resolve() == target_path.resolve()
+    if not same and source_path.exists() and target_path.exists():
+        same = os.path.samefile(source_path, target_path)
+    if same:
+        raise OutputError(f"{target}: the output would overwrite the input; choose another name")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, for provenance."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,181 @@
+"""The HDF5 event layouts deflare reads, and how each is detected (DESIGN.md "Data").
+
+- deflare / E-Deflare: ``/events/{t,x,y,p}``, t in microseconds, resolution attributes;
+- DSEC: ``/events/{t,x,y,p}`` plus ``/ms_to_idx`` and ``/t_offset``, Blosc/zstd compressed;
+- event_utils / E2VID: ``/events/{ts,xs,ys,ps}``, ts in seconds, ``sensor_resolution``.
+
+A :class:`Layout` says where a file keeps its columns, how its timestamps become microseconds,
+and how to find the rows of a time window without loading the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from ..events import T_DTYPE, is_time_sorted
+
+READ_CHUNK = 1 << 22  # events per HDF5 read, so progress moves and temporaries stay small
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one HDF5 layout keeps its columns and how its timestamps become microseconds."""
+
+    name: str
+    columns: dict[str, str]  # "t"/"x"/"y"/"p" -> dataset path
+    to_us: Callable[[np.ndarray], np.ndarray]
+    sensor_size: tuple[int, int] | None
+    start_us: int | None  # the recording's start; None: the first event
+    ms_to_idx: h5py.Dataset | None = None
+
+
+def detect_layout(h5: h5py.File, label: str) -> Layout:
+    """The layout of an open file, from the datasets it holds."""
+    group = h5.get("events")
+    if isinstance(group, h5py.Group) and "ts" in group:
+        return _event_utils_layout(h5, label)
+    if isinstance(group, h5py.Group) and "ms_to_idx" in h5:
+        return _dsec_layout(h5, label)
+    if isinstance(group, h5py.Group):
+        _require_datasets(h5, label, {k: f"events/{k}" for k in "txyp"})
+        return Layout(
+            "deflare",
+            {k: f"events/{k}" for k in "txyp"},
+            lambda t: _integer_microseconds(t, label),
+            _resolution_attrs(h5, label),
+            None,
+        )
+    found = ", ".join(_list_datasets(h5)) or "nothing"
+    raise InputError(
+        label,
+        "unknown event layout: expected /events/{t,x,y,p} (deflare, DSEC) or "
+        f"/events/{{ts,xs,ys,ps}} (event_utils); the file holds {found}",
+    )
+
+
+def _dsec_layout(h5: h5py.File, label: str) -> Layout:
+    _require_datasets(h5, label, {k: f"events/{k}" for k in "txyp"})
+    offset = 0
+    if "t_offset" in h5:
+        offset = int(np.asarray(h5["t_offset"][()]).reshape(-1)[0])
+    return Layout(
+        "dsec",
+        {k: f"events/{k}" for k in "txyp"},
+        lambda t: _integer_microseconds(t, label) + offset,
+        _resolution_attrs(h5, label),
+        offset,
+        h5["ms_to_idx"],
+    )
+
+
+def _event_utils_layout(h5: h5py.File, label: str) -> Layout:
+    columns = {"t": "events/ts", "x": "events/xs", "y": "events/ys", "p": "events/ps"}
+    _require_datasets(h5, label, columns)
+    size = None
+    if "sensor_resolution" in h5.attrs:
+        resolution = np.asarray(h5.attrs["sensor_resolution"]).reshape(-1)
+        size = (int(resolution[0]), int(resolution[1]))
+    return Layout("event_utils", columns, lambda ts: _seconds_to_us(ts, label), size, None)
+
+
+def _require_datasets(h5: h5py.File, label: str, columns: dict[str, str]) -> None:
+    lengths = {}
+    for path in columns.values():
+        dataset = h5.get(path)
+        if not isinstance(dataset, h5py.Dataset):
+            raise InputError(label, f"missing dataset /{path}")
+        if dataset.ndim != 1 or dataset.dtype.kind not in "iufb":
+            raise InputError(label, f"/{path} must be a 1-D numeric array, found {dataset.dtype}")
+        lengths[path] = dataset.shape[0]
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"/{path}: {n}" for path, n in lengths.items())
+        raise InputError(label, f"event datasets have different lengths ({sizes})")
+
+
+def _resolution_attrs(h5: h5py.File, label: str) -> tuple[int, int] | None:
+    for holder in (h5, h5.get("events")):
+        attrs = getattr(holder, "attrs", {})
+        if "resolution_height" in attrs and "resolution_width" in attrs:
+            return int(attrs["resolution_height"]), int(attrs["resolution_width"])
+    return None
+
+
+def _list_datasets(h5: h5py.File) -> list[str]:
+    names: list[str] = []
+    h5.visititems(
+        lambda name, obj: names.append("/" + name) if isinstance(obj, h5py.Dataset) else None
+    )
+    return names[:10]
+
+
+def _integer_microseconds(raw: np.ndarray, label: str) -> np.ndarray:
+    if raw.dtype.kind == "f":
+        _refuse_nan(raw, label)
+        return np.rint(raw).astype(T_DTYPE)
+    return raw.astype(T_DTYPE)
+
+
+def _seconds_to_us(seconds: np.ndarray, label: str) -> np.ndarray:
+    _refuse_nan(seconds, label)
+    return np.rint(np.asarray(seconds, dtype=np.float64) * 1e6).astype(T_DTYPE)
+
+
+def _refuse_nan(values: np.ndarray, label: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(label, f"timestamp is NaN or infinite at event {int(np.argmax(bad))}")
+
+
+def column_sorted(h5: h5py.File, layout: Layout) -> bool:
+    """Whether the file's timestamps never decrease, reading only the time column."""
+    times = h5[layout.columns["t"]]
+    previous = None
+    for begin in range(0, times.shape[0], READ_CHUNK):
+        block = np.asarray(times[begin : begin + READ_CHUNK])
+        if previous is not None and block[0] < previous:
+            return False
+        if not is_time_sorted(block):
+            return False
+        previous = block[-1]
+    return True
+
+
+def first_and_last_us(h5: h5py.File, layout: Layout) -> tuple[int, int]:
+    """The first and the last stored timestamp in microseconds (of a sorted file)."""
+    times = h5[layout.columns["t"]]
+    first = int(layout.to_us(np.asarray(times[:1]))[0])
+    last = int(layout.to_us(np.asarray(times[-1:]))[0])
+    return first, last
+
+
+def window_rows(
+    h5: h5py.File, layout: Layout, span: tuple[int, int], label: str
+) -> tuple[int, int]:
+    """Row range that holds the window, without loading the whole file (for sorted files)."""
+    times = h5[layout.columns["t"]]
+    if layout.ms_to_idx is not None:  # DSEC: ms_to_idx[k] = first row with t >= k ms
+        table = layout.ms_to_idx
+        first_ms = math.floor((span[0] - layout.start_us) / 1000)
+        last_ms = math.ceil((span[1] - layout.start_us) / 1000)
+        lo = int(table[first_ms]) if first_ms < len(table) else len(times)
+        hi = int(table[last_ms]) if last_ms < len(table) else len(times)
+        return lo, max(lo, hi)
+    return _bisect(times, layout, span[0]), _bisect(times, layout, span[1])
+
+
+def _bisect(times: h5py.Dataset, layout: Layout, value_us: int) -> int:
+    """First row whose timestamp is >= value_us, reading one element per step."""
+    lo, hi = 0, times.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(layout.to_us(np.asarray(times[mid : mid + 1]))[0]) < value_us:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,318 @@
+"""Reading event files: any HDF5 layout of :mod:`.layouts`, and camera formats (``.raw``,
+``.dat``, ``.aedat4``, ``.es``, ``.csv``) through the optional ``faery`` package.
+
+Unsorted timestamps are sorted (stably) with a warning rather than refused: encoding does not
+need order, and real recordings merged from several sources are often slightly out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers Blosc/zstd, which DSEC files need)
+import numpy as np
+
+from ..errors import InputError
+from ..events import (
+    DEFAULT_SENSOR_SIZE,
+    T_DTYPE,
+    XY_DTYPE,
+    Events,
+    is_time_sorted,
+    make_events,
+    polarity_from_raw,
+    sort_by_time,
+    window_us,
+)
+from ..progress import Progress, no_progress
+from ..settings import ReadSettings
+from .files import FAERY_SUFFIXES, Source, check_readable, source_label
+from .layouts import (
+    READ_CHUNK,
+    Layout,
+    column_sorted,
+    detect_layout,
+    first_and_last_us,
+    window_rows,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_events(
+    source: Source,
+    settings: ReadSettings = ReadSettings(),
+    progress: Progress = no_progress,
+    name: str | None = None,
+) -> Events:
+    """Read an event file of any supported layout (detected from its contents).
+
+    Args:
+        source: a path, or an open binary stream holding an HDF5 file (e.g. stdin's bytes).
+        settings: sensor size override and time window; see :class:`ReadSettings`.
+        progress: called as ``progress("reading", events_read, events_total)``.
+        name: how to call the source in error messages (default: its path).
+
+    Returns:
+        Events sorted by time. With a time window, ``span_us`` is that window in absolute time.
+
+    Raises:
+        InputError: missing, unreadable, corrupt or invalid file, or no events.
+    """
+    with EventFileReader(source, settings, name) as reader:
+        events = reader.read(*reader.span_us, progress)
+    window = settings.time_window_ms
+    if window is None:  # the span a deflare-written file recorded, if any
+        return replace(events, span_us=reader.recorded_span)
+    if not len(events):
+        raise InputError(
+            reader.label, f"no events in the time window {window[0]:g}-{window[1]:g} ms"
+        )
+    return events
+
+
+class EventFileReader:
+    """An event file opened for reading window by window, in time order.
+
+    Streaming code (inference on a 10-minute recording) reads ``[start, end)`` windows one after
+    another with bounded memory: sorted HDF5 files by row ranges found through ``ms_to_idx``
+    (DSEC) or binary search on the time column; unsorted files and camera formats are loaded
+    whole, sorted, once.
+
+    Attributes:
+        label: the file's name for messages.
+        sensor_size: (height, width) in pixels.
+        span_us: [start, end) of the recording, or of the time window when one is set.
+        recorded_span: the span stored in a deflare-written file (``t_start_us``,
+            ``t_end_us``), when it holds all the file's events; else None.
+    """
+
+    def __init__(
+        self, source: Source, settings: ReadSettings = ReadSettings(), name: str | None = None
+    ) -> None:
+        self.label = source_label(source, name)
+        self.settings = settings
+        self._h5: h5py.File | None = None
+        self._loaded: Events | None = None
+        self.recorded_span: tuple[int, int] | None = None
+        if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
+            check_readable(Path(source))
+            self._loaded = _read_with_faery(Path(source), settings)
+            self.sensor_size = self._loaded.sensor_size
+            start = int(self._loaded.t[0])
+        else:
+            if isinstance(source, str | Path):
+                check_readable(Path(source))
+            self._h5 = _open_hdf5(source, self.label)
+            try:
+                start = self._open_layout()
+            except BaseException:
+                self.close()
+                raise
+        self.span_us = self._span(start)
+
+    def _open_layout(self) -> int:
+        """Detect the layout; load unsorted files whole. Returns the recording's start (us)."""
+        assert self._h5 is not None
+        self._layout = detect_layout(self._h5, self.label)
+        self.sensor_size = (
+            self.settings.sensor_size or self._layout.sensor_size or DEFAULT_SENSOR_SIZE
+        )
+        self._total = self._h5[self._layout.columns["t"]].shape[0]
+        if self._total == 0:
+            raise InputError(self.label, "contains no events")
+        if self._layout.ms_to_idx is None and not column_sorted(self._h5, self._layout):
+            self._loaded = _sorted(self._rows(0, self._total, no_progress), self.label)
+        return _recording_start(self._h5, self._layout, self._loaded)
+
+    def _span(self, start: int) -> tuple[int, int]:
+        window = self.settings.time_window_ms
+        if window is not None:
+            return window_us(start, window)
+        if self._loaded is not None:
+            first, last = int(self._loaded.t[0]), int(self._loaded.t[-1])
+        else:
+            first, last = first_and_last_us(self._h5, self._layout)
+        attrs = self._h5.attrs if self._h5 is not None else {}
+        if "t_start_us" in attrs and "t_end_us" in attrs:
+            recorded = int(attrs["t_start_us"]), int(attrs["t_end_us"])
+            if recorded[0] <= first and last < recorded[1]:
+                self.recorded_span = recorded
+                return recorded
+        return first, last + 1
+
+    def read(self, start_us: int, end_us: int, progress: Progress = no_progress) -> Events:
+        """The events with ``start_us <= t < end_us``, sorted, with that window as their span."""
+        if self._loaded is not None:
+            return self._loaded.time_slice(start_us, end_us)
+        first, stop = window_rows(self._h5, self._layout, (start_us, end_us), self.label)
+        events = _sorted(self._rows(first, stop, progress), self.label)
+        return events.time_slice(start_us, end_us)
+
+    def _rows(self, start: int, stop: int, progress: Progress) -> Events:
+        assert self._h5 is not None
+        return _read_rows(
+            self._h5, self._layout, start, stop, self.sensor_size, progress, self.label
+        )
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> EventFileReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _open_hdf5(source: Source, label: str) -> h5py.File:
+    try:
+        return h5py.File(source, "r")
+    except OSError as error:
+        if _looks_like_hdf5(source):
+            raise InputError(label, f"corrupt or truncated HDF5 file ({error})") from None
+        raise InputError(label, "not an HDF5 file (and not a known camera format)") from None
+
+
+def _looks_like_hdf5(source: Source) -> bool:
+    """Whether the source starts with the HDF5 signature (at offset 0 or 512)."""
+    signature = b"\x89HDF\r\n\x1a\n"
+    if isinstance(source, str | Path):
+        with open(source, "rb") as handle:
+            head = handle.read(520)
+    else:
+        position = source.tell()
+        head = source.read(520)
+        source.seek(position)
+    return head[:8] == signature or head[512:520] == signature
+
+
+def _sorted(events: Events, label: str) -> Events:
+    if is_time_sorted(events.t):
+        return events
+    log.warning("%s: timestamps are not sorted; sorting them (the file is not changed)", label)
+    return sort_by_time(events)
+
+
+def _recording_start(h5: h5py.File, layout: Layout, sorted_events: Events | None = None) -> int:
+    """DSEC's t_offset, else the first (or, once sorted, the earliest) timestamp."""
+    if layout.start_us is not None:
+        return layout.start_us
+    if sorted_events is not None:
+        return int(sorted_events.t[0])
+    return int(layout.to_us(np.asarray(h5[layout.columns["t"]][:1]))[0])
+
+
+def _read_rows(
+    h5: h5py.File,
+    layout: Layout,
+    start: int,
+    stop: int,
+    sensor_size: tuple[int, int],
+    progress: Progress,
+    label: str,
+) -> Events:
+    count = stop - start
+    t = np.empty(count, T_DTYPE)
+    x = np.empty(count, XY_DTYPE)
+    y = np.empty(count, XY_DTYPE)
+    p = np.empty(count, np.int8)
+    for begin in range(start, stop, READ_CHUNK):
+        end = min(begin + READ_CHUNK, stop)
+        block = _read_block(h5, layout, begin, end, label)
+        _check_block(block, begin, sensor_size, label)
+        rows = slice(begin - start, end - start)
+        t[rows] = layout.to_us(block["t"])
+        x[rows], y[rows] = block["x"], block["y"]
+        p[rows] = polarity_from_raw(block["p"])
+        progress("reading", end - start, count)
+    if count and t.min() < 0:
+        raise InputError(label, f"negative timestamp at event {start + int(np.argmax(t < 0))}")
+    return Events(t, x, y, p, sensor_size[0], sensor_size[1])
+
+
+def _read_block(
+    h5: h5py.File, layout: Layout, begin: int, end: int, label: str
+) -> dict[str, np.ndarray]:
+    block = {}
+    for key, path in layout.columns.items():
+        try:
+            block[key] = np.asarray(h5[path][begin:end])
+        except (OSError, ValueError, RuntimeError) as error:
+            raise InputError(
+                label, f"corrupt or truncated HDF5 file: cannot read /{path} ({error})"
+            ) from None
+    return block
+
+
+def _check_block(
+    block: dict[str, np.ndarray], first_row: int, sensor_size: tuple[int, int], label: str
+) -> None:
+    height, width = sensor_size
+    for key, limit in (("x", width), ("y", height)):
+        values = block[key]
+        if not len(values):
+            continue
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise InputError(label, f"{key} coordinate is NaN near event {first_row}")
+        low, high = values.min(), values.max()
+        if low < 0 or high >= limit:
+            bad = int(np.argmax((values < 0) | (values >= limit)))
+            raise InputError(
+                label,
+                f"event {first_row + bad} has {key}={values[bad]}, outside the {height}x{width} "
+                "sensor (give the right size with --sensor-size HxW)",
+            )
+
+
+def _read_with_faery(path: Path, settings: ReadSettings) -> Events:
+    try:
+        import faery
+    except ImportError:
+        raise InputError(
+            path,
+            f"reading {path.suffix} files needs the optional 'faery' package: "
+            "pip install 'deflare[formats]'",
+        ) from None
+    height, width = settings.sensor_size or DEFAULT_SENSOR_SIZE
+    try:
+        stream = faery.events_stream_from_file(path, dimensions_fallback=(width, height))
+        array = stream.to_array()
+        file_width, file_height = stream.dimensions()
+    except Exception as error:  # faery raises plain exceptions from its Rust decoders
+        raise InputError(path, f"cannot decode {path.suffix} file ({error})") from None
+    sensor_size = settings.sensor_size or (file_height, file_width)
+    block = {"t": array["t"], "x": array["x"], "y": array["y"], "p": array["on"]}
+    if not len(array):
+        raise InputError(path, "contains no events")
+    _check_block(block, 0, sensor_size, str(path))
+    events = make_events(
+        array["t"], array["x"], array["y"], array["on"].astype(np.int8), sensor_size
+    )
+    return _sorted(events, str(path))
+
+
+def read_event_column(path: Path, name: str) -> np.ndarray | None:
+    """A per-event dataset ``/events/NAME`` (e.g. ``is_flare`` from ``deflare synth``), or None.
+
+    It lines up with :func:`read_events`' output only for time-sorted files (which ``synth``
+    writes); for others it returns None rather than mislabel events.
+    """
+    if Path(path).suffix.lower() in FAERY_SUFFIXES:
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            column, times = h5.get(f"events/{name}"), h5.get("events/t")
+            if not isinstance(column, h5py.Dataset) or not isinstance(times, h5py.Dataset):
+                return None
+            sorted_file = column_sorted(h5, detect_layout(h5, str(path)))
+            if column.shape != times.shape or not sorted_file:
+                return None
+            return np.asarray(column[:])
+    except OSError as error:
+        raise InputError(path, f"cannot read /events/{name} ({error})") from None

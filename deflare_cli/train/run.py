@@ -1,0 +1,25 @@
+"""``deflare train``: start the cluster (one process, or one of torchrun's), train or debug."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from ..devices import start_cluster
+from ..progress import Progress, no_progress
+from ..settings import TrainSettings
+from .debug import run_debug
+from .trainer import Trainer, TrainResult
+
+
+def train(settings: TrainSettings, progress: Progress = no_progress) -> TrainResult:
+    """Train a model as ``settings`` say; see :class:`Trainer`. ``debug`` runs two steps and
+    writes the debug pictures instead (see :mod:`deflare_cli.train.debug`)."""
+    cluster = start_cluster(settings.runtime.device)
+    try:
+        trainer = Trainer(settings, cluster, progress)
+        if settings.debug:
+            return run_debug(trainer)
+        return trainer.run()
+    finally:
+        if cluster.distributed and dist.is_initialized():
+            dist.destroy_process_group()

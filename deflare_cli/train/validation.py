@@ -1,0 +1,42 @@
+"""Validation during training: E-Deflare's voxel metrics of the model's output, and of the raw
+input as the bar to beat, against the targets (full frames)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..devices import autocast
+from ..metrics import mean_metrics, segment_metrics
+from ..progress import Progress, no_progress
+from .data import EventVoxelDataset
+
+
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module,
+    dataset: EventVoxelDataset,
+    batch_size: int,
+    dtype: torch.dtype | None,
+    progress: Progress = no_progress,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(model scores, raw input scores): means over the validation segments.
+
+    The output is rounded first: rounded cells are exactly the voxels of the events that
+    decoding would emit, and unrounded near-zero residuals would count as events in the F1s.
+    The model is left in training mode.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size)
+    model_rows, raw_rows = [], []
+    for done, (inputs, targets) in enumerate(loader, start=1):
+        batch = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
+        with autocast(device, dtype):
+            outputs = model(batch).float().round().cpu()
+        for output, source, target in zip(outputs, inputs, targets, strict=True):
+            model_rows.append(segment_metrics(output[0], target[0]))
+            raw_rows.append(segment_metrics(source[0], target[0]))
+        progress("validating", done, len(loader))
+    model.train()
+    return mean_metrics(model_rows), mean_metrics(raw_rows)
