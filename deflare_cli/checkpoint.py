@@ -72,9 +72,7 @@ def build_checkpoint(
     }
 
 
-def restore_training(
-    path: Path, state: TrainingState, model_settings: ModelSettings
-) -> Position:
+def restore_training(path: Path, state: TrainingState, model_settings: ModelSettings) -> Position:
     """Load a training checkpoint into the run's objects; returns where the run was."""
     checkpoint = load_checkpoint(path)
     missing = [key for key in TRAINING_KEYS if key not in checkpoint]

@@ -77,8 +77,9 @@ def _deflarer(settings: EvaluateSettings, mode: str) -> Deflarer:
     """The loaded model of these settings, once per process."""
     key = (settings.checkpoint, settings.runtime, mode)
     if key not in _DEFLARERS:
-        infer = InferSettings(checkpoint=settings.checkpoint, runtime=settings.runtime,
-                              output_mode=mode)  # fmt: skip
+        infer = InferSettings(
+            checkpoint=settings.checkpoint, runtime=settings.runtime, output_mode=mode
+        )
         _DEFLARERS[key] = load_deflarer(infer)
     return _DEFLARERS[key]
 
@@ -93,21 +94,38 @@ METHODS: dict[str, Method] = {
             False,
             lambda source, span, settings: voxel_round_trip(source, settings.codec, span),
         ),
-        _classic("efr", event_flicker_removal,
-                 "linear comb filter notching --efr-f0 and its harmonics (Wang et al. 2022)",
-                 keeps_input_events=False),  # fmt: skip
-        _classic("pfd-a", lambda events, settings: polarity_focused_filter(events, settings, "A"),
-                 "polarity-flip density filter, variant A (Shi et al.)"),  # fmt: skip
-        _classic("pfd-b", lambda events, settings: polarity_focused_filter(events, settings, "B"),
-                 "polarity-flip density filter, variant B (Shi et al.)"),  # fmt: skip
-        _classic("baf", background_activity_filter,
-                 "background-activity filter (Delbruck 2008)"),  # fmt: skip
-        _classic("antiflicker", anti_flicker_filter,
-                 "blinking-pixel detector, as in Metavision"),  # fmt: skip
-        Method("model", "deflare in preserve mode (keeps input events, edits cells minimally)",
-               True, _model("preserve"), needs_model=True),  # fmt: skip
-        Method("model-resample", "deflare in resample mode (new events, uniform timestamps)",
-               False, _model("resample"), needs_model=True),  # fmt: skip
+        _classic(
+            "efr",
+            event_flicker_removal,
+            "linear comb filter notching --efr-f0 and its harmonics (Wang et al. 2022)",
+            keeps_input_events=False,
+        ),
+        _classic(
+            "pfd-a",
+            lambda events, settings: polarity_focused_filter(events, settings, "A"),
+            "polarity-flip density filter, variant A (Shi et al.)",
+        ),
+        _classic(
+            "pfd-b",
+            lambda events, settings: polarity_focused_filter(events, settings, "B"),
+            "polarity-flip density filter, variant B (Shi et al.)",
+        ),
+        _classic("baf", background_activity_filter, "background-activity filter (Delbruck 2008)"),
+        _classic("antiflicker", anti_flicker_filter, "blinking-pixel detector, as in Metavision"),
+        Method(
+            "model",
+            "deflare in preserve mode (keeps input events, edits cells minimally)",
+            True,
+            _model("preserve"),
+            needs_model=True,
+        ),
+        Method(
+            "model-resample",
+            "deflare in resample mode (new events, uniform timestamps)",
+            False,
+            _model("resample"),
+            needs_model=True,
+        ),
     )
 }
 DEFAULT_METHODS = tuple(name for name, method in METHODS.items() if not method.needs_model)

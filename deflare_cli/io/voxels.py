@@ -88,8 +88,6 @@ def _voxels_from_payload(payload: object, label: str) -> Voxels:
         raise InputError(label, f"voxel file metadata is incomplete or invalid ({error})") from None
 
 
-
-
 def encode_file(
     source: str | Path | BinaryIO,
     target: str | Path | BinaryIO,
