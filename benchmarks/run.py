@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +245,128 @@ def bench_visualize(count: int) -> list[dict]:
     return [{"name": f"visualize {count / 1e6:g} M events (4 pictures)", "seconds": seconds}]
 
 
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+NIGHT_SENSOR = (720, 1280)
+NIGHT_NOISE_PER_S = 3_000  # stray events over the frame: ~65% of 128 px tiles get one per 20 ms
+
+
+def night_stream(seconds: float, seed: int = 0) -> Iterator[Events]:
+    """A sparse 1280x720 stream like the kept night recording (0.16 M events/s, 0.3% of pixels
+    active per 20 ms), in 2 s pieces: the real dim indoor EVT3 recording (0.17 M events/s)
+    placed in the middle of a 1280x720 frame, plus stray noise over the whole frame. Without
+    ../shared/realdata, noise alone at the same rate."""
+    rng = np.random.default_rng(seed)
+    source = REALDATA / "evt3_dim_indoor.h5"
+    real = read_events(source) if source.exists() else None
+    for start in range(0, round(seconds * 1e6), 2_000_000):
+        length = min(2_000_000, round(seconds * 1e6) - start)
+        parts = []
+        if real is not None:
+            piece = real.time_slice(0, length)
+            parts.append((piece.t + start, piece.x + 320, piece.y + 120, piece.p))
+        noise = rng.poisson((NIGHT_NOISE_PER_S if real is not None else 170_000) * length / 1e6)
+        parts.append((start + rng.integers(0, length, noise), rng.integers(0, 1280, noise),
+                      rng.integers(0, 720, noise), rng.choice([-1, 1], noise)))  # fmt: skip
+        t, x, y, p = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.argsort(t, kind="stable")
+        yield make_events(t[order], x[order], y[order], p[order], NIGHT_SENSOR)
+
+
+def write_stream(path: Path, pieces: Iterator[Events], sensor_size: tuple[int, int]) -> int:
+    from deflare_cli.io import EventFileWriter
+
+    with EventFileWriter(path, sensor_size) as writer:
+        for piece in pieces:
+            writer.append(piece)
+        writer.finish()
+        return writer.count
+
+
+def engine_recording(name: str, folder: Path) -> Path:
+    """The recordings the engines are compared on: a dense synthetic 640x480 pair input
+    (100 ms) and the first 200 ms of the sparse 1280x720 night-like stream."""
+    path = folder / f"{name}.h5"
+    if name == "dense":
+        from deflare_cli.settings import SynthSettings
+        from deflare_cli.synth import synthesise_pair
+
+        pair, _ = synthesise_pair(SynthSettings(out_dir=folder, seed=0), 0)
+        write_events(path, pair.flare_input)
+    else:
+        write_stream(path, night_stream(0.2), NIGHT_SENSOR)
+    return path
+
+
+ENGINE_CONFIGS = [("torch", "frame"), ("torch", "auto"), ("openvino", "frame"),
+                  ("openvino", "auto")]  # fmt: skip
+RECORDING_NAMES = {
+    "dense": "dense synthetic 640x480 (100 ms, 1.8 M events)",
+    "night": "sparse 1280x720 night-like (200 ms, 0.17 M events/s)",
+}
+
+
+def bench_engine(recording: str, engine: str, tiling: str) -> list[dict]:
+    """deflare with the shipped default model, one engine and tiling, on one recording."""
+    from deflare_cli.infer import deflare, load_deflarer
+    from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = engine_recording(recording, Path(folder))
+        settings = InferSettings(runtime=RuntimeSettings(device="cpu", engine=engine),
+                                 tiles=TileSettings(mode=tiling))  # fmt: skip
+        load_deflarer(settings)  # converts (once per checkpoint) and compiles (once per process)
+        reset_peak()
+        [result] = deflare(source, Path(folder) / "out.h5", settings)
+    return [{
+        "name": f"{RECORDING_NAMES[recording]}: {engine}, {tiling}",
+        "group": recording, "engine": result.engine, "tiling": tiling,
+        "seconds": result.seconds, "realtime_factor": result.duration_s / result.seconds,
+        "segment_seconds": result.seconds / result.segments,
+        "kept": result.output_events / result.input_events,
+        "process_peak_bytes": rss_bytes("VmHWM"),
+    }]  # fmt: skip
+
+
+class _Enough(Exception):
+    pass
+
+
+def bench_stream_memory(minutes: float, processed_s: float) -> list[dict]:
+    """Peak memory of deflaring a long sparse 1280x720 recording read as a stream.
+
+    The whole file is written and opened; the run stops after ``processed_s`` of it (memory
+    does not grow with the windows: the row says the peak at half way too)."""
+    from deflare_cli.infer import deflare
+    from deflare_cli.settings import InferSettings, RuntimeSettings
+
+    peaks = {}
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "long.h5"
+        count = write_stream(source, night_stream(minutes * 60), NIGHT_SENSOR)
+        windows = round(processed_s * 50)
+
+        def stop_after(stage: str, done: int, total: int, detail: str = "") -> None:
+            if done == windows // 2:
+                peaks["half"] = rss_bytes("VmHWM")
+            if done >= windows:
+                raise _Enough
+
+        reset_peak()
+        started = time.perf_counter()
+        try:
+            deflare(source, Path(folder) / "out.h5",
+                    InferSettings(runtime=RuntimeSettings(device="cpu")), stop_after)  # fmt: skip
+        except _Enough:
+            pass
+        seconds = time.perf_counter() - started
+    return [{
+        "name": f"deflare a {minutes:g}-minute sparse 1280x720 recording ({count / 1e6:.0f} M "
+        f"events) as a stream, first {processed_s:g} s (peak at half way: "
+        f"{peaks.get('half', 0) / 2**20:.0f} MiB)",
+        "seconds": seconds, "process_peak_bytes": rss_bytes("VmHWM"),
+    }]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "encode-1M": lambda: [bench_encode(1_000_000)],
     "encode-10M": lambda: [bench_encode(10_000_000)],
@@ -257,6 +379,16 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "visualize": lambda: bench_visualize(1_000_000),
     "infer-preserve": lambda: bench_infer(1_000_000, "preserve"),
     "infer-resample": lambda: bench_infer(1_000_000, "resample"),
+    **{
+        f"engine-{recording}-{engine}-{tiling}": (
+            lambda recording=recording, engine=engine, tiling=tiling: bench_engine(
+                recording, engine, tiling
+            )
+        )
+        for recording in RECORDING_NAMES
+        for engine, tiling in ENGINE_CONFIGS
+    },
+    "stream-10min": lambda: bench_stream_memory(10, 4),
 }
 
 
@@ -295,7 +427,7 @@ def table(rows: list[dict]) -> str:
         "peak memory", "2 x (events + voxels)",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    for row in rows:
+    for row in (row for row in rows if "group" not in row):
         cells = [
             row["name"],
             f"{row['seconds']:.3f}",
@@ -326,7 +458,34 @@ def table(rows: list[dict]) -> str:
             cells += [f"{row['seconds']:.2f}", f"{row['realtime_factor']:.4f}",
                       f"{100 * row['non_model_share']:.1f}%"]  # fmt: skip
             lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + engine_table([row for row in rows if "group" in row]))
+
+
+def engine_table(rows: list[dict]) -> list[str]:
+    """Engines and tilings side by side, as speed ratios to torch on whole frames (the path of
+    deflare 0.1) on the same recording in the same run."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Inference engines and tiling, the shipped default model, batch 1 (speed: against torch "
+        "fp32 on whole frames, the path of deflare 0.1, measured in the same run):",
+        "",
+        "| recording: engine, tiling | engine as reported | s per 20 ms | x real time | speed "
+        "| kept | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        base = next(
+            (r for r in rows if r["group"] == row["group"] and r["name"].endswith("torch, frame")),
+            row,
+        )
+        lines.append(
+            f"| {row['name']} | {row['engine']} | {row['segment_seconds']:.3f} | "
+            f"{row['realtime_factor']:.4f} | {base['seconds'] / row['seconds']:.1f}x | "
+            f"{100 * row['kept']:.1f}% | {_memory(row)} |"
+        )
+    return lines
 
 
 def _memory(row: dict) -> str:

@@ -43,11 +43,13 @@ from .settings import (
     DecodeSettings,
     Device,
     EncodeSettings,
+    EngineName,
     EvaluateSettings,
     InferSettings,
     OutputMode,
     Precision,
     SynthSettings,
+    Tiling,
     TrainSettings,
     VisualizeSettings,
     load_settings,
@@ -121,6 +123,21 @@ FlareDirOption = Annotated[
 ]
 CleanDirOption = Annotated[
     Path | None, typer.Option("--clean-dir", help="Folder of clean targets (with --flare-dir).")
+]
+EngineOption = Annotated[
+    EngineName | None,
+    typer.Option(
+        "--engine",
+        help="Inference engine; auto: OpenVINO on CPU when installed (deflare[fast]), else torch.",
+    ),
+]
+TilingOption = Annotated[
+    Tiling | None,
+    typer.Option(
+        "--tiling",
+        help="Run the model on tiles that hold events, on whole frames, or auto: tiles when "
+        "they cover less than the frame [auto].",
+    ),
 ]
 CompressionOption = Annotated[
     Compression | None,
@@ -288,7 +305,19 @@ def deflare_command(
     ] = None,
     precision: Annotated[
         Precision | None,
-        typer.Option("--precision", help="auto: bf16 on CUDA, fp32 on CPU (bf16: ~2x faster)."),
+        typer.Option(
+            "--precision",
+            help="auto: bf16 where the GPU or CPU has it (AVX512-BF16, AMX), else fp32.",
+        ),
+    ] = None,
+    engine: EngineOption = None,
+    tiling: TilingOption = None,
+    tile_size: Annotated[
+        int | None, typer.Option("--tile-size", help="Tile side in pixels [128].")
+    ] = None,
+    tile_min_events: Annotated[
+        int | None,
+        typer.Option("--tile-min-events", help="Events a tile needs to be run; fewer: kept [8]."),
     ] = None,
     output_mode: Annotated[
         OutputMode | None,
@@ -319,9 +348,10 @@ def deflare_command(
                 "output_mode": output_mode,
                 "overwrite": overwrite or None,
                 "seed": seed,
+                "tiles": {"mode": tiling, "size": tile_size, "min_events": tile_min_events},
                 "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
                 "write": {"compression": compression},
-                "runtime": {"device": device, "precision": precision},
+                "runtime": {"device": device, "precision": precision, "engine": engine},
             },
         )
         with progress_bar() as progress:
@@ -347,6 +377,8 @@ def _print_deflared(results) -> None:
             f"{result.duration_s / result.seconds:.3f}" if result.seconds else "",
         )
     Console().print(table)
+    for engine in sorted({result.engine for result in results if result.engine}):
+        say(f"engine: {escape(engine)}")
 
 
 @app.command()
@@ -444,6 +476,8 @@ def evaluate(
         float | None, typer.Option("--efr-f0", help="EFR notch frequency in Hz [50].")
     ] = None,
     device: DeviceOption = None,
+    engine: EngineOption = None,
+    tiling: TilingOption = None,
     sensor_size: SensorSizeOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -462,7 +496,8 @@ def evaluate(
                 "methods": _method_list(methods),
                 "checkpoint": checkpoint,
                 "output": output,
-                "runtime": {"workers": workers, "device": device},
+                "runtime": {"workers": workers, "device": device, "engine": engine},
+                "tiles": {"mode": tiling},
                 "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
                 "baselines": {"efr_f0_hz": efr_f0},
             },

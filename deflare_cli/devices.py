@@ -65,7 +65,8 @@ def start_cluster(choice: Device) -> Cluster:
 
 
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32.
+    """The autocast dtype of training, or None for plain fp32 (inference chooses its own:
+    :func:`deflare_cli.engines.inference_precision`).
 
     ``auto`` is bf16 (fp16 where bf16 is unsupported) on CUDA and fp32 on CPU: on CPU, bf16
     autocast backward crashed (segfault) with PyTorch 2.13's oneDNN kernels at batch >= 2 on an

@@ -22,6 +22,8 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,13 +41,15 @@ from .codec import (
     segment_grid,
     segment_windows,
 )
-from .devices import Cluster, autocast, autocast_dtype, cluster_from_env
-from .errors import DeflareError, InputError, OutputError
+from .devices import Cluster, cluster_from_env
+from .engines import Engine, describe, make_engine
+from .errors import DeflareError, InputError, OutputError, SettingsError
 from .events import Events, concat_events, make_events
 from .io import EventFileReader, EventFileWriter, check_distinct, file_sha256, list_event_files
 from .model import TrueResidualUNet3D
 from .progress import Progress, no_progress
-from .settings import CodecSettings, InferSettings
+from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings
+from .tiles import run_network
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,13 @@ class FileResult:
     segments: int = 0
     duration_s: float = 0.0  # of the recording
     skipped: bool = False
+    engine: str = ""  # engine, precision and why
+    wall_seconds: float = 0.0  # the stages overlap: their sum is more than this
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
     def seconds(self) -> float:
-        return sum(self.stage_seconds.values())
+        return self.wall_seconds or sum(self.stage_seconds.values())
 
 
 @dataclass
@@ -80,10 +86,12 @@ class Deflarer:
     settings: InferSettings
     cluster: Cluster
     provenance: dict[str, str]
+    engine: Engine
 
     @property
-    def dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.settings.runtime.precision, self.cluster.device)
+    def engine_description(self) -> str:
+        """Engine, precision and why, for the user."""
+        return describe(self.engine, self.cluster.device)
 
 
 def load_deflarer(settings: InferSettings) -> Deflarer:
@@ -95,25 +103,42 @@ def load_deflarer(settings: InferSettings) -> Deflarer:
             "(e.g. RUN_DIR/best.pt from `deflare train`)"
         )
     model, codec = model_from_checkpoint(checkpoint)
+    settings = settings.model_copy(update={"tiles": _tiles_for(settings.tiles, model.settings)})
     cluster = cluster_from_env(settings.runtime.device)
-    # channels-last 3D is faster on CPU too, and there it also avoids the slow batch-1 Conv3d
-    # kernel (fp32, full frame, 2 threads: 1.9 s and 1.2 GB per segment instead of 2.6 s and
-    # 2.3 GB at batch 2 without it).
-    model = model.to(cluster.device, memory_format=torch.channels_last_3d)
+    digest = file_sha256(Path(checkpoint))
+    runtime = settings.runtime
+    engine = make_engine(model, runtime.engine, runtime.precision, cluster.device, digest[:16])
     provenance = {
         "deflare_version": __version__,
         "deflare_checkpoint": Path(checkpoint).name,
-        "deflare_checkpoint_sha256": file_sha256(Path(checkpoint)),
+        "deflare_checkpoint_sha256": digest,
         "deflare_settings": json.dumps(
             {
                 "output_mode": settings.output_mode,
                 "seed": settings.seed,
+                "engine": f"{engine.name} {engine.precision}",
+                "tiles": settings.tiles.model_dump(mode="json"),
                 "model": model.settings.model_dump(mode="json"),
                 "codec": codec.model_dump(mode="json"),
             }
         ),
     }
-    return Deflarer(model, codec, settings, cluster, provenance)
+    deflarer = Deflarer(model, codec, settings, cluster, provenance, engine)
+    log.info("engine: %s", deflarer.engine_description)
+    return deflarer
+
+
+def _tiles_for(tiles: TileSettings, model: ModelSettings) -> TileSettings:
+    """Tile settings that fit the network: sizes on its pooling grid, and by default a halo of
+    its reach (rounded up to that grid), so that each tile sees what the whole frame would."""
+    multiple = model.size_multiple
+    halo = tiles.halo if tiles.halo is not None else -(-model.reach_px // multiple) * multiple
+    if tiles.size % multiple or halo % multiple:
+        raise SettingsError(
+            f"tile size ({tiles.size}) and halo ({halo}) must be multiples of {multiple} for a "
+            f"network of {model.depth} levels"
+        )
+    return tiles.model_copy(update={"halo": halo})
 
 
 def deflare(
@@ -161,29 +186,58 @@ def _jobs(source: Path, target: Path, settings: InferSettings) -> Iterator[tuple
 def deflare_file(
     deflarer: Deflarer, source: Path, target: Path, progress: Progress = no_progress
 ) -> FileResult:
-    """Stream one recording through the model into ``target`` (written atomically)."""
+    """Stream one recording through the model into ``target`` (written atomically).
+
+    The stages overlap: while the model runs on one window of segments, a reader thread reads
+    and encodes the next, and a writer thread decodes and writes the previous (at most one
+    window each way, so memory stays bounded by three windows).
+    """
     check_distinct(source, target)
-    result = FileResult(source, target)
+    result = FileResult(source, target, engine=deflarer.engine_description)
     timer = _StageTimer(result.stage_seconds)
     codec = deflarer.codec
-    batch = deflarer.settings.batch_size
+    started = time.perf_counter()
     with EventFileReader(source, deflarer.settings.read) as reader:
         grid = segment_grid(reader.span_us, codec.segment_us)
-        windows = segment_windows(reader.span_us, codec.segment_us, batch)
-        with EventFileWriter(target, reader.sensor_size, deflarer.settings.write) as writer:
-            for done, (first, window) in enumerate(windows, start=1):
-                with timer("read"):
-                    events = reader.read(*window)
-                output = _deflare_window(deflarer, events, first, timer)
+        windows = segment_windows(reader.span_us, codec.segment_us, deflarer.settings.batch_size)
+
+        def load(window: tuple[int, int]) -> tuple[Events, Voxels]:
+            with timer("read"):
+                events = reader.read(*window)
+            return events, _encode_window(deflarer, events, timer)
+
+        # Inner blocks close first: on an error the threads finish before the writer closes.
+        with (
+            EventFileWriter(target, reader.sensor_size, deflarer.settings.write) as writer,
+            ThreadPoolExecutor(1, "deflare-read") as reading,
+            ThreadPoolExecutor(1, "deflare-write") as writing,
+        ):
+
+            def store(events: Events, voxels: Voxels, predicted: torch.Tensor, first: int) -> None:
+                output = _decode_window(deflarer, events, voxels, predicted, first, timer)
                 with timer("write"):
                     writer.append(output)
                 result.input_events += len(events)
                 result.output_events += len(output)
+
+            loading = reading.submit(load, windows[0][1])
+            storing = None
+            for done, (first, _) in enumerate(windows, start=1):
+                events, voxels = loading.result()
+                if done < len(windows):
+                    loading = reading.submit(load, windows[done][1])
+                with timer("model"):
+                    predicted = run_model(deflarer, voxels.data)
+                if storing is not None:
+                    storing.result()
+                storing = writing.submit(store, events, voxels, predicted, first)
                 progress(f"deflaring {source.name}", done, len(windows))
+            if storing is not None:
+                storing.result()
             with timer("write"):
-                attrs = {**deflarer.provenance, "deflare_source": str(source)}
-                writer.finish(grid, attrs)
+                writer.finish(grid, {**deflarer.provenance, "deflare_source": str(source)})
         start, end = reader.span_us
+    result.wall_seconds = time.perf_counter() - started
     result.segments = (grid[1] - grid[0]) // codec.segment_us
     result.duration_s = (end - start) / 1e6
     return result
@@ -197,21 +251,30 @@ def deflare_events(
     span = span_us or events.time_span()
     segment_us = deflarer.codec.segment_us
     timer = _StageTimer(dict.fromkeys(STAGES, 0.0))
-    pieces = [
-        _deflare_window(deflarer, events.time_slice(*window), first, timer)
-        for first, window in segment_windows(span, segment_us, deflarer.settings.batch_size)
-    ]
+    pieces = []
+    for first, window in segment_windows(span, segment_us, deflarer.settings.batch_size):
+        window_events = events.time_slice(*window)
+        voxels = _encode_window(deflarer, window_events, timer)
+        predicted = run_model(deflarer, voxels.data)
+        pieces.append(_decode_window(deflarer, window_events, voxels, predicted, first, timer))
     return replace(concat_events(pieces, events), span_us=segment_grid(span, segment_us))
 
 
-def _deflare_window(
-    deflarer: Deflarer, events: Events, first_segment: int, timer: _StageTimer
-) -> Events:
-    """Deflare the events of a window of whole segments (``events.span_us``)."""
+def _encode_window(deflarer: Deflarer, events: Events, timer: _StageTimer) -> Voxels:
+    """The voxels of a window of whole segments (``events.span_us``)."""
     with timer("encode"):
-        voxels = events_to_voxel(events, deflarer.codec)
-    with timer("model"):
-        predicted = run_model(deflarer, voxels.data)
+        return events_to_voxel(events, deflarer.codec)
+
+
+def _decode_window(
+    deflarer: Deflarer,
+    events: Events,
+    voxels: Voxels,
+    predicted: torch.Tensor,
+    first_segment: int,
+    timer: _StageTimer,
+) -> Events:
+    """The output events of a window: the input edited (preserve) or new events (resample)."""
     with timer("decode"):
         predicted_voxels = Voxels(predicted, voxels.t0_us, voxels.segment_us)
         pieces = []
@@ -226,14 +289,10 @@ def _deflare_window(
         return concat_events(pieces, events)
 
 
-@torch.no_grad()
 def run_model(deflarer: Deflarer, voxels: torch.Tensor) -> torch.Tensor:
-    """(S, B, H, W) voxels through the model, in one batch; returns (S, B, H, W) float32 on CPU."""
-    device = deflarer.cluster.device
-    batch = voxels[:, None].to(device).contiguous(memory_format=torch.channels_last_3d)
-    with autocast(device, deflarer.dtype):
-        output = deflarer.model(batch)
-    return output[:, 0].float().cpu().contiguous()
+    """(S, B, H, W) voxels through the model (on the tiles that hold events, or whole frames:
+    see :mod:`deflare_cli.tiles`); returns (S, B, H, W) float32 on the CPU."""
+    return run_network(deflarer.engine.run, voxels, deflarer.settings.tiles)
 
 
 def preserve_events(
@@ -308,17 +367,15 @@ def _as_events(columns: tuple[np.ndarray, ...], like: Events) -> Events:
 
 
 class _StageTimer:
-    """Adds the wall time of ``with timer("stage"):`` blocks to a dict."""
+    """Adds the wall time of ``with timer("stage"):`` blocks to a dict (one thread per stage)."""
 
     def __init__(self, totals: dict[str, float]) -> None:
         self.totals = totals
 
-    def __call__(self, stage: str) -> _StageTimer:
-        self.stage = stage
-        return self
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.totals[self.stage] += time.perf_counter() - self.started
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[stage] += time.perf_counter() - started

@@ -75,10 +75,13 @@ _DEFLARERS: dict[tuple, Deflarer] = {}
 
 def _deflarer(settings: EvaluateSettings, mode: str) -> Deflarer:
     """The loaded model of these settings, once per process."""
-    key = (settings.checkpoint, settings.runtime, mode)
+    key = (settings.checkpoint, settings.runtime, settings.tiles, mode)
     if key not in _DEFLARERS:
         infer = InferSettings(
-            checkpoint=settings.checkpoint, runtime=settings.runtime, output_mode=mode
+            checkpoint=settings.checkpoint,
+            runtime=settings.runtime,
+            tiles=settings.tiles,
+            output_mode=mode,
         )
         _DEFLARERS[key] = load_deflarer(infer)
     return _DEFLARERS[key]

@@ -85,15 +85,19 @@ class WriteSettings(Frozen):
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+EngineName = Literal["auto", "torch", "openvino"]
 
 
 class RuntimeSettings(Frozen):
-    """Where and how the work runs: the network's device and precision, and how many worker
-    processes share out the files (``synth`` and ``evaluate``; ``train`` and ``deflare`` share
-    work over GPUs with torchrun instead)."""
+    """Where and how the work runs: the network's device, precision and inference engine, and
+    how many worker processes share out the files (``synth`` and ``evaluate``; ``train`` and
+    ``deflare`` share work over GPUs with torchrun instead). Training always uses PyTorch."""
 
     device: Device = Field("auto", description="auto: CUDA when present, else CPU")
-    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 where the hardware has it, else fp32 (fp16 on old GPUs)"
+    )
+    engine: EngineName = Field("auto", description="inference: OpenVINO on CPU when installed")
     workers: int = Field(1, ge=1, description="processes sharing the files (synth, evaluate)")
 
 
@@ -141,6 +145,14 @@ class ModelSettings(Frozen):
     def depth(self) -> int:
         """Levels of the U-Net: one per ``f_maps`` entry (pytorch-3dunet ignores num_levels)."""
         return len(self.f_maps)
+
+    @property
+    def reach_px(self) -> int:
+        """How far (pixels) an input cell can change an output cell through the convolutions:
+        three 3x3x3 convolutions per level and encoder block, doubling per level down; measured
+        10, 24 and 52 px for 2, 3 and 4 levels (``tests/test_tiles.py``). GroupNorm's statistics
+        reach further, but only by a little."""
+        return 7 * 2 ** (self.depth - 1) - 4
 
     @property
     def size_multiple(self) -> int:
@@ -287,6 +299,27 @@ class VisualizeSettings(Frozen):
 OutputMode = Literal["preserve", "resample"]
 
 
+Tiling = Literal["auto", "tiles", "frame"]
+
+
+class TileSettings(Frozen):
+    """Running the network only where events are (``deflare_cli.tiles``).
+
+    A segment is cut into ``size`` x ``size`` tiles; a tile with at least ``min_events`` events
+    runs through the network with ``halo`` pixels of context on each side; the others pass
+    through unchanged. ``auto`` runs tiles when they cover less than the frame, else the whole
+    frame.
+    """
+
+    mode: Tiling = "auto"
+    size: int = Field(128, ge=8, le=4096, description="tile core in pixels (training crop)")
+    halo: int | None = Field(
+        None, ge=0, le=512, description="context around each tile (px); None: the network's reach"
+    )
+    min_events: int = Field(8, ge=0, description="events a tile needs in a segment to be run")
+    batch: int = Field(4, ge=1, description="tiles per forward pass")
+
+
 class EvaluateSettings(Frozen):
     """``deflare evaluate``: score methods against clean targets with the E-Deflare metrics."""
 
@@ -299,6 +332,7 @@ class EvaluateSettings(Frozen):
     )
     checkpoint: Path | None = Field(None, description="model for model methods; None: shipped")
     output: Path | None = Field(None, description="report stem: writes .json, .csv, _files.csv")
+    tiles: TileSettings = TileSettings()
     read: ReadSettings = ReadSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     codec: CodecSettings = CodecSettings()
@@ -334,6 +368,7 @@ class InferSettings(Frozen):
     output_mode: OutputMode = "preserve"
     overwrite: bool = False
     seed: int = Field(0, ge=0, description="seed of removals and synthesised timestamps")
+    tiles: TileSettings = TileSettings()
     read: ReadSettings = ReadSettings()
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()

@@ -13,6 +13,16 @@ import pytest
 from deflare_cli.events import Events, make_events
 
 
+@pytest.fixture(autouse=True, scope="session")
+def engine_cache(tmp_path_factory) -> Path:
+    """Converted models go to a folder of the test session, not the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("engine-cache")
+    os.environ["DEFLARE_CACHE_DIR"] = str(folder)
+    return folder
+
+
 def random_events(
     count: int = 2000, duration_us: int = 100_000, size: tuple[int, int] = (48, 64), seed: int = 0
 ) -> Events:

@@ -20,9 +20,9 @@ README = PACKAGE.parent / "README.md"
 LAYERS = [
     {"__init__", "errors", "events", "progress"},
     {"settings"},
-    {"codec", "devices", "model"},
+    {"codec", "devices", "model", "tiles"},
     {"io"},
-    {"checkpoint", "metrics", "baselines"},
+    {"checkpoint", "metrics", "baselines", "engines"},
     {"synth", "train", "infer", "methods", "evaluate", "viz"},
     {"cli", "__main__"},
 ]
