@@ -18,9 +18,10 @@ bf16); :func:`describe` says which was chosen and why.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -65,7 +66,7 @@ class TorchEngine:
     @torch.no_grad()
     def run(self, voxels: torch.Tensor) -> torch.Tensor:
         batch = voxels[:, None].to(self.device).contiguous(memory_format=torch.channels_last_3d)
-        with autocast(self.device, self.dtype):
+        with denormals_flushed(self.device), autocast(self.device, self.dtype):
             output = self.model(batch)
         return output[:, 0].float().cpu().contiguous()
 
@@ -193,7 +194,6 @@ def make_engine(
                 "--engine openvino needs the optional 'openvino' package: "
                 "pip install 'deflare[fast]'"
             )
-    tune_cpu()
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[chosen]
     if dtype is torch.float16 and device.type == "cpu":
         raise DeflareError("fp16 needs a CUDA GPU; use --precision fp32 or bf16")
@@ -208,22 +208,22 @@ def describe(engine: Engine, device: torch.device) -> str:
     return f"{engine.name} {engine.precision} on {why}, {torch.get_num_threads()} threads"
 
 
-@cache
-def tune_cpu() -> None:
-    """Settings that PyTorch inference on a CPU needs, applied once per process.
+@contextmanager
+def denormals_flushed(device: torch.device) -> Iterator[None]:
+    """Denormal floats flushed to zero on a CPU while the network runs, and only then.
 
-    - Denormal floats flushed to zero: nearly empty (sparse) inputs drive activations into the
-      denormal range, which x86 computes many times slower.
-    - glibc's allocator told to keep freed memory instead of handing it back to the kernel
-      after every call (``mallopt``: no trimming, 256 MiB top pad, mmap only above 32 MiB,
-      glibc's ceiling), which halved the kernel time of a sparse run in the issue's probes.
+    Nearly empty (sparse) inputs drive activations into the denormal range, which x86 computes
+    many times slower. The flag is per thread and inherited by threads started while it is set:
+    left on, it crashed a later multi-threaded SciPy KD-tree query (``deflare evaluate``'s
+    Chamfer distance), so it is switched off again after each call. (glibc allocator tuning
+    through ``mallopt`` was tried too and dropped; OpenVINO, the default CPU engine, reuses its
+    own buffers.)
     """
+    if device.type != "cpu":
+        yield
+        return
     torch.set_flush_denormal(True)
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
-    libc.mallopt(m_top_pad, ctypes.c_int(256 << 20))
-    libc.mallopt(m_mmap_threshold, ctypes.c_int(32 << 20))
+        yield
+    finally:
+        torch.set_flush_denormal(False)

@@ -123,3 +123,15 @@ def test_cli_reports_the_engine(tmp_path: Path) -> None:
     odd_tiles = ["--checkpoint", str(checkpoint), "--tile-size", "31"]
     result = CliRunner().invoke(app, ["deflare", str(source), str(tmp_path / "o.h5"), *odd_tiles])
     assert result.exit_code == 1 and "multiples of 2" in result.output
+
+
+def test_denormals_are_flushed_only_while_the_network_runs() -> None:
+    """Left on, the flag leaked into threads started later and crashed SciPy's KD-tree."""
+    import numpy as np
+
+    tiny = np.float32(1e-39)  # a denormal float32
+    engines.TorchEngine(trained_like(), CPU, None).run(torch.rand(1, 8, 16, 16))
+    assert tiny * np.float32(2) != 0
+    with engines.denormals_flushed(CPU):
+        assert tiny * np.float32(2) == 0
+    assert tiny * np.float32(2) != 0
