@@ -301,7 +301,7 @@ ENGINE_CONFIGS = [("torch", "frame"), ("torch", "auto"), ("openvino", "frame"),
                   ("openvino", "auto")]  # fmt: skip
 RECORDING_NAMES = {
     "dense": "dense synthetic 640x480 (100 ms, 1.8 M events)",
-    "night": "sparse 1280x720 night-like (200 ms, 0.17 M events/s)",
+    "night": "sparse 1280x720 night-like (first 200 ms: 15 k events)",
 }
 
 
