@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -101,7 +101,10 @@ def _openvino_core():
     import openvino as ov
 
     core = ov.Core()
-    core.set_property({"CACHE_DIR": str(cache_dir() / "compiled")})
+    try:
+        core.set_property({"CACHE_DIR": str(cache_dir() / "compiled")})
+    except RuntimeError as error:  # an unwritable cache folder: compile every run
+        log.warning("no cache for compiled models (%s); set %s", error, CACHE_ENV)
     return core
 
 
@@ -129,11 +132,18 @@ def _converted_backbone(core, model: TrueResidualUNet3D, path: Path):
     converted = ov.convert_model(
         model.backbone.eval(), example_input=example, input=[ov.PartialShape([-1, 1, -1, -1, -1])]
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
-    ov.save_model(converted, temp, compress_to_fp16=False)
-    os.replace(temp.with_suffix(".bin"), path.with_suffix(".bin"))
-    os.replace(temp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(converted, temp, compress_to_fp16=False)
+        os.replace(temp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(temp, path)
+    except (OSError, RuntimeError) as error:  # a read-only or full cache: convert every run
+        log.warning("cannot keep the converted model in %s (%s); set %s", path.parent, error,
+                    CACHE_ENV)  # fmt: skip
+        for leftover in (temp, temp.with_suffix(".bin")):
+            with suppress(OSError):
+                leftover.unlink()
     return converted
 
 

@@ -135,3 +135,16 @@ def test_denormals_are_flushed_only_while_the_network_runs() -> None:
     with engines.denormals_flushed(CPU):
         assert tiny * np.float32(2) == 0
     assert tiny * np.float32(2) != 0
+
+
+def test_an_unwritable_cache_only_costs_time(monkeypatch, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("DEFLARE_CACHE_DIR", str(blocked / "cache"))
+    engines._OPENVINO_ENGINES.clear()
+    model = trained_like()
+    voxels = (torch.rand(1, 8, 16, 24) < 0.3).float()
+    engine = engines.make_engine(model, "openvino", "fp32", CPU, "unwritable")
+    reference = engines.TorchEngine(model, CPU, None).run(voxels)
+    assert (engine.run(voxels) - reference).abs().max() < 1e-3
+    assert blocked.read_text() == "not a folder"
