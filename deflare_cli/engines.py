@@ -192,12 +192,12 @@ def make_engine(
 ) -> Engine:
     """The engine for this model on this device; ``key`` names the checkpoint in the cache."""
     chosen = inference_precision(precision, device)
+    if chosen == "fp16" and device.type == "cpu":
+        raise DeflareError("fp16 needs a CUDA GPU; use --precision fp32 or bf16")
+    if choice == "openvino" and device.type != "cpu":
+        raise DeflareError("--engine openvino runs on the CPU; use --device cpu or --engine torch")
     if choice == "openvino" or (choice == "auto" and device.type == "cpu"):
-        if device.type != "cpu":
-            raise DeflareError("--engine openvino runs on the CPU; use --device cpu or torch")
         if openvino_available():
-            if chosen == "fp16":
-                raise DeflareError("fp16 needs a CUDA GPU; use --precision fp32 or bf16")
             return _openvino_engine(model, key, chosen)
         if choice == "openvino":
             raise DeflareError(
@@ -205,8 +205,6 @@ def make_engine(
                 "pip install 'deflare[fast]'"
             )
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[chosen]
-    if dtype is torch.float16 and device.type == "cpu":
-        raise DeflareError("fp16 needs a CUDA GPU; use --precision fp32 or bf16")
     return TorchEngine(model.to(device, memory_format=torch.channels_last_3d), device, dtype)
 
 

@@ -44,7 +44,7 @@ from .codec import (
 from .devices import Cluster, cluster_from_env
 from .engines import Engine, describe, make_engine
 from .errors import DeflareError, InputError, OutputError, SettingsError
-from .events import Events, concat_events, make_events
+from .events import Events, concat_events
 from .io import EventFileReader, EventFileWriter, check_distinct, file_sha256, list_event_files
 from .model import TrueResidualUNet3D
 from .progress import Progress, no_progress
@@ -363,7 +363,8 @@ def _choose_removed(
 
 
 def _as_events(columns: tuple[np.ndarray, ...], like: Events) -> Events:
-    return make_events(*columns, like.sensor_size)
+    """``cells_to_events`` columns (already t int64, x/y uint16, p int8) as Events."""
+    return Events(*columns, like.height, like.width)
 
 
 class _StageTimer:
