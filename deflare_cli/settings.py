@@ -170,6 +170,13 @@ class DataSettings(Frozen):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="pairs held out when no val_dir")
     crop: tuple[int, int] | Literal["full"] = Field((128, 128), description="training crop (h, w)")
     flips: bool = Field(True, description="random horizontal and vertical flips in training")
+    flare_crops: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training crops centred on a pixel where input and target differ "
+        "(sparse scenes: most random crops hold no flare at all)",
+    )
     read: ReadSettings = Field(ReadSettings(), description="sensor size override")
     cache_dir: Path | None = Field(None, description="voxel cache; None: RUN_DIR/voxel_cache")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
@@ -235,25 +242,43 @@ class TrainSettings(Frozen):
         return self
 
 
+Regime = Literal["night", "dusk", "day"]
+Range = tuple[float, float]
+
+
 class SynthSettings(Frozen):
-    """``deflare synth``: paired flare/clean recordings from a physical model (see synth.py)."""
+    """``deflare synth``: paired flare/clean recordings from a physical model (see ``synth/``).
+
+    Ranges are drawn per pair (log-uniformly for rates and strengths that span decades). The
+    defaults put most pairs where real flare happens: night and dusk, sparse (issue 12)."""
 
     out_dir: Path
     num_files: int = Field(10, ge=1)
     seed: int = Field(0, ge=0)
-    height: int = Field(480, ge=16, le=4096)
-    width: int = Field(640, ge=16, le=4096)
+    sensor_sizes: tuple[tuple[int, int], ...] = Field(
+        ((480, 640),), description="(height, width) per pair, drawn uniformly from this list"
+    )
     duration_ms: float = Field(100.0, gt=0, le=10_000)
+    regimes: dict[Regime, float] = Field(
+        {"night": 0.5, "dusk": 0.3, "day": 0.2}, description="share of pairs per illumination"
+    )
     max_lights: int = Field(3, ge=1, le=8)
-    steady_fraction: float = Field(0.3, ge=0, le=1, description="lights that do not flicker")
-    flicker_hz: tuple[float, float] = Field((80.0, 140.0), description="flicker range (2x mains)")
-    max_speed_px_per_ms: float = Field(1.8, ge=0, description="camera translation speed limit")
-    threshold: tuple[float, float] = Field((0.15, 0.3), description="contrast threshold range")
-    threshold_sigma: float = Field(0.03, ge=0, description="per-pixel threshold spread")
-    refractory_us: int = Field(500, ge=0)
-    noise_hz_per_pixel: tuple[float, float] = Field((0.05, 1.0), description="background activity")
+    steady_fraction: float = Field(0.5, ge=0, le=1, description="lights that do not flicker")
+    pwm_fraction: float = Field(0.25, ge=0, le=1, description="flickering lights that are PWM")
+    mains_hz: tuple[float, ...] = Field((100.0, 120.0), description="flicker of mains lighting")
+    pwm_hz: Range = Field((200.0, 2000.0), description="PWM frequency range of LED drivers")
+    drift_px_per_ms: Range = Field((0.005, 1.0), description="camera drift speed (log-uniform)")
+    vibration_hz: Range = Field((2.0, 15.0), description="camera shake frequency")
+    vibration_px: Range = Field((0.5, 5.0), description="camera shake amplitude (at 640x480)")
+    max_objects: int = Field(3, ge=0, le=20, description="independently moving objects")
+    threshold: Range = Field((0.15, 0.3), description="contrast threshold range")
+    threshold_sigma: Range = Field((0.02, 0.06), description="per-pixel threshold spread")
+    cutoff_hz: float = Field(300.0, gt=0, description="photoreceptor cutoff in bright light")
+    refractory_us: tuple[int, int] = Field((100, 1000), description="refractory period range")
+    shot_noise_hz: Range = Field((0.1, 3.0), description="per-pixel noise rate at night")
+    leak_hz: Range = Field((0.01, 0.1), description="per-pixel leak (ON) event rate")
     hot_pixels: tuple[int, int] = Field((0, 8), description="range of hot pixels per file")
-    samples_per_cycle: int = Field(20, ge=4, description="flare samples per flicker cycle")
+    samples_per_cycle: int = Field(12, ge=4, description="flare samples per flicker cycle")
     background_dir: Path | None = Field(None, description="real recordings as backgrounds")
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -261,12 +286,21 @@ class SynthSettings(Frozen):
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthSettings:
-        for name in ("flicker_hz", "threshold", "noise_hz_per_pixel", "hot_pixels"):
+        for name in ("pwm_hz", "drift_px_per_ms", "vibration_hz", "vibration_px", "threshold",
+                     "threshold_sigma", "refractory_us", "shot_noise_hz", "leak_hz",
+                     "hot_pixels"):  # fmt: skip
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"{name} must be a range [low, high] with 0 <= low <= high")
         if self.threshold[0] <= 0:
             raise ValueError("contrast thresholds must be positive")
+        for height, width in self.sensor_sizes:
+            if not (16 <= height <= 4096 and 16 <= width <= 4096):
+                raise ValueError(f"sensor size {height}x{width} must be 16-4096 pixels a side")
+        if not self.sensor_sizes:
+            raise ValueError("sensor_sizes needs at least one (height, width)")
+        if sum(self.regimes.values()) <= 0 or min(self.regimes.values()) < 0:
+            raise ValueError("regimes: shares must be >= 0 and not all zero")
         return self
 
 

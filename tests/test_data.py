@@ -126,6 +126,25 @@ def test_crops_and_flips_are_deterministic_and_paired(tmp_path: Path) -> None:
         assert any(matches)
 
 
+def test_flare_crops_hold_flare(tmp_path: Path) -> None:
+    """On a sparse scene most uniform crops miss the flare; ``flare_crops`` centres them on it."""
+    folder = write_pairs(tmp_path / "data", 1, size=(96, 128))
+    pair = find_pairs(*paired_dirs(folder))[0]
+    entry = VoxelCache(tmp_path / "cache").get(pair, CodecSettings(), ReadSettings())
+
+    def share_with_flare(flare_crops: float) -> float:
+        dataset = EventVoxelDataset([entry], crop=(16, 16), seed=1, flare_crops=flare_crops)
+        hits = []
+        for epoch in range(40):
+            dataset.set_epoch(epoch)
+            inputs, targets = dataset[epoch % len(dataset)]
+            hits.append(bool((inputs != targets).any()))
+        return sum(hits) / len(hits)
+
+    assert share_with_flare(1.0) == 1.0
+    assert share_with_flare(0.0) < 0.5
+
+
 def test_validation_samples_are_full_frames(tmp_path: Path) -> None:
     pair, cache = _one_pair(tmp_path)
     entry = cache.get(pair, CodecSettings(), ReadSettings())

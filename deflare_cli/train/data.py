@@ -168,10 +168,12 @@ class EventVoxelDataset(Dataset):
         crop: tuple[int, int] | None = None,
         flips: bool = False,
         seed: int = 0,
+        flare_crops: float = 0.0,
     ) -> None:
         self.entries = entries
         self.crop = crop
         self.flips = flips
+        self.flare_crops = flare_crops
         self.seed = seed
         self.epoch = 0
         self.items = [(e, s) for e, entry in enumerate(entries) for s in range(entry.num_segments)]
@@ -204,9 +206,7 @@ class EventVoxelDataset(Dataset):
         self, inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.crop is not None:
-            height, width = inputs.shape[-2:]
-            top = int(rng.integers(0, height - self.crop[0] + 1))
-            left = int(rng.integers(0, width - self.crop[1] + 1))
+            top, left = self._crop_corner(inputs, targets, rng)
             window = (..., slice(top, top + self.crop[0]), slice(left, left + self.crop[1]))
             inputs, targets = inputs[window], targets[window]
         if self.flips:
@@ -214,6 +214,23 @@ class EventVoxelDataset(Dataset):
             if dims:
                 inputs, targets = inputs.flip(dims), targets.flip(dims)
         return inputs, targets
+
+    def _crop_corner(
+        self, inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[int, int]:
+        """(top, left) of a training crop: uniform, or (a ``flare_crops`` share of the time)
+        centred on a random pixel where input and target differ, when there is one."""
+        height, width = inputs.shape[-2:]
+        crop_h, crop_w = self.crop
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        if self.flare_crops and rng.random() < self.flare_crops:
+            differs = torch.nonzero((inputs != targets).any(0))
+            if len(differs):
+                y, x = differs[int(rng.integers(len(differs)))].tolist()
+                top = min(max(y - crop_h // 2, 0), height - crop_h)
+                left = min(max(x - crop_w // 2, 0), width - crop_w)
+        return top, left
 
     def _tensors(self, entry_index: int) -> dict[str, torch.Tensor]:
         if entry_index not in self._open:
@@ -243,5 +260,5 @@ def load_datasets(settings: TrainSettings, progress: Progress = no_progress) -> 
         val, val_skipped = prepare_pairs(val_pairs, cache, settings.codec, data.read,
                                          data.skip_bad, progress)  # fmt: skip
     crop = None if data.crop == "full" else data.crop
-    train_set = EventVoxelDataset(train, crop, data.flips, settings.seed)
+    train_set = EventVoxelDataset(train, crop, data.flips, settings.seed, data.flare_crops)
     return Datasets(train_set, EventVoxelDataset(val) if val else None, skipped + val_skipped)

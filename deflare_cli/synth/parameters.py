@@ -1,0 +1,227 @@
+"""Everything random about one synthetic pair, drawn from (seed, index) alone.
+
+Illumination regimes follow issue 12: backgrounds span three decades of light, with night and
+dusk the common case (flare matters most there). Intensities are in units where a mid-grey
+daylit surface is 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..settings import SynthSettings
+
+# Every pixel adds this dark current to its light: it caps the contrast a dim scene can show,
+# which is what makes night recordings sparse.
+DARK_LEVEL = 0.02
+# Mean background intensity of each regime: three decades from night to day.
+REGIME_LEVELS = {"night": (0.002, 0.02), "dusk": (0.02, 0.2), "day": (0.2, 2.0)}
+# Shot noise grows as light falls (v2e, DVS-Voltmeter): night rates as drawn, dusk 1/10, day 1/100.
+REGIME_NOISE = {"night": 1.0, "dusk": 0.1, "day": 0.01}
+# Brightness of a light's core over the scene's (level + dark current): from a dim lamp in
+# daylight to a streetlight at night that saturates its surroundings.
+LIGHT_OVER_SCENE = (10.0, 3000.0)
+
+
+@dataclass
+class LightSource:
+    """One bright source, in image coordinates at t=0; its flare moves with the camera."""
+
+    x: float
+    y: float
+    kind: str  # "point" or "area"
+    radius_px: float
+    aspect: float
+    peak: float  # intensity of the core
+    flicker: str  # "steady", "sine", "triangle" (mains) or "square" (PWM)
+    frequency_hz: float
+    depth: float  # modulation depth (max - min) / (max + min)
+    phase: float
+    halo_radius_px: float
+    halo_strength: float
+    num_rays: int
+    ray_angle: float
+    ray_length_px: float
+    ray_width: float
+    ray_strength: float
+    ghosts: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Vibration:
+    """Camera shake on one axis: a sum of sines (pixels, Hz, radians)."""
+
+    amplitude_px: list[float]
+    frequency_hz: list[float]
+    phase: list[float]
+
+
+@dataclass
+class MovingObject:
+    """A shape that moves on its own across the image (image coordinates, pixels per ms)."""
+
+    x: float
+    y: float
+    velocity_px_per_ms: tuple[float, float]
+    radius_px: float
+    aspect: float
+    disc: bool
+    reflectance: float  # relative to the scene's mean
+
+
+@dataclass
+class PairParameters:
+    """Everything random about one pair, kept in the manifest."""
+
+    index: int
+    seed: list[int]
+    height: int
+    width: int
+    regime: str
+    scene_level: float  # mean background intensity
+    contrast: float  # spread of log reflectance of the scene's surfaces
+    clutter: float  # how many times the surfaces cover the view (below 1: bare ground shows)
+    drift_px_per_ms: tuple[float, float]
+    vibration: tuple[Vibration, Vibration]
+    rotation_deg: float
+    zoom: float
+    objects: list[MovingObject]
+    threshold_on: float
+    threshold_off: float
+    threshold_sigma: float
+    refractory_us: int
+    shot_noise_hz: float
+    leak_hz: float
+    hot_pixels: int
+    lights: list[LightSource]
+
+    @property
+    def scale(self) -> float:
+        """Geometry scale against the 640x480 sensor that sizes are quoted for."""
+        return min(self.height, self.width) / 480
+
+
+def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """A draw whose logarithm is uniform (``low`` when it is 0); always one draw of ``rng``, so
+    that a range set to zero leaves every other parameter of the pair as it was."""
+    u = rng.random()
+    return float(low * (high / low) ** u) if low > 0 else float(low)
+
+
+def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
+    """The random scene of pair ``index``: a function of (seed, index) alone."""
+    rng = np.random.default_rng([settings.seed, index, 1])
+    height, width = settings.sensor_sizes[int(rng.integers(len(settings.sensor_sizes)))]
+    regimes = list(settings.regimes)
+    shares = np.array([settings.regimes[name] for name in regimes], float)
+    regime = regimes[int(rng.choice(len(regimes), p=shares / shares.sum()))]
+    scale = min(height, width) / 480
+    speed = log_uniform(rng, *settings.drift_px_per_ms) * scale
+    angle = rng.uniform(0, 2 * math.pi)
+    params = PairParameters(
+        index=index,
+        seed=[settings.seed, index],
+        height=int(height),
+        width=int(width),
+        regime=regime,
+        scene_level=log_uniform(rng, *REGIME_LEVELS[regime]),
+        contrast=float(rng.uniform(0.2, 0.8)),
+        clutter=log_uniform(rng, 0.3, 3.0),
+        drift_px_per_ms=(speed * math.cos(angle), speed * math.sin(angle)),
+        vibration=(_draw_vibration(settings, rng, scale), _draw_vibration(settings, rng, scale)),
+        rotation_deg=float(rng.uniform(-2, 2)),
+        zoom=float(rng.uniform(-0.03, 0.03)),
+        objects=[],
+        threshold_on=float(rng.uniform(*settings.threshold)),
+        threshold_off=float(rng.uniform(*settings.threshold)),
+        threshold_sigma=float(rng.uniform(*settings.threshold_sigma)),
+        refractory_us=int(rng.integers(settings.refractory_us[0], settings.refractory_us[1] + 1)),
+        shot_noise_hz=log_uniform(rng, *settings.shot_noise_hz) * REGIME_NOISE[regime],
+        leak_hz=log_uniform(rng, *settings.leak_hz),
+        hot_pixels=int(rng.integers(settings.hot_pixels[0], settings.hot_pixels[1] + 1)),
+        lights=[],
+    )
+    num_objects = int(rng.integers(0, settings.max_objects + 1))
+    params.objects = [_draw_object(params, rng) for _ in range(num_objects)]
+    num_lights = int(rng.integers(1, settings.max_lights + 1))
+    params.lights = [_draw_light(settings, params, rng) for _ in range(num_lights)]
+    return params
+
+
+def _draw_vibration(settings: SynthSettings, rng: np.random.Generator, scale: float) -> Vibration:
+    """Two shake components, as a hand or a vehicle adds (issue 12: 2-15 Hz, 0.5-5 px)."""
+    components = 2
+    return Vibration(
+        amplitude_px=[
+            log_uniform(rng, *settings.vibration_px) * scale / components for _ in range(components)
+        ],  # fmt: skip
+        frequency_hz=[float(rng.uniform(*settings.vibration_hz)) for _ in range(components)],
+        phase=[float(rng.uniform(0, 2 * math.pi)) for _ in range(components)],
+    )
+
+
+def _draw_object(params: PairParameters, rng: np.random.Generator) -> MovingObject:
+    speed = log_uniform(rng, 0.02, 1.0) * params.scale
+    angle = rng.uniform(0, 2 * math.pi)
+    return MovingObject(
+        x=float(rng.uniform(0, params.width)),
+        y=float(rng.uniform(0, params.height)),
+        velocity_px_per_ms=(speed * math.cos(angle), speed * math.sin(angle)),
+        radius_px=log_uniform(rng, 4, 40) * params.scale,
+        aspect=float(rng.uniform(0.4, 2.5)),
+        disc=bool(rng.random() < 0.5),
+        reflectance=log_uniform(rng, 0.2, 5.0),
+    )
+
+
+def _draw_flicker(settings: SynthSettings, rng: np.random.Generator) -> tuple[str, float, float]:
+    """(waveform, frequency, depth). Mains lighting flickers at twice the mains frequency with
+    a near-sinusoidal wave (incandescent 6-11%, fluorescent 25-40%, cheap LEDs more); PWM LED
+    drivers give square waves at hundreds of Hz to kHz, often at full depth (DESIGN.md)."""
+    if rng.random() < settings.steady_fraction:
+        return "steady", 0.0, 0.0
+    if rng.random() < settings.pwm_fraction:
+        return "square", log_uniform(rng, *settings.pwm_hz), float(rng.uniform(0.3, 1.0))
+    mains = float(rng.choice(settings.mains_hz)) * float(rng.uniform(0.995, 1.005))
+    return str(rng.choice(["sine", "triangle"])), mains, log_uniform(rng, 0.05, 1.0)
+
+
+def _draw_light(
+    settings: SynthSettings, params: PairParameters, rng: np.random.Generator
+) -> LightSource:
+    scale = params.scale
+    waveform, frequency_hz, depth = _draw_flicker(settings, rng)
+    blades = int(rng.integers(4, 9))
+    # An N-blade aperture gives 2N spikes for odd N and N for even N (far-field diffraction).
+    rays = 2 * blades if blades % 2 else blades
+    return LightSource(
+        x=float(rng.uniform(0.05, 0.95) * params.width),
+        y=float(rng.uniform(0.05, 0.8) * params.height),
+        kind="point" if rng.random() < 0.6 else "area",
+        radius_px=float(rng.uniform(1.0, 5.0) * scale),
+        aspect=float(rng.uniform(0.5, 2.0)),
+        peak=(params.scene_level + DARK_LEVEL) * log_uniform(rng, *LIGHT_OVER_SCENE),
+        flicker=waveform,
+        frequency_hz=frequency_hz,
+        depth=depth,
+        phase=float(rng.uniform(0, 2 * math.pi)),
+        halo_radius_px=float(rng.uniform(4, 30) * scale),
+        halo_strength=log_uniform(rng, 0.02, 1.5),
+        num_rays=rays,
+        ray_angle=float(rng.uniform(0, 2 * math.pi)),
+        ray_length_px=float(rng.uniform(20, 160) * scale),
+        ray_width=float(rng.uniform(0.6, 2.0)),
+        ray_strength=log_uniform(rng, 0.01, 0.8),
+        ghosts=[
+            {
+                "scale": float(rng.choice([-1, 1]) * rng.uniform(0.2, 1.2)),
+                "radius_px": float(rng.uniform(6, 45) * scale),
+                "strength": log_uniform(rng, 0.003, 0.1),
+                "ring": float(rng.random() < 0.4),
+            }
+            for _ in range(int(rng.integers(0, 5)))
+        ],
+    )

@@ -1,0 +1,207 @@
+"""The background scene and the camera that looks at it.
+
+Surfaces are a dead-leaves texture: occluding shapes with power-law sizes and constant
+reflectance, the usual synthetic stand-in for natural images when training restoration networks
+(Lee, Mumford & Huang 2001; Achddou et al. 2021). Its sharp edges make background events lie on
+thin moving edges, as real sensors show, instead of broad blobs of one polarity. A smooth
+illumination field (light pools, vignetting) multiplies it. The camera drifts and shakes
+(issue 12: drift plus 2-15 Hz vibration of 0.5-5 px), and a few objects move on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from .parameters import MovingObject, PairParameters
+
+LEAF_EXPONENT = 3.0  # p(r) ~ r^-3: scale-invariant sizes, as natural images have
+OPTICS_BLUR_PX = 0.7  # the lens's own blur: edges one or two pixels wide
+
+
+def make_texture(
+    shape: tuple[int, int], params: PairParameters, rng: np.random.Generator
+) -> np.ndarray:
+    """(h, w) scene intensity: dead leaves times a smooth illumination field, mean about
+    ``params.scene_level``."""
+    reflectance = dead_leaves(shape, params.contrast, params.clutter, params.scale, rng)
+    illumination = np.exp(0.5 * params.contrast * smooth_noise(shape, 120 * params.scale, rng))
+    image = gaussian_filter(reflectance * illumination, OPTICS_BLUR_PX)
+    return (image * (params.scene_level / image.mean())).astype(np.float32)
+
+
+def dead_leaves(
+    shape: tuple[int, int], contrast: float, clutter: float, scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Occluding discs and rectangles, radii drawn from r^-3 between 8 px and half the
+    image, painted back to front on a plain ground; their total area is ``clutter`` times the
+    canvas (3: covered, as the classic model; 0.3: mostly bare ground, as a night road)."""
+    height, width = shape
+    r_min, r_max = 8.0 * scale, min(shape) / 2
+    # Inverse-CDF sampling of p(r) ~ r^-a on [r_min, r_max].
+    a = LEAF_EXPONENT - 1
+    mean_area = math.pi * r_min**2 * a / (a - 2) if a > 2 else math.pi * r_min * r_max
+    count = int(min(clutter * height * width / mean_area, 60_000))
+    u = rng.random(count)
+    radii = (r_min**-a - u * (r_min**-a - r_max**-a)) ** (-1 / a)
+    values = np.exp(contrast * rng.standard_normal(count)).astype(np.float32)
+    centres_y, centres_x = rng.uniform(0, height, count), rng.uniform(0, width, count)
+    image = np.full(shape, float(np.exp(contrast * rng.standard_normal())), np.float32)
+    discs = rng.random(count) < 0.6
+    aspects = np.exp(rng.uniform(-0.7, 0.7, count))
+    for k in np.argsort(-radii, kind="stable"):  # large leaves first, small ones on top
+        _paint_leaf(image, centres_y[k], centres_x[k], radii[k], aspects[k], discs[k], values[k])
+    return image
+
+
+def _paint_leaf(image, cy, cx, radius, aspect, disc, value) -> None:
+    ry, rx = radius / math.sqrt(aspect), radius * math.sqrt(aspect)
+    y0, y1 = max(int(cy - ry), 0), min(int(cy + ry) + 1, image.shape[0])
+    x0, x1 = max(int(cx - rx), 0), min(int(cx + rx) + 1, image.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
+    if not disc:
+        image[y0:y1, x0:x1] = value
+        return
+    dy = (np.arange(y0, y1, dtype=np.float32)[:, None] - cy) / ry
+    dx = (np.arange(x0, x1, dtype=np.float32)[None, :] - cx) / rx
+    patch = image[y0:y1, x0:x1]
+    patch[dy**2 + dx**2 <= 1] = value
+
+
+def smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise low-passed at ``scale`` pixels (in the Fourier domain), unit variance."""
+    noise = rng.standard_normal(shape).astype(np.float32)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    gain = np.exp(-((fy**2 + fx**2) * (scale**2) * 2 * math.pi**2))
+    smooth = np.fft.irfft2(np.fft.rfft2(noise) * gain, s=shape).astype(np.float32)
+    return smooth / (smooth.std() + 1e-6)
+
+
+@dataclass
+class Camera:
+    """Image -> texture coordinates at time t: rotate and zoom about the centre, then shift by
+    the drift and the shake. The texture has ``margin`` pixels around the image's view."""
+
+    params: PairParameters
+    duration_s: float
+
+    @property
+    def margin(self) -> int:
+        """Texture border (pixels) that the motion can never look past."""
+        p = self.params
+        reach = math.hypot(*p.drift_px_per_ms) * self.duration_s * 1000
+        reach += sum(sum(v.amplitude_px) for v in p.vibration)
+        half_diagonal = math.hypot(p.height, p.width) / 2
+        reach += (abs(math.radians(p.rotation_deg)) + abs(p.zoom)) * half_diagonal
+        return int(math.ceil(reach)) + 8
+
+    def shift(self, t_s: float) -> tuple[float, float]:
+        """Texture shift (pixels) at time t: drift plus shake."""
+        vx, vy = self.params.drift_px_per_ms
+        shake = [
+            sum(a * math.sin(2 * math.pi * f * t_s + phase)
+                for a, f, phase in zip(v.amplitude_px, v.frequency_hz, v.phase, strict=True))
+            for v in self.params.vibration
+        ]  # fmt: skip
+        return vx * t_s * 1000 + shake[0], vy * t_s * 1000 + shake[1]
+
+    def _pose(self, t_s: float) -> tuple[float, float]:
+        fraction = t_s / self.duration_s
+        return math.radians(self.params.rotation_deg) * fraction, 1 + self.params.zoom * fraction
+
+    def texture_affine(self, t_s: float) -> np.ndarray:
+        """(2, 3) matrix A with (tx, ty) = A @ (x, y, 1): image pixel -> texture pixel at t."""
+        height, width, margin = self.params.height, self.params.width, self.margin
+        angle, zoom = self._pose(t_s)
+        sx, sy = self.shift(t_s)
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        return np.array([
+            [cos, -sin, (-cos * width + sin * height) / 2 + width / 2 + margin + sx],
+            [sin, cos, (-sin * width - cos * height) / 2 + height / 2 + margin + sy],
+        ])  # fmt: skip
+
+    def to_texture(self, x: np.ndarray, y: np.ndarray, t_s: float) -> tuple[np.ndarray, ...]:
+        affine = self.texture_affine(t_s)
+        return tuple(row[0] * x + row[1] * y + row[2] for row in affine)
+
+    def to_image(self, tx: float, ty: float, t_s: float) -> tuple[float, float]:
+        height, width, margin = self.params.height, self.params.width, self.margin
+        angle, zoom = self._pose(t_s)
+        sx, sy = self.shift(t_s)
+        dx = (tx - sx - width / 2 - margin) * zoom
+        dy = (ty - sy - height / 2 - margin) * zoom
+        x = math.cos(angle) * dx + math.sin(angle) * dy + width / 2
+        y = -math.sin(angle) * dx + math.cos(angle) * dy + height / 2
+        return x, y
+
+    def max_speed_px_per_s(self) -> float:
+        """An upper bound of how fast the image moves, for the sampling rate."""
+        p = self.params
+        speed = math.hypot(*p.drift_px_per_ms) * 1000
+        speed += sum(2 * math.pi * a * f for v in p.vibration
+                     for a, f in zip(v.amplitude_px, v.frequency_hz, strict=True))  # fmt: skip
+        half_diagonal = math.hypot(p.height, p.width) / 2
+        speed += (abs(math.radians(p.rotation_deg)) + abs(p.zoom)) * half_diagonal / self.duration_s
+        return speed + max((math.hypot(*o.velocity_px_per_ms) * 1000 for o in p.objects), default=0)
+
+
+def render_background(
+    texture: np.ndarray, camera: Camera, times_s: np.ndarray, level: float
+) -> np.ndarray:
+    """(K, H, W) background intensity at each time: the texture seen through the moving camera
+    (bilinear sampling), with the moving objects on top."""
+    height, width = camera.params.height, camera.params.width
+    frames = np.empty((len(times_s), height, width), np.float32)
+    source = torch.from_numpy(texture)[None, None]
+    for k, t_s in enumerate(times_s):
+        theta = torch.from_numpy(_normalised(camera.texture_affine(float(t_s)), camera,
+                                             texture.shape)).float()  # fmt: skip
+        grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
+        frames[k] = F.grid_sample(source, grid, align_corners=False)[0, 0].numpy()
+        for moving in camera.params.objects:
+            draw_object(frames[k], moving, float(t_s), level)
+    return frames
+
+
+def _normalised(affine: np.ndarray, camera: Camera, texture_shape: tuple[int, int]) -> np.ndarray:
+    """The pixel affine map in grid_sample's [-1, 1] coordinates (align_corners=False): pixel
+    x = ((u + 1) W - 1) / 2 on the image side, u = (2 tx + 1) / W_tex - 1 on the texture side."""
+    height, width = camera.params.height, camera.params.width
+    theta = np.empty((2, 3))
+    for row, size in ((0, texture_shape[1]), (1, texture_shape[0])):
+        a, b, c = affine[row]
+        theta[row] = (
+            a * width / size,
+            b * height / size,
+            (2 / size) * (a * (width - 1) / 2 + b * (height - 1) / 2 + c + 0.5) - 1,
+        )
+    return theta
+
+
+def draw_object(frame: np.ndarray, moving: MovingObject, t_s: float, level: float) -> None:
+    """Paint a moving object (anti-aliased over about one pixel) into ``frame`` in place."""
+    vx, vy = moving.velocity_px_per_ms
+    cx, cy = moving.x + vx * t_s * 1000, moving.y + vy * t_s * 1000
+    stretch = math.sqrt(moving.aspect)
+    ry, rx = moving.radius_px / stretch, moving.radius_px * stretch
+    y0, y1 = max(int(cy - ry) - 2, 0), min(int(cy + ry) + 3, frame.shape[0])
+    x0, x1 = max(int(cx - rx) - 2, 0), min(int(cx + rx) + 3, frame.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
+    dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
+    if moving.disc:
+        inside = (1 - np.sqrt((dy / ry) ** 2 + (dx / rx) ** 2)) * min(rx, ry)
+    else:
+        inside = np.minimum(ry - np.abs(dy), rx - np.abs(dx))
+    cover = np.clip(inside + 0.5, 0, 1)
+    patch = frame[y0:y1, x0:x1]
+    patch *= 1 - cover
+    patch += cover * (moving.reflectance * level)

@@ -1,0 +1,197 @@
+"""The DVS emulator: intensity frames in, events out (after v2e, ESIM and DVS-Voltmeter).
+
+Each pixel low-passes its log intensity (the photoreceptor; its cutoff falls with light, so dim
+pixels respond late and weakly) and keeps a reference level; whenever the filtered level moves a
+threshold beyond the reference, an event fires and the reference moves to the crossed level, so
+a big change gives several events. Thresholds vary per pixel (fixed mismatch). Timestamps are
+interpolated linearly between samples (ESIM). An event within the refractory period of the
+pixel's previous event is dropped. Noise the sensor adds on its own (shot noise that grows as
+light falls, leak events, hot pixels) comes from :func:`sensor_noise`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..settings import SynthSettings
+from .parameters import DARK_LEVEL, PairParameters
+
+# The photoreceptor reaches its full bandwidth (``cutoff_hz``) at this intensity (a bright
+# surface in daylight); below, the cutoff falls in proportion to the light (v2e), down to
+# ``MIN_BANDWIDTH`` of it.
+BRIGHT_LEVEL = 1.0
+MIN_BANDWIDTH = 0.05
+
+
+@dataclass
+class Sensor:
+    """Per-pixel contrast thresholds (fixed per pixel, as v2e), refractory period, bandwidth."""
+
+    on: np.ndarray  # (H, W) log-intensity step of an ON event
+    off: np.ndarray
+    refractory_us: int
+    cutoff_hz: float
+
+    @staticmethod
+    def draw(settings: SynthSettings, params: PairParameters, rng: np.random.Generator) -> Sensor:
+        shape = (params.height, params.width)
+        sigma = params.threshold_sigma
+        on = np.clip(params.threshold_on + sigma * rng.standard_normal(shape), 0.05, None)
+        off = np.clip(params.threshold_off + sigma * rng.standard_normal(shape), 0.05, None)
+        return Sensor(on.astype(np.float32), off.astype(np.float32), params.refractory_us,
+                      settings.cutoff_hz)  # fmt: skip
+
+
+class Photoreceptor:
+    """First-order low-pass of log intensity whose cutoff is proportional to the light.
+
+    Discretised by implicit Euler (``alpha = x / (1 + x)``, ``x = 2 pi f_c dt``): stable at any
+    step, and cheaper than the exact ``1 - exp(-x)`` in the emulator's innermost loop."""
+
+    def __init__(self, frame: np.ndarray, cutoff_hz: float) -> None:
+        self.cutoff_hz = cutoff_hz
+        self.level = log_intensity(frame)
+        self._gain = np.empty_like(self.level)
+        self._scratch = np.empty_like(self.level)
+
+    def step(self, frame: np.ndarray, dt_s: float) -> np.ndarray:
+        """The filtered log intensity after ``dt_s`` seconds at ``frame``'s light (flat)."""
+        light = frame.astype(np.float32).ravel()
+        light += np.float32(DARK_LEVEL)
+        full = np.float32(2 * math.pi * self.cutoff_hz * dt_s)
+        gain, scratch = self._gain, self._scratch
+        np.multiply(light, full / BRIGHT_LEVEL, out=gain)
+        np.clip(gain, full * MIN_BANDWIDTH, full, out=gain)
+        np.add(gain, 1, out=scratch)
+        np.divide(gain, scratch, out=gain)
+        target = np.log(light, out=light)
+        target -= self.level
+        target *= gain
+        self.level += target
+        return self.level.copy()
+
+
+def emulate(
+    frames: np.ndarray,
+    times_us: np.ndarray,
+    sensor: Sensor,
+    region: tuple[slice, slice],
+    thin: Callable[[int, np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """DVS events of intensity frames (K, h, w) over ``region`` of the sensor.
+
+    ``thin(k, pixels)``, when given, says which events of the interval ending at sample k to keep
+    (pixels are flat indices into the region): mixing can drop events as they are made.
+
+    Returns (t, x, y, p) in sensor coordinates, not sorted.
+    """
+    on = sensor.on[region].ravel()
+    off = sensor.off[region].ravel()
+    width = frames.shape[2]
+    photoreceptor = Photoreceptor(frames[0], sensor.cutoff_hz)
+    reference = photoreceptor.level.copy()
+    last_event = np.full(reference.shape, -(10**12), np.int64)
+    previous = reference.copy()
+    difference = np.empty_like(reference)
+    pieces: list[tuple[np.ndarray, ...]] = []
+    for k in range(1, len(frames)):
+        current = photoreceptor.step(frames[k], (times_us[k] - times_us[k - 1]) / 1e6)
+        np.subtract(current, reference, out=difference)
+        active = np.flatnonzero((difference >= on) | (difference <= -off))
+        if len(active):
+            t, pixel, p = _crossings(active, difference, current, previous, reference, on, off,
+                                     times_us[k - 1], times_us[k], last_event,
+                                     sensor.refractory_us)  # fmt: skip
+            if thin is not None:
+                keep = thin(k, pixel)
+                t, pixel, p = t[keep], pixel[keep], p[keep]
+            pieces.append((t, pixel, p))
+        previous = current
+    if not pieces:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty
+    t, pixel, p = (np.concatenate(column) for column in zip(*pieces, strict=True))
+    y, x = np.divmod(pixel, width)
+    return t, x + region[1].start, y + region[0].start, p
+
+
+def log_intensity(frame: np.ndarray) -> np.ndarray:
+    """Flattened float32 log of a frame plus the dark current."""
+    values = frame.astype(np.float32).ravel()
+    values += DARK_LEVEL
+    return np.log(values, out=values)
+
+
+def _crossings(
+    active: np.ndarray,
+    difference: np.ndarray,
+    current: np.ndarray,
+    previous: np.ndarray,
+    reference: np.ndarray,
+    on: np.ndarray,
+    off: np.ndarray,
+    t_start: int,
+    t_end: int,
+    last_event: np.ndarray,
+    refractory_us: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events of the pixels that crossed a threshold between two samples; updates the state."""
+    rising = difference[active] > 0
+    step = np.where(rising, on[active], -off[active])
+    count = np.floor(difference[active] / step).astype(np.int64)
+    pixel = np.repeat(active, count)
+    index = np.arange(len(pixel)) - np.repeat(np.cumsum(count) - count, count) + 1
+    level = reference[pixel] + index * np.repeat(step, count)
+    start, end = previous[pixel], current[pixel]
+    fraction = np.clip((level - start) / np.where(end != start, end - start, 1), 0, 1)
+    t = t_start + np.round(fraction * (t_end - t_start)).astype(np.int64)
+    p = np.repeat(np.where(rising, 1, -1), count).astype(np.int8)
+    reference[active] += count * step
+    keep = _outside_refractory(pixel, t, last_event, refractory_us)
+    return t[keep], pixel[keep], p[keep]
+
+
+def _outside_refractory(
+    pixel: np.ndarray, t: np.ndarray, last_event: np.ndarray, refractory_us: int
+) -> np.ndarray:
+    """Keep an event only if its pixel's previous kept event is older than the refractory time.
+
+    The events of one pixel between two samples come in time order (the crossed levels are
+    monotone) and consecutively, so the rule runs over the j-th event of every pixel at once.
+    """
+    keep = np.ones(len(pixel), bool)
+    if not len(pixel):
+        return keep
+    first = np.r_[True, pixel[1:] != pixel[:-1]]
+    rank = np.arange(len(pixel)) - np.maximum.accumulate(np.where(first, np.arange(len(pixel)), 0))
+    by_rank = np.argsort(rank, kind="stable")
+    bounds = np.cumsum(np.bincount(rank))
+    for lo, hi in zip(np.r_[0, bounds[:-1]], bounds, strict=True):
+        at_rank = by_rank[lo:hi]
+        ok = t[at_rank] - last_event[pixel[at_rank]] >= refractory_us
+        keep[at_rank[~ok]] = False
+        last_event[pixel[at_rank[ok]]] = t[at_rank[ok]]
+    return keep
+
+
+def sensor_noise(params: PairParameters, duration_us: int, rng: np.random.Generator) -> tuple:
+    """(t, x, y, p) of the events the sensor makes without any change of light: shot noise (both
+    polarities, uniform in space and time), leak events (ON) and a few hot pixels."""
+    height, width = params.height, params.width
+    parts = []
+    for rate_hz, on_share in ((params.shot_noise_hz, 0.5), (params.leak_hz, 1.0)):
+        count = rng.poisson(rate_hz * height * width * duration_us / 1e6)
+        t = rng.integers(0, duration_us, count)
+        x, y = rng.integers(0, width, count), rng.integers(0, height, count)
+        parts.append((t, x, y, np.where(rng.random(count) < on_share, 1, -1)))
+    for _ in range(params.hot_pixels):
+        rate = rng.uniform(50, 500)
+        hot_t = rng.integers(0, duration_us, rng.poisson(rate * duration_us / 1e6))
+        parts.append((hot_t, np.full(len(hot_t), rng.integers(width)),
+                      np.full(len(hot_t), rng.integers(height)),
+                      np.where(rng.random(len(hot_t)) < 0.5, 1, -1)))  # fmt: skip
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
