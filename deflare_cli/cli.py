@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ from .settings import (
     InferSettings,
     OutputMode,
     Precision,
+    ReadSettings,
     SynthSettings,
     Tiling,
     TrainSettings,
@@ -239,8 +241,13 @@ def synth(
         int | None, typer.Option("--num-files", "-n", help="Pairs to make [10].")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of every scene [0].")] = None,
-    height: Annotated[int | None, typer.Option("--height", help="Sensor height [480].")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Sensor width [640].")] = None,
+    sensor_sizes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sensor-size",
+            help="HEIGHTxWIDTH of the pairs, e.g. 720x1280; repeat it to mix sizes [480x640].",
+        ),
+    ] = None,
     duration_ms: Annotated[
         float | None, typer.Option("--duration-ms", help="Length of each pair [100].")
     ] = None,
@@ -268,8 +275,7 @@ def synth(
                 "out_dir": out_dir,
                 "num_files": num_files,
                 "seed": seed,
-                "height": height,
-                "width": width,
+                "sensor_sizes": [parse_sensor_size(size) for size in sensor_sizes or []] or None,
                 "duration_ms": duration_ms,
                 "runtime": {"workers": workers},
                 "background_dir": background_dir,
@@ -362,7 +368,7 @@ def deflare_command(
 def _print_deflared(results) -> None:
     table = Table(title="deflare", caption=f"outputs in {escape(str(results[0].target.parent))}")
     for column in ("file", "events in", "events out", "kept", "seconds", "x real time"):
-        table.add_column(column, justify="left" if column == "file" else "right")
+        table.add_column(column, justify="left" if column == "file" else "right", no_wrap=True)
     for result in results:
         if result.skipped:
             table.add_row(escape(result.source.name), "[yellow]output exists: skipped[/]")
@@ -379,6 +385,63 @@ def _print_deflared(results) -> None:
     Console().print(table)
     for engine in sorted({result.engine for result in results if result.engine}):
         say(f"engine: {escape(engine)}")
+
+
+@app.command()
+def info(
+    sources: Annotated[list[Path], typer.Argument(help="Event files or folders of them.")],
+    sensor_size: SensorSizeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="One line per argument: min / median / max.")
+    ] = False,
+) -> None:
+    """Statistics of recordings: size, duration, rate, pixels active per 20 ms, ON share."""
+    from .stats import collect_stats
+
+    with reporting_errors():
+        size = _parsed(parse_sensor_size, sensor_size)
+        read = load_settings(ReadSettings, None, {"sensor_size": size})
+        groups = [collect_stats([source], read) for source in sources]
+    rows = [row for group in groups for row in group]
+    if summary:
+        _print_stats_summary(sources, groups)
+        return
+    if as_json:
+        for row in rows:
+            say(escape(json.dumps(row.as_dict())))
+        return
+    table = Table(title="recordings")
+    for column in ("file", "sensor", "duration", "events", "M ev/s", "active/20 ms", "ON",
+                   "ev/active px p50/p90/p99"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "file" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(escape(row.name), f"{row.width}x{row.height}", f"{row.duration_s:.3f} s",
+                      f"{row.events:,}", f"{row.rate_meps:.3f}", f"{row.active_percent:.2f}%",
+                      f"{row.on_percent:.1f}%",
+                      "/".join(f"{q:g}" for q in row.per_active_pixel))  # fmt: skip
+    # A pipe or file gets the whole table rather than rich's 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _print_stats_summary(sources: list[Path], groups: list) -> None:
+    from .stats import summarise
+
+    table = Table(title="recordings: min / median / max over files")
+    for column in ("source", "files", "M ev/s", "active/20 ms", "median ev/active px"):
+        table.add_column(column, justify="left" if column == "source" else "right", no_wrap=True)
+    for source, rows in zip(sources, groups, strict=True):
+        ranges = summarise(rows)
+        cells = [
+            "/".join(f"{v:{fmt}}" for v in ranges[name])
+            for name, fmt in (
+                ("rate_meps", ".2f"),
+                ("active_percent", ".1f"),
+                ("median_per_active_pixel", "g"),
+            )
+        ]
+        table.add_row(escape(str(source)), str(len(rows)), *cells)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @app.command()

@@ -22,7 +22,7 @@ LAYERS = [
     {"settings"},
     {"codec", "devices", "model", "tiles"},
     {"io"},
-    {"checkpoint", "metrics", "baselines", "engines"},
+    {"checkpoint", "metrics", "baselines", "engines", "stats"},
     {"synth", "train", "infer", "methods", "evaluate", "viz"},
     {"cli", "__main__"},
 ]

@@ -1,0 +1,97 @@
+"""Statistics of a recording that anyone can compare (``deflare info``, issue 12).
+
+Real and synthetic recordings differ most in how sparse they are, so next to size, duration and
+rate this reports the share of pixels that fire at least once per 20 ms window (the model's
+segment) and how many events an active pixel fires in such a window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .events import Events
+from .io import list_event_files, read_events
+from .settings import ReadSettings
+
+WINDOW_US = 20_000  # one model segment
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class RecordingStats:
+    """What ``deflare info`` prints for one recording."""
+
+    name: str
+    height: int
+    width: int
+    duration_s: float
+    events: int
+    rate_meps: float  # million events per second
+    active_percent: float  # pixels with at least one event per 20 ms window, mean over windows
+    on_percent: float
+    per_active_pixel: tuple[float, ...]  # quantiles QUANTILES of events per active pixel per window
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def recording_stats(events: Events, name: str = "", window_us: int = WINDOW_US) -> RecordingStats:
+    """Statistics of ``events`` over their time span, cut into windows of ``window_us``.
+
+    Windows start at the first event; the last, partial window is left out unless the recording
+    is shorter than one window (then that one window is used as it is).
+    """
+    height, width = events.sensor_size
+    count = len(events)
+    if count == 0:
+        return RecordingStats(name, height, width, 0.0, 0, 0.0, 0.0, 0.0, (0.0,) * len(QUANTILES))
+    t = events.t.astype(np.int64)
+    start = int(t.min())
+    duration_us = max(int(t.max()) - start + 1, 1)
+    full_windows = duration_us // window_us
+    window = (t - start) // window_us
+    used = window < full_windows if full_windows else np.ones(count, bool)
+    num_windows = max(full_windows, 1)
+    pixel = events.y[used].astype(np.int64) * width + events.x[used]
+    _, per_pixel = np.unique(window[used] * (height * width) + pixel, return_counts=True)
+    active = len(per_pixel) / (num_windows * height * width)
+    quantiles = np.quantile(per_pixel, QUANTILES) if len(per_pixel) else np.zeros(len(QUANTILES))
+    return RecordingStats(
+        name=name,
+        height=height,
+        width=width,
+        duration_s=duration_us / 1e6,
+        events=count,
+        rate_meps=count / (duration_us / 1e6) / 1e6,
+        active_percent=100 * active,
+        on_percent=100 * float((events.p > 0).mean()),
+        per_active_pixel=tuple(float(q) for q in quantiles),
+    )
+
+
+def file_stats(path: Path, read: ReadSettings = ReadSettings()) -> RecordingStats:
+    """:func:`recording_stats` of an event file (any format the readers take)."""
+    return recording_stats(read_events(path, read), name=path.name)
+
+
+def summarise(rows: list[RecordingStats]) -> dict[str, tuple[float, float, float]]:
+    """(min, median, max) over recordings of rate, active share and median events per pixel."""
+    columns = {
+        "rate_meps": [row.rate_meps for row in rows],
+        "active_percent": [row.active_percent for row in rows],
+        "median_per_active_pixel": [row.per_active_pixel[0] for row in rows],
+    }
+    return {name: (float(np.min(v)), float(np.median(v)), float(np.max(v)))
+            for name, v in columns.items()}  # fmt: skip
+
+
+def collect_stats(sources: list[Path], read: ReadSettings = ReadSettings()) -> list[RecordingStats]:
+    """:func:`file_stats` of each file, and of every event file in each folder, in order."""
+    rows = []
+    for source in sources:
+        files = list_event_files(source) if source.is_dir() else [source]
+        rows.extend(file_stats(path, read) for path in files)
+    return rows
