@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 UNET_SPEC ?= pytorch3dunet==1.9.6
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench realdata clean
 
 install: $(STAMP)
 
@@ -33,12 +33,13 @@ DEFAULT_MODEL := deflare_cli/weights/default.pt
 
 # The main job on built-in data, end to end on CPU in well under 10 minutes on 2 cores.
 demo: $(STAMP)
-	@echo "== 1/6 synthesising 8 training and 3 test pairs (640x480, 100 ms each)"
+	@echo "== 1/6 synthesising 8 training and 3 test pairs (640x480, 100 ms, mostly night and dusk)"
 	$(DEFLARE) synth $(DEMO_DIR)/data/train --num-files 8 --seed 11 --workers 2 --overwrite
 	$(DEFLARE) synth $(DEMO_TEST) --num-files 3 --seed 12 --workers 2 --overwrite
 	@echo "== 2/6 training a small model for 2-3 minutes on CPU (a real one trains for hours)"
 	$(DEFLARE) train --data-dir $(DEMO_DIR)/data/train --run-dir $(DEMO_DIR)/model \
-		--max-steps 120 --epochs 1000 --batch-size 4 --crop 96x96 --lr 0.001 --val-fraction 0
+		--max-steps 120 --epochs 1000 --batch-size 4 --crop 96x96 --lr 0.001 --val-fraction 0 \
+		--flare-crops 0.5
 	@echo "== 3/6 deflaring the test inputs with it"
 	$(DEFLARE) deflare $(DEMO_TEST)/background_with_flare_events $(DEMO_DIR)/deflared \
 		--checkpoint $(DEMO_DIR)/model/last.pt --overwrite
@@ -61,6 +62,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
+
+# Do-no-harm check of the default model on the real recordings in ../shared/realdata (issue 12).
+realdata: $(STAMP)
+	$(PY) benchmarks/realdata.py --output docs/realdata.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

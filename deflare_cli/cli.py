@@ -637,6 +637,10 @@ def train(
         str | None,
         typer.Option("--crop", help="Training crop HxW in pixels, or 'full' [128x128]."),
     ] = None,
+    flare_crops: Annotated[
+        float | None,
+        typer.Option("--flare-crops", help="Share of crops centred on flare (sparse data) [0]."),
+    ] = None,
     f_maps: Annotated[
         str | None,
         typer.Option("--f-maps", help="Features per level, e.g. 16,32,64 or 32,64,128,256."),
@@ -684,6 +688,7 @@ def train(
                     "val_dir": val_dir,
                     "val_fraction": val_fraction,
                     "crop": _crop_setting(crop),
+                    "flare_crops": flare_crops,
                     "num_workers": num_workers,
                     "skip_bad": skip_bad or None,
                 },

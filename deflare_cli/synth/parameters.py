@@ -83,7 +83,7 @@ class PairParameters:
     regime: str
     scene_level: float  # mean background intensity
     contrast: float  # spread of log reflectance of the scene's surfaces
-    clutter: float  # how many times the surfaces cover the view (below 1: bare ground shows)
+    clutter: float  # how many surfaces lie on the plain ground (see scene.dead_leaves)
     drift_px_per_ms: tuple[float, float]
     vibration: tuple[Vibration, Vibration]
     rotation_deg: float
