@@ -173,3 +173,19 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
     assert (tmp_path / "saves_rank0.txt").read_text().count("last.pt") >= 1
     assert (tmp_path / "saves_rank1.txt").read_text() == ""
     assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_training_and_validation_on_pairs_of_two_sensor_sizes(tmp_path: Path) -> None:
+    """Crops stack whatever the sensor; full validation frames of two sizes are batched apart
+    (the default recipe mixes 1280x720, 640x480 and 346x260)."""
+    data = tmp_path / "data"
+    write_pairs(data, 2, size=(32, 48), seed=1)
+    other = write_pairs(tmp_path / "other", 2, size=(48, 64), seed=2)
+    for sub in ("background_with_flare_events", "background_with_light_events"):
+        for path in (other / sub).iterdir():
+            path.rename(data / sub / path.name.replace("_0000", "_1000"))
+    both_sizes = DataSettings(data_dir=data, crop=(16, 16), val_dir=data)
+    settings = settings_for(tmp_path / "run", data, epochs=1, batch_size=3, data=both_sizes)
+    result = train(settings)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert rows and float(rows[-1]["val_mse"]) >= 0 and result is not None

@@ -28,7 +28,7 @@ def validate(
     """
     device = next(model.parameters()).device
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size)
+    loader = DataLoader(dataset, batch_sampler=same_size_batches(dataset, batch_size))
     model_rows, raw_rows = [], []
     for done, (inputs, targets) in enumerate(loader, start=1):
         batch = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
@@ -40,3 +40,13 @@ def validate(
         progress("validating", done, len(loader))
     model.train()
     return mean_metrics(model_rows), mean_metrics(raw_rows)
+
+
+def same_size_batches(dataset: EventVoxelDataset, batch_size: int) -> list[list[int]]:
+    """Batches of sample indices whose full frames have one size (sensors may differ between
+    pairs, and frames of two sizes cannot be stacked), in the dataset's order within a size."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, (entry_index, _segment) in enumerate(dataset.items):
+        by_size.setdefault(dataset.entries[entry_index].sensor_size, []).append(index)
+    return [indices[start : start + batch_size] for indices in by_size.values()
+            for start in range(0, len(indices), batch_size)]  # fmt: skip
