@@ -263,6 +263,9 @@ class SynthSettings(Frozen):
         {"night": 0.5, "dusk": 0.3, "day": 0.2}, description="share of pairs per illumination"
     )
     max_lights: int = Field(3, ge=1, le=8)
+    dark_fraction: float = Field(
+        0.25, ge=0, le=1, description="pairs without any bright light: the target is the input"
+    )
     steady_fraction: float = Field(0.5, ge=0, le=1, description="lights that do not flicker")
     pwm_fraction: float = Field(0.25, ge=0, le=1, description="flickering lights that are PWM")
     mains_hz: tuple[float, ...] = Field((100.0, 120.0), description="flicker of mains lighting")

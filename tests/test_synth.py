@@ -19,7 +19,7 @@ from deflare_cli.synth.mixing import mix
 from deflare_cli.synth.optics import flicker
 from deflare_cli.synth.sensor import Photoreceptor, Sensor, emulate, sensor_noise
 
-SMALL = {"sensor_sizes": ((96, 128),), "duration_ms": 30}
+SMALL = {"sensor_sizes": ((96, 128),), "duration_ms": 30, "dark_fraction": 0.0}
 IDEAL_CUTOFF_HZ = 1e12  # a photoreceptor that follows the light at once
 
 
@@ -172,7 +172,7 @@ def test_refractory_period_limits_the_event_rate() -> None:
 
 
 def test_flicker_waveforms() -> None:
-    params = draw_parameters(SynthSettings(out_dir=Path("x"), seed=2), 0)
+    params = draw_parameters(SynthSettings(out_dir=Path("x"), seed=2, dark_fraction=0), 0)
     light = params.lights[0]
     times = np.linspace(0, 0.1, 10_001)
     for wave in ("sine", "square", "triangle"):
@@ -285,3 +285,18 @@ def test_sensor_sizes_are_drawn_per_pair(tmp_path: Path) -> None:
     for pair in manifest["pairs"]:
         events = read_events(tmp_path / "mixed" / pair["input"])
         assert events.sensor_size == (pair["parameters"]["height"], pair["parameters"]["width"])
+
+
+def test_dark_pairs_have_nothing_to_remove(tmp_path: Path) -> None:
+    """``dark_fraction`` pairs have no bright light: input and target are the same events."""
+    settings = small_settings(tmp_path, dark_fraction=1.0, num_files=1)
+    pair, params = synthesise_pair(settings, 0)
+    assert params.lights == [] and pair.counts["input_flare_events"] == 0
+    assert len(pair.flare_input) > 0
+    assert np.array_equal(pair.flare_input.t, pair.clean_target.t)
+    assert np.array_equal(pair.flare_input.x, pair.clean_target.x)
+    assert np.array_equal(pair.flare_input.p, pair.clean_target.p)
+    # the share does not change the other pairs of a seed
+    lit = draw_parameters(small_settings(tmp_path, dark_fraction=0.0), 3)
+    some_dark = draw_parameters(small_settings(tmp_path, dark_fraction=0.5), 3)
+    assert some_dark.lights in ([], lit.lights)

@@ -144,10 +144,11 @@ def paste(canvas: np.ndarray, template: np.ndarray, x: float, y: float, gain: fl
 
 
 def render_layers(
-    layers: list[FlareLayer], params: PairParameters
+    layers: list[FlareLayer], params: PairParameters, count: int
 ) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """(K, h, w) intensity of the layers over the region they ever reach (float16 to halve
-    memory: it feeds the emulator through a log and the mixing weights, both tolerant)."""
+    """(count, h, w) intensity of the layers over the region they ever reach (float16 to halve
+    memory: it feeds the emulator through a log and the mixing weights, both tolerant). With no
+    layers (a pair without lights): zeros over one pixel."""
     height, width = params.height, params.width
     top, left, bottom, right = height, width, 0, 0
     for layer in layers:
@@ -157,7 +158,6 @@ def render_layers(
         left, right = min(left, int(xs.min()) - half), max(right, int(xs.max()) + half + 1)
     top, left = min(max(top, 0), height - 1), min(max(left, 0), width - 1)
     bottom, right = max(min(bottom, height), top + 1), max(min(right, width), left + 1)
-    count = len(layers[0].gain)
     frames = np.zeros((count, bottom - top, right - left), np.float16)
     canvas = np.zeros(frames.shape[1:], np.float32)
     for k in range(count):

@@ -55,8 +55,8 @@ def synthesise_pair(
                      MAX_FLARE_RATE_HZ)  # fmt: skip
     flare_times = sample_times(duration_us, flare_rate)
     flare_parts, light_parts = flare_layers(params, camera, flare_times / 1e6)
-    flare = Layer(*render_layers(flare_parts, params), flare_times)
-    light = Layer(*render_layers(light_parts, params), flare_times)
+    flare = Layer(*render_layers(flare_parts, params, len(flare_times)), flare_times)
+    light = Layer(*render_layers(light_parts, params, len(flare_times)), flare_times)
     light_events = emulate(light.frames, flare_times, sensor, light.region)
     flare_lookup = FlareLookup(flare, light)
 

@@ -148,6 +148,11 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
     params.objects = [_draw_object(params, rng) for _ in range(num_objects)]
     num_lights = int(rng.integers(1, settings.max_lights + 1))
     params.lights = [_draw_light(settings, params, rng) for _ in range(num_lights)]
+    # A share of scenes has no bright light at all: there the target is the input, which teaches
+    # the model to leave real scenes without flare alone (issue 12: do no harm). Its own random
+    # stream, so that the other pairs of a seed do not depend on the share.
+    if np.random.default_rng([settings.seed, index, 3]).random() < settings.dark_fraction:
+        params.lights = []
     return params
 
 
