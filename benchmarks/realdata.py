@@ -14,7 +14,6 @@ without bright lights are for checking only. Targets (issue 12): at least 97% ke
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,9 @@ from deflare_cli.infer import deflare
 from deflare_cli.io import atomic_output, read_events
 from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings
 from deflare_cli.stats import recording_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import machine  # noqa: E402
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 NO_LIGHTS = ("evt3_dim_indoor", "dvxplorer_indoor_person", "davis346_emlb_demo")
@@ -85,8 +87,7 @@ def verdict(row: dict) -> str:
 
 def table(rows: list[dict], checkpoint: str) -> str:
     lines = [
-        f"Model: `{checkpoint}`; CPU: {platform.processor() or platform.machine()}, "
-        f"engine {rows[0]['engine'] if rows else '-'}.",
+        f"Model: `{checkpoint}`; engine {rows[0]['engine'] if rows else '-'}; {machine()}.",
         "",
         "| recording | sensor | events | M ev/s | active/20 ms | kept | lamp discs kept | "
         "rest of scene kept | seconds | verdict |",

@@ -1,0 +1,46 @@
+"""Do no harm on real recordings (issue 12): the shipped default model keeps the events of real
+scenes without bright lights, and the lamp discs of a real scene with lamps (on the quick ones;
+``evt3_dim_indoor`` takes minutes and is left to ``make realdata``).
+
+The recordings live in ../shared/realdata (test data of this project, never shipped). Where they
+are absent the tests skip, saying so; ``make realdata`` runs the same check on every recording
+and writes the table the README quotes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from realdata import KEEP_TARGET, REALDATA, check  # noqa: E402
+
+from deflare_cli.settings import InferSettings, RuntimeSettings  # noqa: E402
+
+SETTINGS = InferSettings(runtime=RuntimeSettings(device="cpu"))
+needs_realdata = pytest.mark.skipif(
+    not REALDATA.is_dir(), reason=f"{REALDATA} is not on this machine"
+)
+# The shipped model was trained on the first release's dense synthetic data and misses these
+# targets (README, "On real recordings"). strict: the day a model meets them, these tests report
+# it, and this mark must go.
+not_met_yet = pytest.mark.xfail(
+    strict=True, reason="issue 12: the shipped default model does not meet the real-data targets"
+)
+
+
+@needs_realdata
+@not_met_yet
+@pytest.mark.parametrize("name", ["dvxplorer_indoor_person", "davis346_emlb_demo"])
+def test_default_model_keeps_real_scenes_without_lights(name: str) -> None:
+    row = check(REALDATA / f"{name}.h5", SETTINGS)
+    assert row["kept"] >= KEEP_TARGET, f"{name}: kept {row['kept']:.1%}"
+
+
+@needs_realdata
+@not_met_yet
+def test_default_model_keeps_real_lamp_discs() -> None:
+    row = check(REALDATA / "davis346_flicker_lamps.h5", SETTINGS)
+    assert row["lamp_discs_kept"] >= KEEP_TARGET, f"lamp discs kept {row['lamp_discs_kept']:.1%}"
