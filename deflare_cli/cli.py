@@ -420,8 +420,12 @@ def info(
                       f"{row.events:,}", f"{row.rate_meps:.3f}", f"{row.active_percent:.2f}%",
                       f"{row.on_percent:.1f}%",
                       "/".join(f"{q:g}" for q in row.per_active_pixel))  # fmt: skip
-    # A pipe or file gets the whole table rather than rich's 80 columns.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    _wide_console().print(table)
+
+
+def _wide_console() -> Console:
+    """A console for wide tables: a pipe or file gets the whole table, not rich's 80 columns."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _print_stats_summary(sources: list[Path], groups: list) -> None:
@@ -441,7 +445,7 @@ def _print_stats_summary(sources: list[Path], groups: list) -> None:
             )
         ]
         table.add_row(escape(str(source)), str(len(rows)), *cells)
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    _wide_console().print(table)
 
 
 @app.command()
