@@ -45,6 +45,8 @@ class Events:
             array = getattr(self, name)
             if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype != dtype:
                 raise TypeError(f"Events.{name} must be a 1-D {dtype} array")
+            if not array.flags.c_contiguous:  # the codec hands the columns to torch
+                raise TypeError(f"Events.{name} must be contiguous (use make_events)")
         if not (len(self.t) == len(self.x) == len(self.y) == len(self.p)):
             raise ValueError("Events arrays must have equal lengths")
         if self.height <= 0 or self.width <= 0:
@@ -95,12 +97,14 @@ def make_events(
     sensor_size: tuple[int, int] = DEFAULT_SENSOR_SIZE,
     span_us: tuple[int, int] | None = None,
 ) -> Events:
-    """Build :class:`Events` from arrays of any numeric dtype (polarity mapped as on reading)."""
+    """Build :class:`Events` from arrays of any numeric dtype and layout (polarity mapped as on
+    reading). The columns come out contiguous: camera readers hand over strided views of
+    structured arrays, which torch cannot take."""
     return Events(
-        np.asarray(t).astype(T_DTYPE, copy=False),
-        np.asarray(x).astype(XY_DTYPE, copy=False),
-        np.asarray(y).astype(XY_DTYPE, copy=False),
-        polarity_from_raw(np.asarray(p)),
+        np.ascontiguousarray(t, dtype=T_DTYPE),
+        np.ascontiguousarray(x, dtype=XY_DTYPE),
+        np.ascontiguousarray(y, dtype=XY_DTYPE),
+        np.ascontiguousarray(polarity_from_raw(np.asarray(p))),
         int(sensor_size[0]),
         int(sensor_size[1]),
         span_us,

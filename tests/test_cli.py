@@ -97,15 +97,19 @@ def _h5(path: Path, **datasets) -> Path:
 
 
 def _events_h5(path: Path, t, x=None, y=None, p=None) -> Path:
+    """A deflare-layout file of a 480x640 sensor with the given columns."""
     t = np.asarray(t)
     n = len(t)
-    return _h5(
+    _h5(
         path,
         events__t=t,
         events__x=np.zeros(n, np.uint16) if x is None else np.asarray(x),
         events__y=np.zeros(n, np.uint16) if y is None else np.asarray(y),
         events__p=np.ones(n, np.int8) if p is None else np.asarray(p),
     )
+    with h5py.File(path, "a") as h5:
+        h5.attrs["resolution_height"], h5.attrs["resolution_width"] = 480, 640
+    return path
 
 
 def _truncated(tmp_path: Path) -> Path:
@@ -150,6 +154,10 @@ BAD_EVENT_FILES = {
         "x=700, outside the 480x640 sensor",
     ),
     "no events": (lambda d: _events_h5(d / "e.h5", np.zeros(0, np.int64)), "contains no events"),
+    "no sensor size": (
+        lambda d: _h5(d / "z.h5", **{f"events__{k}": np.zeros(3, np.uint16) for k in "txyp"}),
+        "--sensor-size",
+    ),
     "string data": (
         lambda d: _h5(
             d / "s.h5", events__t=np.array([b"a"]), events__x=[0], events__y=[0], events__p=[1]

@@ -21,6 +21,8 @@ from ..errors import InputError
 from ..events import T_DTYPE, is_time_sorted
 
 READ_CHUNK = 1 << 22  # events per HDF5 read, so progress moves and temporaries stay small
+DSEC_SENSOR_SIZE = (480, 640)  # DSEC's Prophesee Gen3.1 cameras; its files hold no size
+MAX_SIDE = 1 << 16  # x and y are uint16
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Layout:
     name: str
     columns: dict[str, str]  # "t"/"x"/"y"/"p" -> dataset path
     to_us: Callable[[np.ndarray], np.ndarray]
-    sensor_size: tuple[int, int] | None
+    read_sensor_size: Callable[[], tuple[int, int] | None]  # from the file; only when needed
     start_us: int | None  # the recording's start; None: the first event
     ms_to_idx: h5py.Dataset | None = None
 
@@ -48,7 +50,7 @@ def detect_layout(h5: h5py.File, label: str) -> Layout:
             "deflare",
             {k: f"events/{k}" for k in "txyp"},
             lambda t: _integer_microseconds(t, label),
-            _resolution_attrs(h5, label),
+            lambda: _resolution_attrs(h5, label),
             None,
         )
     found = ", ".join(_list_datasets(h5)) or "nothing"
@@ -68,7 +70,7 @@ def _dsec_layout(h5: h5py.File, label: str) -> Layout:
         "dsec",
         {k: f"events/{k}" for k in "txyp"},
         lambda t: _integer_microseconds(t, label) + offset,
-        _resolution_attrs(h5, label),
+        lambda: _resolution_attrs(h5, label) or DSEC_SENSOR_SIZE,
         offset,
         h5["ms_to_idx"],
     )
@@ -77,10 +79,12 @@ def _dsec_layout(h5: h5py.File, label: str) -> Layout:
 def _event_utils_layout(h5: h5py.File, label: str) -> Layout:
     columns = {"t": "events/ts", "x": "events/xs", "y": "events/ys", "p": "events/ps"}
     _require_datasets(h5, label, columns)
-    size = None
-    if "sensor_resolution" in h5.attrs:
-        resolution = np.asarray(h5.attrs["sensor_resolution"]).reshape(-1)
-        size = (int(resolution[0]), int(resolution[1]))
+
+    def size() -> tuple[int, int] | None:
+        if "sensor_resolution" not in h5.attrs:
+            return None
+        return _sensor_size(h5.attrs["sensor_resolution"], label, "sensor_resolution attribute")
+
     return Layout("event_utils", columns, lambda ts: _seconds_to_us(ts, label), size, None)
 
 
@@ -102,8 +106,29 @@ def _resolution_attrs(h5: h5py.File, label: str) -> tuple[int, int] | None:
     for holder in (h5, h5.get("events")):
         attrs = getattr(holder, "attrs", {})
         if "resolution_height" in attrs and "resolution_width" in attrs:
-            return int(attrs["resolution_height"]), int(attrs["resolution_width"])
+            values = (attrs["resolution_height"], attrs["resolution_width"])
+            return _sensor_size(values, label, "resolution_height/width attributes")
     return None
+
+
+def _sensor_size(values: object, label: str, what: str) -> tuple[int, int]:
+    """(height, width) from a file's attributes: two whole numbers in 1..65536 (uint16 x/y)."""
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        array = np.array([])
+    if (
+        array.size < 2
+        or not np.all(np.isfinite(array[:2]))
+        or not np.all(array[:2] == np.round(array[:2]))
+        or not np.all((array[:2] >= 1) & (array[:2] <= MAX_SIDE))
+    ):
+        raise InputError(
+            label,
+            f"the {what} must be two whole numbers (height, width) in 1..{MAX_SIDE}, "
+            f"found {values!r}; give the size with --sensor-size HxW",
+        )
+    return int(array[0]), int(array[1])
 
 
 def _list_datasets(h5: h5py.File) -> list[str]:

@@ -1,9 +1,10 @@
 """Reading event files: any HDF5 layout of :mod:`.layouts`, and camera formats (``.raw``,
 ``.dat``, ``.aedat4``, ``.es``, ``.csv``) through the optional ``faery`` package.
 
-Unsorted timestamps are sorted (stably) with a warning rather than refused: encoding does not
-need order, and real recordings merged from several sources are often slightly out of order.
-"""
+The sensor size comes from the file (attributes, header; DSEC files are 480x640) or from
+``--sensor-size``; deflare never guesses it. Unsorted timestamps are sorted (stably) with a
+warning rather than refused: encoding does not need order, and real recordings merged from
+several sources are often slightly out of order."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import (
-    DEFAULT_SENSOR_SIZE,
     T_DTYPE,
     XY_DTYPE,
     Events,
@@ -40,6 +40,9 @@ from .layouts import (
 )
 
 log = logging.getLogger(__name__)
+
+NO_SIZE = "the file does not say its sensor size: give it with --sensor-size HxW (e.g. 720x1280)"
+NO_HEADER_SIZE = (65535, 1)  # (width, height) faery falls back to; no camera is this shape
 
 
 def read_events(
@@ -118,9 +121,9 @@ class EventFileReader:
         """Detect the layout; load unsorted files whole. Returns the recording's start (us)."""
         assert self._h5 is not None
         self._layout = detect_layout(self._h5, self.label)
-        self.sensor_size = (
-            self.settings.sensor_size or self._layout.sensor_size or DEFAULT_SENSOR_SIZE
-        )
+        self.sensor_size = self.settings.sensor_size or self._layout.read_sensor_size()
+        if self.sensor_size is None:
+            raise InputError(self.label, NO_SIZE)
         self._total = self._h5[self._layout.columns["t"]].shape[0]
         if self._total == 0:
             raise InputError(self.label, "contains no events")
@@ -279,14 +282,20 @@ def _read_with_faery(path: Path, settings: ReadSettings) -> Events:
             f"reading {path.suffix} files needs the optional 'faery' package: "
             "pip install 'deflare[formats]'",
         ) from None
-    height, width = settings.sensor_size or DEFAULT_SENSOR_SIZE
     try:
-        stream = faery.events_stream_from_file(path, dimensions_fallback=(width, height))
-        array = stream.to_array()
-        file_width, file_height = stream.dimensions()
+        # A size no camera has comes back only where the file's header gives none.
+        header = faery.events_stream_from_file(path, dimensions_fallback=NO_HEADER_SIZE)
+        header_size = None if header.dimensions() == NO_HEADER_SIZE else header.dimensions()
     except Exception as error:  # faery raises plain exceptions from its Rust decoders
         raise InputError(path, f"cannot decode {path.suffix} file ({error})") from None
-    sensor_size = settings.sensor_size or (file_height, file_width)
+    if settings.sensor_size is None and header_size is None:
+        raise InputError(path, NO_SIZE)
+    height, width = settings.sensor_size or (header_size[1], header_size[0])
+    try:
+        array = faery.events_stream_from_file(path, dimensions_fallback=(width, height)).to_array()
+    except Exception as error:
+        raise InputError(path, f"cannot decode {path.suffix} file ({error})") from None
+    sensor_size = (height, width)
     block = {"t": array["t"], "x": array["x"], "y": array["y"], "p": array["on"]}
     if not len(array):
         raise InputError(path, "contains no events")
