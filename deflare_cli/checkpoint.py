@@ -8,7 +8,8 @@ Schema ``deflare-checkpoint/1``:
 - a training checkpoint adds ``optimizer``, ``scheduler``, ``scaler``, ``epoch``,
   ``step_in_epoch``, ``torch_rng`` and the whole run's settings, so ``--resume`` continues
   exactly;
-- an exported model (``deflare export``) adds ``notes`` instead.
+- an exported model (``deflare export``) adds ``notes`` instead, and may hold the removal margin
+  calibrated for it in ``settings["decode"]["margin"]`` (``deflare calibrate``).
 
 Files hold tensors, numbers and strings only and load with ``weights_only=True``: a checkpoint
 can never run code.
@@ -121,18 +122,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def export_checkpoint(source: Path, target: Path, notes: dict[str, Any] | None = None) -> int:
+def export_checkpoint(
+    source: Path,
+    target: Path,
+    notes: dict[str, Any] | None = None,
+    margin: float | None = None,
+) -> int:
     """Write a training checkpoint's model alone (no optimizer state): what inference needs.
 
-    Returns the size of the written file in bytes.
+    ``margin``: the removal margin calibrated for this model (``deflare calibrate``), kept in
+    ``settings["decode"]``; None keeps the source's. Returns the size of the written file in bytes.
     """
     checkpoint = load_checkpoint(source)
+    decode = dict(checkpoint["settings"].get("decode", {}))
+    if margin is not None:
+        decode["margin"] = float(margin)
     slim = {
         "format": CHECKPOINT_FORMAT,
         "model": checkpoint["model"],
         "settings": {
             "model": checkpoint["settings"]["model"],
             "codec": checkpoint["settings"].get("codec", {}),
+            "decode": decode,
         },
         "step": checkpoint.get("step", 0),
         "best_metric": checkpoint.get("best_metric", float("nan")),
@@ -154,3 +165,11 @@ def model_from_checkpoint(path: Path) -> tuple[TrueResidualUNet3D, CodecSettings
         raise InputError(path, f"checkpoint does not match its model settings ({error})") from None
     model.eval()
     return model, codec
+
+
+def calibrated_margin(path: Path) -> float:
+    """The removal margin calibrated into a checkpoint (``settings["decode"]["margin"]``), or 0."""
+    margin = load_checkpoint(path)["settings"].get("decode", {}).get("margin", 0.0)
+    if not isinstance(margin, int | float) or not 0 <= margin < 1:
+        raise InputError(path, f"calibrated margin must be a number in [0, 1), found {margin!r}")
+    return float(margin)

@@ -40,6 +40,7 @@ from .io import check_distinct, decode_file, encode_file
 from .methods import METHODS, resolve_methods
 from .settings import (
     Backbone,
+    CalibrateSettings,
     Compression,
     DecodeSettings,
     Device,
@@ -333,6 +334,15 @@ def deflare_command(
             "resample: new events, uniform timestamps per bin [preserve].",
         ),
     ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(
+            "--margin",
+            help="How sure the model must be to remove an event: 0 rounds its prediction, "
+            "0.3 removes a lone event only where it predicts <= 0.2 [the model's calibrated "
+            "margin, else 0].",
+        ),
+    ] = None,
     sensor_size: SensorSizeOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
@@ -354,6 +364,7 @@ def deflare_command(
                 "output_mode": output_mode,
                 "overwrite": overwrite or None,
                 "seed": seed,
+                "margin": margin,
                 "tiles": {"mode": tiling, "size": tile_size, "min_events": tile_min_events},
                 "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
                 "write": {"compression": compression},
@@ -507,6 +518,67 @@ def export(
         check_distinct(checkpoint, output)
         size = export_checkpoint(checkpoint, output)
     say(f"[green]exported[/] {escape(str(output))} ({size / 2**20:.1f} MiB)")
+
+
+@app.command()
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained model (RUN_DIR/best.pt).")],
+    data_dir: Annotated[
+        Path,
+        typer.Argument(help="Labelled validation pairs from deflare synth (not the test set)."),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Model to write [CHECKPOINT's name + .calibrated.pt]."),
+    ] = None,
+    min_kept: Annotated[
+        float | None,
+        typer.Option("--min-kept", help="Share of non-flare events to keep [0.97]."),
+    ] = None,
+    device: DeviceOption = None,
+    engine: EngineOption = None,
+    tiling: TilingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Choose the removal margin that keeps --min-kept of the non-flare events; export the model
+    with it (deflare deflare then uses it by default)."""
+    from .calibrate import calibrate as run_calibration
+    from .calibrate import default_output
+
+    with reporting_errors():
+        target = output or default_output(checkpoint)
+        check_distinct(checkpoint, target)
+        settings = load_settings(
+            CalibrateSettings,
+            config,
+            {
+                "data_dir": data_dir,
+                "min_kept": min_kept,
+                "output": target,
+                "infer": {
+                    "checkpoint": checkpoint,
+                    "tiles": {"mode": tiling},
+                    "runtime": {"device": device, "engine": engine},
+                },
+            },
+        )
+        with progress_bar() as progress:
+            result = run_calibration(settings, progress)
+    table = Table(title=f"calibration on {result.pairs} pairs")
+    for column in ("margin", "flare removed", "non-flare kept"):
+        table.add_column(column, justify="right")
+    for score in result.scores:
+        chosen = " *" if score.margin == result.margin else ""
+        table.add_row(
+            f"{score.margin:.2f}{chosen}",
+            f"{score.flare_recall:.1%}",
+            f"{score.non_flare_kept:.1%}",
+        )
+    _wide_console().print(table)
+    if result.margin is None:
+        say(f"[red]error:[/] no margin keeps {settings.min_kept:.1%} of the non-flare events")
+        raise typer.Exit(1)
+    say(f"[green]margin {result.margin:.2f}[/]: model written to {escape(str(target))}")
 
 
 @app.command()

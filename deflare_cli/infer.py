@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import model_from_checkpoint
+from .checkpoint import calibrated_margin, model_from_checkpoint
 from .codec import (
     Voxels,
     cell_index,
@@ -87,6 +87,7 @@ class Deflarer:
     cluster: Cluster
     provenance: dict[str, str]
     engine: Engine
+    margin: float = 0.0  # of removal_counts: the setting, else the checkpoint's calibrated one
 
     @property
     def engine_description(self) -> str:
@@ -103,6 +104,7 @@ def load_deflarer(settings: InferSettings) -> Deflarer:
             "(e.g. RUN_DIR/best.pt from `deflare train`)"
         )
     model, codec = model_from_checkpoint(checkpoint)
+    margin = settings.margin if settings.margin is not None else calibrated_margin(checkpoint)
     settings = settings.model_copy(update={"tiles": _tiles_for(settings.tiles, model.settings)})
     cluster = cluster_from_env(settings.runtime.device)
     digest = file_sha256(Path(checkpoint))
@@ -116,6 +118,7 @@ def load_deflarer(settings: InferSettings) -> Deflarer:
             {
                 "output_mode": settings.output_mode,
                 "seed": settings.seed,
+                "margin": margin,
                 "engine": f"{engine.name} {engine.precision}",
                 "tiles": settings.tiles.model_dump(mode="json"),
                 "model": model.settings.model_dump(mode="json"),
@@ -123,7 +126,7 @@ def load_deflarer(settings: InferSettings) -> Deflarer:
             }
         ),
     }
-    deflarer = Deflarer(model, codec, settings, cluster, provenance, engine)
+    deflarer = Deflarer(model, codec, settings, cluster, provenance, engine, margin)
     log.info("engine: %s", deflarer.engine_description)
     return deflarer
 
@@ -249,15 +252,34 @@ def deflare_events(
     """Deflare an in-memory stream on the grid starting at ``span_us`` (default: its own span),
     in batches of segments exactly as :func:`deflare_file` does with a file."""
     span = span_us or events.time_span()
-    segment_us = deflarer.codec.segment_us
+    pieces = [
+        decode_window(deflarer, *window) for window in predict_windows(deflarer, events, span)
+    ]
+    return replace(
+        concat_events(pieces, events), span_us=segment_grid(span, deflarer.codec.segment_us)
+    )
+
+
+def predict_windows(
+    deflarer: Deflarer, events: Events, span_us: tuple[int, int]
+) -> Iterator[tuple[Events, Voxels, torch.Tensor, int]]:
+    """The model's predictions of an in-memory stream, batch by batch of segments: (events of the
+    window, their voxels, the predicted voxels, index of the window's first segment)."""
     timer = _StageTimer(dict.fromkeys(STAGES, 0.0))
-    pieces = []
-    for first, window in segment_windows(span, segment_us, deflarer.settings.batch_size):
+    for first, window in segment_windows(
+        span_us, deflarer.codec.segment_us, deflarer.settings.batch_size
+    ):
         window_events = events.time_slice(*window)
         voxels = _encode_window(deflarer, window_events, timer)
-        predicted = run_model(deflarer, voxels.data)
-        pieces.append(_decode_window(deflarer, window_events, voxels, predicted, first, timer))
-    return replace(concat_events(pieces, events), span_us=segment_grid(span, segment_us))
+        yield window_events, voxels, run_model(deflarer, voxels.data), first
+
+
+def decode_window(
+    deflarer: Deflarer, events: Events, voxels: Voxels, predicted: torch.Tensor, first_segment: int
+) -> Events:
+    """The output events of one window of predictions (see :func:`predict_windows`)."""
+    timer = _StageTimer(dict.fromkeys(STAGES, 0.0))
+    return _decode_window(deflarer, events, voxels, predicted, first_segment, timer)
 
 
 def _encode_window(deflarer: Deflarer, events: Events, timer: _StageTimer) -> Voxels:
@@ -283,7 +305,11 @@ def _decode_window(
             segment_events = events.time_slice(*single.span_us)
             rng = np.random.default_rng([deflarer.settings.seed, first_segment + index])
             if deflarer.settings.output_mode == "preserve":
-                pieces.append(preserve_events(segment_events, voxels.data[index], single, rng))
+                pieces.append(
+                    preserve_events(
+                        segment_events, voxels.data[index], single, rng, deflarer.margin
+                    )
+                )
             else:
                 pieces.append(_as_events(decode_segment(single, 0, rng), events))
         return concat_events(pieces, events)
@@ -295,8 +321,20 @@ def run_model(deflarer: Deflarer, voxels: torch.Tensor) -> torch.Tensor:
     return run_network(deflarer.engine.run, voxels, deflarer.settings.tiles)
 
 
+def removal_counts(net: torch.Tensor, predicted: torch.Tensor, margin: float) -> torch.Tensor:
+    """Net count to take out of each cell: ``net - predicted`` rounded towards zero by
+    ``margin`` (0: plain rounding; 0.3: a one-event cell loses its event only where the model
+    predicts at most 0.2). Cells the model leaves alone give 0."""
+    excess = net - predicted
+    return torch.sign(excess) * torch.floor(excess.abs() + (0.5 - margin)).clamp_min(0)
+
+
 def preserve_events(
-    events: Events, input_voxel: torch.Tensor, predicted: Voxels, rng: np.random.Generator
+    events: Events,
+    input_voxel: torch.Tensor,
+    predicted: Voxels,
+    rng: np.random.Generator,
+    margin: float = 0.0,
 ) -> Events:
     """The input events of one segment, edited as little as possible to match the prediction.
 
@@ -305,25 +343,26 @@ def preserve_events(
         input_voxel: (B, H, W) their voxel.
         predicted: the model's voxel of the segment (1, B, H, W); rounded per cell.
         rng: chooses which events go and the timestamps of new ones.
+        margin: how sure the model must be before it edits a cell (:func:`removal_counts`).
 
-    Per cell, with ``P``/``N`` input events of each polarity and ``d = (P - N) - round(predicted)``:
+    Per cell, with ``P``/``N`` input events of each polarity and ``d`` from
+    :func:`removal_counts` (with margin 0: ``(P - N) - round(predicted)``):
     ``d > 0`` removes ``min(d, P)`` positive events and adds ``d - P`` negative ones if that is not
     enough; ``d < 0`` likewise with the polarities swapped; ``d == 0`` keeps the cell as it is.
     Only the changed cells are visited, so the cost follows the edits, not the sensor size.
     """
-    wanted_grid = torch.round(predicted.data[0]).flatten()
     input_grid = input_voxel.flatten()
-    changed = np.flatnonzero((wanted_grid != input_grid).numpy())
+    excess_grid = removal_counts(input_grid, predicted.data[0].flatten(), margin)
+    changed = np.flatnonzero(excess_grid.numpy())
     if not len(changed):
         return events
-    wanted = wanted_grid.numpy()[changed].astype(np.int64)
+    excess = excess_grid.numpy()[changed].astype(np.int64)
     net = input_grid.numpy()[changed].astype(np.int64)
     slot = np.full(input_grid.numel(), -1, np.int32)  # cell -> index into `changed`
     slot[changed] = np.arange(len(changed), dtype=np.int32)
     event_slot = slot[cell_index(events, predicted.t0_us, predicted.bin_us)]
     positive = events.p > 0
     count_positive = np.bincount(event_slot[positive & (event_slot >= 0)], minlength=len(changed))
-    excess = net - wanted
     remove_positive = np.clip(excess, 0, count_positive)
     remove_negative = np.clip(-excess, 0, count_positive - net)
     keep = ~_choose_removed(event_slot, positive, remove_positive, remove_negative, rng)

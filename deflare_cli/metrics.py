@@ -178,7 +178,7 @@ def event_scores(source: Events, is_flare: np.ndarray, output: Events) -> dict[s
     events kept. Outputs with new timestamps (resample) keep almost nothing by this rule, so
     read these scores for methods that keep events (filters, preserve mode).
     """
-    kept = _kept_mask(source, output)
+    kept = kept_mask(source, output)
     flare = is_flare.astype(bool)
     removed = ~kept
     true_removed = int((removed & flare).sum())
@@ -200,7 +200,7 @@ def event_scores(source: Events, is_flare: np.ndarray, output: Events) -> dict[s
     }
 
 
-def _kept_mask(source: Events, output: Events) -> np.ndarray:
+def kept_mask(source: Events, output: Events) -> np.ndarray:
     """Which source events have a counterpart in the output (multiset match on t, x, y, p)."""
     start = int(min(source.t.min(initial=0), output.t.min(initial=0)))
     source_keys, output_keys = _event_keys(source, start), _event_keys(output, start)

@@ -405,10 +405,36 @@ class InferSettings(Frozen):
     output_mode: OutputMode = "preserve"
     overwrite: bool = False
     seed: int = Field(0, ge=0, description="seed of removals and synthesised timestamps")
+    margin: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="how sure the model must be to remove an event (0: round the prediction; "
+        "None: the margin calibrated into the checkpoint, else 0)",
+    )
     tiles: TileSettings = TileSettings()
     read: ReadSettings = ReadSettings()
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+
+
+class CalibrateSettings(Frozen):
+    """``deflare calibrate``: the removal margin that keeps ``min_kept`` of non-flare events."""
+
+    data_dir: Path = Field(description="labelled synthetic pairs (validation, not test)")
+    min_kept: float = Field(0.97, gt=0, le=1, description="share of non-flare events to keep")
+    output: Path | None = Field(None, description="exported model with the chosen margin")
+    infer: InferSettings = InferSettings()
+
+    @model_validator(mode="after")
+    def _checkpoint(self) -> CalibrateSettings:
+        if self.infer.checkpoint is None:
+            raise ValueError("calibrate needs a checkpoint")
+        return self
+
+    def paired_dirs(self) -> tuple[Path, Path]:
+        """(inputs with flare, clean targets)."""
+        return paired_dirs(self.data_dir)
 
 
 S = TypeVar("S", bound=BaseModel)

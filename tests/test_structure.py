@@ -23,7 +23,7 @@ LAYERS = [
     {"codec", "devices", "model", "tiles"},
     {"io"},
     {"checkpoint", "metrics", "baselines", "engines", "stats"},
-    {"synth", "train", "infer", "methods", "evaluate", "viz"},
+    {"synth", "train", "infer", "calibrate", "methods", "evaluate", "viz"},
     {"cli", "__main__"},
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}

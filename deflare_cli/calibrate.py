@@ -1,0 +1,107 @@
+"""``deflare calibrate``: choose how sure the model must be before it removes an event.
+
+A network trained with MSE predicts, per cell, the expected clean count. Rounding that (margin 0)
+removes a one-event cell's event as soon as the model finds flare more likely than not. On
+recordings unlike its training data the model is less sure than it thinks, and rounding removes
+scene events. The margin of :func:`deflare_cli.infer.removal_counts` asks for more certainty.
+
+Calibration runs the model once over labelled synthetic pairs (``deflare synth`` writes which
+input events are flare), decodes the predictions with every margin of a grid, and picks the
+smallest margin that keeps at least ``min_kept`` of the non-flare events (mean over pairs, as
+each recording must pass the do-no-harm check on its own). The choice is written into an
+exported model, which ``deflare deflare`` then applies by default. Calibrate on validation
+pairs, never on the recordings you will judge the model by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import export_checkpoint
+from .errors import InputError
+from .events import concat_events
+from .infer import Deflarer, decode_window, load_deflarer, predict_windows
+from .io import Pair, find_pairs, read_event_column, read_events
+from .metrics import kept_mask
+from .progress import Progress, no_progress
+from .settings import CalibrateSettings
+
+MARGINS = tuple(round(0.05 * step, 2) for step in range(19))  # 0 .. 0.9
+
+
+@dataclass
+class MarginScore:
+    """Per pair at one margin: the share of flare events removed and of other events kept."""
+
+    margin: float
+    flare_removed: list[float] = field(default_factory=list)
+    others_kept: list[float] = field(default_factory=list)
+
+    @property
+    def flare_recall(self) -> float:
+        """Mean over the pairs with flare."""
+        return float(np.mean(self.flare_removed)) if self.flare_removed else float("nan")
+
+    @property
+    def non_flare_kept(self) -> float:
+        """Mean over the pairs: each recording counts the same, as the do-no-harm check does."""
+        return float(np.mean(self.others_kept)) if self.others_kept else float("nan")
+
+
+@dataclass
+class Calibration:
+    """Every margin's scores and the one chosen (None: no margin keeps enough)."""
+
+    scores: list[MarginScore]
+    margin: float | None
+    pairs: int
+
+
+def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> Calibration:
+    """Score every margin on the labelled pairs; export the model with the chosen one."""
+    deflarer = load_deflarer(settings.infer.model_copy(update={"margin": 0.0}))
+    pairs = find_pairs(*settings.paired_dirs())
+    scores = [MarginScore(margin) for margin in MARGINS]
+    for done, pair in enumerate(pairs, start=1):
+        _score_pair(deflarer, pair, scores, settings)
+        progress("calibrating", done, len(pairs))
+    good = [score.margin for score in scores if score.non_flare_kept >= settings.min_kept]
+    calibration = Calibration(scores, min(good) if good else None, len(pairs))
+    if calibration.margin is not None and settings.output is not None:
+        export_checkpoint(
+            settings.infer.checkpoint,
+            settings.output,
+            notes={"calibrated_on": str(settings.data_dir), "min_kept": settings.min_kept},
+            margin=calibration.margin,
+        )
+    return calibration
+
+
+def _score_pair(
+    deflarer: Deflarer, pair: Pair, scores: list[MarginScore], settings: CalibrateSettings
+) -> None:
+    """Run the model once over a pair's input and add each margin's counts to ``scores``."""
+    source = read_events(pair.flare_path, settings.infer.read)
+    labels = read_event_column(pair.flare_path, "is_flare")
+    if labels is None or len(labels) != len(source):
+        raise InputError(pair.flare_path, "has no /events/is_flare labels (made by deflare synth)")
+    flare = labels.astype(bool)
+    outputs: dict[float, list] = {score.margin: [] for score in scores}
+    for window in predict_windows(deflarer, source, source.time_span()):
+        for score in scores:
+            edited = replace(deflarer, margin=score.margin)
+            outputs[score.margin].append(decode_window(edited, *window))
+    for score in scores:
+        kept = kept_mask(source, concat_events(outputs[score.margin], source))
+        if flare.any():
+            score.flare_removed.append(float((~kept[flare]).mean()))
+        if (~flare).any():
+            score.others_kept.append(float(kept[~flare].mean()))
+
+
+def default_output(checkpoint: Path) -> Path:
+    """``RUN_DIR/best.pt`` -> ``RUN_DIR/best.calibrated.pt``."""
+    return checkpoint.with_name(f"{checkpoint.stem}.calibrated.pt")

@@ -1,0 +1,126 @@
+"""The removal margin: rounding with a margin, and its calibration on labelled pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import flare_pair, write_deflare
+from test_infer import write_checkpoint
+from typer.testing import CliRunner
+
+from deflare_cli.calibrate import MARGINS, calibrate
+from deflare_cli.checkpoint import calibrated_margin, export_checkpoint, load_checkpoint
+from deflare_cli.cli import app
+from deflare_cli.errors import InputError
+from deflare_cli.infer import deflare, load_deflarer, removal_counts
+from deflare_cli.io import read_events
+from deflare_cli.metrics import event_scores, kept_mask
+from deflare_cli.settings import CalibrateSettings, InferSettings
+
+
+def test_removal_counts_round_with_a_margin() -> None:
+    net = torch.tensor([1.0, 1.0, 1.0, -1.0, 3.0, 0.0, 2.0])
+    predicted = torch.tensor([0.45, 0.25, 0.15, -0.15, 0.9, 0.0, 2.0])
+    assert removal_counts(net, predicted, 0.0).tolist() == [1, 1, 1, -1, 2, 0, 0]
+    # margin 0.3: remove one event only where the prediction is 0.8 below the input or more
+    assert removal_counts(net, predicted, 0.3).tolist() == [0, 0, 1, -1, 2, 0, 0]
+    assert removal_counts(net, predicted, 0.9).tolist() == [0, 0, 0, 0, 1, 0, 0]
+    # a negative event where the model wants a positive one: remove it, and add one
+    assert removal_counts(torch.tensor([-1.0]), torch.tensor([0.9]), 0.3).tolist() == [-2]
+
+
+def labelled_pairs(folder: Path, count: int) -> Path:
+    """Pairs as `deflare synth` writes them: inputs with a per-event is_flare column."""
+    for index in range(count):
+        flare, clean = flare_pair(seed=index, duration_us=60_000)
+        is_flare = ~kept_mask(flare, clean)  # the input events the target lacks
+        flare_path = folder / "background_with_flare_events" / f"composed_{index:05d}_bg_flare.h5"
+        clean_path = folder / "background_with_light_events" / f"composed_{index:05d}_bg_light.h5"
+        flare_path.parent.mkdir(parents=True, exist_ok=True)
+        clean_path.parent.mkdir(parents=True, exist_ok=True)
+        write_deflare(flare_path, flare)
+        write_deflare(clean_path, clean)
+        with h5py.File(flare_path, "a") as h5:
+            h5["events/is_flare"] = is_flare.astype(np.int8)
+    return folder
+
+
+@pytest.fixture
+def remover(tmp_path: Path) -> Path:
+    """A model that removes many events, flare or not, but with little certainty: a margin of
+    0.3 keeps 93% of the non-flare events of two `labelled_pairs`."""
+    return write_checkpoint(tmp_path / "remover.pt", perturb=0.05, bias=-0.6)
+
+
+def test_calibration_picks_the_smallest_margin_that_keeps_enough(
+    tmp_path: Path, remover: Path
+) -> None:
+    data = labelled_pairs(tmp_path / "val", 2)
+    output = tmp_path / "calibrated.pt"
+    settings = CalibrateSettings(
+        data_dir=data, min_kept=0.9, output=output, infer=InferSettings(checkpoint=remover)
+    )
+    result = calibrate(settings)
+    assert [score.margin for score in result.scores] == list(MARGINS) and result.pairs == 2
+    by_margin = {score.margin: score for score in result.scores}
+    assert by_margin[0.0].non_flare_kept < 0.9  # without a margin the model does harm
+    assert result.margin is not None and result.margin > 0
+    assert by_margin[result.margin].non_flare_kept >= 0.9
+    below = MARGINS[MARGINS.index(result.margin) - 1]
+    assert by_margin[below].non_flare_kept < 0.9
+    assert calibrated_margin(output) == result.margin
+    assert load_checkpoint(output)["notes"]["min_kept"] == 0.9
+
+    # deflare applies the stored margin, and its outputs score as calibration said
+    assert load_deflarer(InferSettings(checkpoint=output)).margin == result.margin
+    assert load_deflarer(InferSettings(checkpoint=output, margin=0.0)).margin == 0.0
+    kept = []
+    for index, source in enumerate(sorted((data / "background_with_flare_events").glob("*.h5"))):
+        target = tmp_path / f"out{index}.h5"
+        deflare(source, target, InferSettings(checkpoint=output))
+        with h5py.File(source) as h5:
+            labels = h5["events/is_flare"][:]
+        scores = event_scores(read_events(source), labels, read_events(target))
+        kept.append(scores["non_flare_kept"])
+    assert np.mean(kept) == pytest.approx(by_margin[result.margin].non_flare_kept)
+
+
+def test_calibration_reports_when_no_margin_is_enough(tmp_path: Path) -> None:
+    remover = write_checkpoint(tmp_path / "wrecker.pt", perturb=0.3, bias=-0.4)  # keeps < 90%
+    data = labelled_pairs(tmp_path / "val", 1)
+    output = tmp_path / "calibrated.pt"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["calibrate", str(remover), str(data), "-o", str(output), "--min-kept", "1"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "no margin keeps 100.0%" in result.output
+    assert not output.exists()
+
+
+def test_calibration_needs_labels(tmp_path: Path, remover: Path) -> None:
+    data = labelled_pairs(tmp_path / "val", 1)
+    with h5py.File(next((data / "background_with_flare_events").glob("*.h5")), "a") as h5:
+        del h5["events/is_flare"]
+    result = CliRunner().invoke(app, ["calibrate", str(remover), str(data)])
+    assert result.exit_code == 1 and "is_flare" in result.output
+
+
+def test_margin_bounds(tmp_path: Path, remover: Path) -> None:
+    out = tmp_path / "out.h5"
+    source = write_deflare(tmp_path / "in.h5", flare_pair()[0])
+    result = CliRunner().invoke(
+        app, ["deflare", str(source), str(out), "--checkpoint", str(remover), "--margin", "1"]
+    )
+    assert result.exit_code != 0 and not out.exists()
+    bad = tmp_path / "bad.pt"
+    export_checkpoint(remover, bad, margin=0.2)
+    checkpoint = load_checkpoint(bad)
+    checkpoint["settings"]["decode"]["margin"] = 1.5
+    torch.save(checkpoint, bad)
+    with pytest.raises(InputError, match="margin"):
+        calibrated_margin(bad)
