@@ -48,6 +48,7 @@ from .settings import (
     EngineName,
     EvaluateSettings,
     InferSettings,
+    Loss,
     OutputMode,
     Precision,
     ReadSettings,
@@ -709,6 +710,14 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs [50].")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [2].")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate [2e-4].")] = None,
+    loss: Annotated[
+        Loss | None,
+        typer.Option(
+            "--loss",
+            help="mse: over all cells; balanced: flare-changed, scene and empty cells weigh "
+            "equally (sparse data) [mse].",
+        ),
+    ] = None,
     crop: Annotated[
         str | None,
         typer.Option("--crop", help="Training crop HxW in pixels, or 'full' [128x128]."),
@@ -776,6 +785,7 @@ def train(
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "lr": lr,
+                "loss": loss,
                 "resume": resume,
                 "seed": seed,
                 "max_steps": max_steps,

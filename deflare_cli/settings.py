@@ -116,6 +116,7 @@ class DecodeSettings(Frozen):
 
 
 Backbone = Literal["ResidualUNet3D", "UNet3D"]
+Loss = Literal["mse", "balanced"]
 
 
 class ModelSettings(Frozen):
@@ -217,6 +218,12 @@ class TrainSettings(Frozen):
     weight_decay: float = Field(1e-5, ge=0)
     lr_milestones: tuple[int, ...] = Field((10, 20, 30), description="epochs where lr *= gamma")
     lr_gamma: float = Field(0.2, gt=0, le=1)
+    loss: Loss = Field(
+        "mse",
+        description="mse: over all cells; balanced: the mean of the MSEs of three kinds of "
+        "cells (flare changed them, events flare left alone, empty), so that sparse scene "
+        "events weigh as much as dense flare",
+    )
     val_every: int | None = Field(None, ge=1, description="validate every N steps; None: epoch")
     checkpoint_every: int = Field(200, ge=1, description="save last.pt every N steps too")
     max_steps: int | None = Field(None, ge=1, description="stop after N steps in total")

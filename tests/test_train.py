@@ -21,6 +21,7 @@ from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
 from deflare_cli.train.data import EventVoxelDataset
+from deflare_cli.train.trainer import training_loss
 
 SMALL_MODEL = ModelSettings(f_maps=(8, 16))
 
@@ -62,6 +63,39 @@ def test_loss_decreases(tmp_path: Path, pairs_dir: Path) -> None:
     before = mse_on(TrueResidualUNet3D(SMALL_MODEL), trainer.train_set)  # identity: raw input
     after = mse_on(trainer.model, trainer.train_set)
     assert after < 0.8 * before, (before, after)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_balanced_loss_weighs_each_kind_of_cell_equally() -> None:
+    inputs = torch.tensor([0.0, 0.0, 1.0, 9.0, 9.0])
+    targets = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])  # two empty, one scene, two flare cells
+    delete_all = torch.zeros(5)
+    keep_all = inputs.clone()
+    # plain MSE prefers deleting the scene event with the flare ...
+    assert training_loss("mse", delete_all, inputs, targets) < training_loss(
+        "mse", keep_all, inputs, targets
+    )
+    # ... balanced, losing one scene event costs a third, keeping flare cells a third of 81
+    assert training_loss("balanced", delete_all, inputs, targets) == pytest.approx(1 / 3)
+    assert training_loss("balanced", keep_all, inputs, targets) == pytest.approx(81 / 3)
+    right = targets.clone()
+    assert training_loss("balanced", right, inputs, targets) == 0
+
+
+def test_training_with_the_balanced_loss_keeps_scene_events(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    settings = settings_for(
+        tmp_path, pairs_dir, epochs=12, loss="balanced",
+        data=DataSettings(data_dir=pairs_dir, crop="full", flips=False, val_fraction=0),
+    )  # fmt: skip
+    result = train(settings)
+    trainer = Trainer(
+        settings.model_copy(update={"resume": result.last_checkpoint}), start_cluster("cpu")
+    )
+    before = mse_on(TrueResidualUNet3D(SMALL_MODEL), trainer.train_set)
+    assert mse_on(trainer.model, trainer.train_set) < before
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
 
