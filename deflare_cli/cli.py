@@ -47,6 +47,7 @@ from .settings import (
     EncodeSettings,
     EngineName,
     EvaluateSettings,
+    EventFormat,
     InferSettings,
     Loss,
     OutputMode,
@@ -349,6 +350,14 @@ def deflare_command(
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
     seed: SeedOption = None,
+    output_format: Annotated[
+        EventFormat | None,
+        typer.Option(
+            "--output-format",
+            help="auto: the format the output's suffix names, else the input's own (DSEC gives "
+            "DSEC, a .raw gives a .raw) [auto].",
+        ),
+    ] = None,
     compression: CompressionOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -368,7 +377,7 @@ def deflare_command(
                 "margin": margin,
                 "tiles": {"mode": tiling, "size": tile_size, "min_events": tile_min_events},
                 "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
-                "write": {"compression": compression},
+                "write": {"compression": compression, "format": output_format},
                 "runtime": {"device": device, "precision": precision, "engine": engine},
             },
         )

@@ -45,10 +45,18 @@ from .devices import Cluster, cluster_from_env
 from .engines import Engine, describe, make_engine
 from .errors import DeflareError, InputError, OutputError, SettingsError
 from .events import Events, concat_events
-from .io import EventFileReader, EventFileWriter, check_distinct, file_sha256, list_event_files
+from .io import (
+    EventFileReader,
+    check_distinct,
+    file_sha256,
+    list_event_files,
+    open_writer,
+    output_format,
+    output_suffix,
+)
 from .model import TrueResidualUNet3D
 from .progress import Progress, no_progress
-from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings
+from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings, WriteSettings
 from .tiles import run_network
 
 log = logging.getLogger(__name__)
@@ -171,7 +179,7 @@ def _jobs(source: Path, target: Path, settings: InferSettings) -> Iterator[tuple
         raise InputError(source, "file or folder not found")
     if not source.is_dir():
         if target.is_dir():
-            target = target / (source.stem + ".h5")
+            target = target / (source.stem + output_suffix(settings.write.format, source))
         if target.exists() and not settings.overwrite:
             raise OutputError(f"{target}: exists already; pass --overwrite to replace it")
         yield source, target
@@ -183,7 +191,7 @@ def _jobs(source: Path, target: Path, settings: InferSettings) -> Iterator[tuple
         raise InputError(source, "no event files in this folder")
     target.mkdir(parents=True, exist_ok=True)
     for path in files:
-        yield path, target / (path.stem + ".h5")
+        yield path, target / (path.stem + output_suffix(settings.write.format, path))
 
 
 def deflare_file(
@@ -211,7 +219,7 @@ def deflare_file(
 
         # Inner blocks close first: on an error the threads finish before the writer closes.
         with (
-            EventFileWriter(target, reader.sensor_size, deflarer.settings.write) as writer,
+            _writer(deflarer.settings.write, target, reader) as writer,
             ThreadPoolExecutor(1, "deflare-read") as reading,
             ThreadPoolExecutor(1, "deflare-write") as writing,
         ):
@@ -244,6 +252,13 @@ def deflare_file(
     result.segments = (grid[1] - grid[0]) // codec.segment_us
     result.duration_s = (end - start) / 1e6
     return result
+
+
+def _writer(settings: WriteSettings, target: Path, reader: EventFileReader):
+    """The writer of the output's format: ``--output-format``, else the target's suffix, else
+    the input's own format (DSEC keeps its ``t_offset``)."""
+    chosen = output_format(settings.format, target, reader.format)
+    return open_writer(target, reader.sensor_size, settings, chosen, reader.t_offset)
 
 
 def deflare_events(

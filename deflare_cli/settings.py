@@ -77,9 +77,16 @@ class ReadSettings(Frozen):
 Compression = Literal["none", "gzip", "lzf", "zstd"]
 
 
-class WriteSettings(Frozen):
-    """How event files are written (always the deflare layout)."""
+EventFormat = Literal[
+    "auto", "deflare", "dsec", "event_utils", "evt2", "evt3", "dat", "aedat4", "es", "csv"
+]
 
+
+class WriteSettings(Frozen):
+    """How event files are written: the format (auto: as the input, or as the output's suffix
+    says) and the compression of HDF5 layouts."""
+
+    format: EventFormat = "auto"
     compression: Compression = "none"
 
 

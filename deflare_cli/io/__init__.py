@@ -2,19 +2,26 @@
 
 - :mod:`.layouts`: the HDF5 layouts (deflare/E-Deflare, DSEC, event_utils) and their detection;
 - :mod:`.reader`: reading any layout, or a camera format through ``faery``, window by window;
-- :mod:`.writer`: writing the deflare layout, atomically and piece by piece;
+- :mod:`.formats`: format names, suffixes, and which format an output gets;
+- :mod:`.writer`: writing every layout and camera format, atomically and piece by piece;
 - :mod:`.voxels`: voxel files and the whole-file encode/decode;
 - :mod:`.pairs`: pairs of input and target files;
 - :mod:`.files`: atomic outputs, distinct paths, listing event files, hashing.
 """
 
 from .files import atomic_output, check_distinct, file_sha256, list_event_files, source_label
+from .formats import camera_format, output_format, output_suffix
 from .pairs import Pair, find_pairs, pair_id, read_pair
 from .reader import EventFileReader, read_event_column, read_events
 from .voxels import decode_file, encode_file, read_voxels, write_voxels
-from .writer import EventFileWriter, write_events
+from .writer import CameraFileWriter, EventFileWriter, open_writer, write_events
 
 __all__ = [
+    "CameraFileWriter",
+    "camera_format",
+    "open_writer",
+    "output_format",
+    "output_suffix",
     "EventFileReader",
     "EventFileWriter",
     "Pair",

@@ -30,6 +30,7 @@ from ..events import (
 from ..progress import Progress, no_progress
 from ..settings import ReadSettings
 from .files import FAERY_SUFFIXES, Source, check_readable, source_label
+from .formats import camera_format
 from .layouts import (
     READ_CHUNK,
     Layout,
@@ -91,6 +92,8 @@ class EventFileReader:
         span_us: [start, end) of the recording, or of the time window when one is set.
         recorded_span: the span stored in a deflare-written file (``t_start_us``,
             ``t_end_us``), when it holds all the file's events; else None.
+        format: the HDF5 layout or camera format (names of :mod:`.formats`).
+        t_offset: a DSEC file's ``t_offset``, else None.
     """
 
     def __init__(
@@ -101,10 +104,12 @@ class EventFileReader:
         self._h5: h5py.File | None = None
         self._loaded: Events | None = None
         self.recorded_span: tuple[int, int] | None = None
+        self.t_offset: int | None = None  # DSEC's t_offset, kept by a DSEC output
         if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
             check_readable(Path(source))
             self._loaded = _read_with_faery(Path(source), settings)
             self.sensor_size = self._loaded.sensor_size
+            self.format = camera_format(Path(source))
             start = int(self._loaded.t[0])
         else:
             if isinstance(source, str | Path):
@@ -121,6 +126,8 @@ class EventFileReader:
         """Detect the layout; load unsorted files whole. Returns the recording's start (us)."""
         assert self._h5 is not None
         self._layout = detect_layout(self._h5, self.label)
+        self.format = self._layout.name
+        self.t_offset = self._layout.start_us if self._layout.name == "dsec" else None
         self.sensor_size = self.settings.sensor_size or self._layout.read_sensor_size()
         if self.sensor_size is None:
             raise InputError(self.label, NO_SIZE)
