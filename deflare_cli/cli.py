@@ -433,15 +433,24 @@ def info(
             say(escape(json.dumps(row.as_dict())))
         return
     table = Table(title="recordings")
-    for column in ("file", "sensor", "duration", "events", "M ev/s", "active/20 ms", "ON",
-                   "ev/active px p50/p90/p99"):  # fmt: skip
+    for column in ("file", "format", "sensor", "duration", "events", "M ev/s", "active/20 ms",
+                   "ON", "ev/active px p50/p90/p99"):  # fmt: skip
         table.add_column(column, justify="left" if column == "file" else "right", no_wrap=True)
     for row in rows:
-        table.add_row(escape(row.name), f"{row.width}x{row.height}", f"{row.duration_s:.3f} s",
-                      f"{row.events:,}", f"{row.rate_meps:.3f}", f"{row.active_percent:.2f}%",
-                      f"{row.on_percent:.1f}%",
+        table.add_row(escape(row.name), row.format, f"{row.width}x{row.height}",
+                      f"{row.duration_s:.3f} s", f"{row.events:,}", f"{row.rate_meps:.3f}",
+                      f"{row.active_percent:.2f}%", f"{row.on_percent:.1f}%",
                       "/".join(f"{q:g}" for q in row.per_active_pixel))  # fmt: skip
     _wide_console().print(table)
+    for row in rows:
+        if row.provenance:
+            made = row.provenance
+            say(
+                f"{escape(row.name)}: written by deflare {escape(made.get('deflare_version', '?'))}"
+                f" with {escape(made.get('deflare_checkpoint', '?'))} "
+                f"(sha256 {escape(made.get('deflare_checkpoint_sha256', '?')[:12])}) "
+                f"from {escape(made.get('deflare_source', '?'))}"
+            )
 
 
 def _wide_console() -> Console:

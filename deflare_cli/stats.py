@@ -7,13 +7,13 @@ segment) and how many events an active pixel fires in such a window.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .events import Events
-from .io import list_event_files, read_events
+from .io import EventFileReader, list_event_files
 from .settings import ReadSettings
 
 WINDOW_US = 20_000  # one model segment
@@ -33,6 +33,8 @@ class RecordingStats:
     active_percent: float  # pixels with at least one event per 20 ms window, mean over windows
     on_percent: float
     per_active_pixel: tuple[float, ...]  # quantiles QUANTILES of events per active pixel per window
+    format: str = ""  # HDF5 layout or camera format (deflare_cli.io.formats)
+    provenance: dict[str, str] = field(default_factory=dict)  # deflare_* attributes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,8 +75,12 @@ def recording_stats(events: Events, name: str = "", window_us: int = WINDOW_US) 
 
 
 def file_stats(path: Path, read: ReadSettings = ReadSettings()) -> RecordingStats:
-    """:func:`recording_stats` of an event file (any format the readers take)."""
-    return recording_stats(read_events(path, read), name=path.name)
+    """:func:`recording_stats` of an event file (any format the readers take), with its format
+    and deflare's provenance attributes."""
+    with EventFileReader(path, read) as reader:
+        events = reader.read(*reader.span_us)
+        details = {"format": reader.format, "provenance": reader.provenance}
+    return replace(recording_stats(events, name=path.name), **details)
 
 
 def summarise(rows: list[RecordingStats]) -> dict[str, tuple[float, float, float]]:

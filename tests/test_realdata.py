@@ -44,3 +44,16 @@ def test_default_model_keeps_real_scenes_without_lights(name: str) -> None:
 def test_default_model_keeps_real_lamp_discs() -> None:
     row = check(REALDATA / "davis346_flicker_lamps.h5", SETTINGS)
     assert row["lamp_discs_kept"] >= KEEP_TARGET, f"lamp discs kept {row['lamp_discs_kept']:.1%}"
+
+
+@needs_realdata
+def test_info_reads_every_real_recording() -> None:
+    from typer.testing import CliRunner
+
+    from deflare_cli.cli import app
+
+    files = sorted(REALDATA.glob("*.h5"))
+    result = CliRunner().invoke(app, ["info", *map(str, files), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("{")]
+    assert len(rows) == len(files) == 5

@@ -56,6 +56,7 @@ def test_info_command_on_files_of_two_layouts(tmp_path: Path) -> None:
     assert [row["name"] for row in rows] == ["a.h5", "b.h5"]
     assert rows[0]["active_percent"] == pytest.approx(1.5)
     assert rows[1]["events"] == 8
+    assert [row["format"] for row in rows] == ["deflare", "dsec"]
     table = runner.invoke(app, ["info", str(tmp_path)])
     assert table.exit_code == 0 and "a.h5" in table.output and "1.50%" in table.output
 
@@ -67,3 +68,18 @@ def test_info_names_a_bad_file(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "broken.h5" in result.output
     assert np.array_equal(np.frombuffer(bad.read_bytes(), np.uint8),
                           np.frombuffer(b"not an event file", np.uint8))  # fmt: skip
+
+
+def test_info_shows_the_provenance_of_a_deflared_file(tmp_path: Path) -> None:
+    from test_infer import write_checkpoint
+
+    source = write_deflare(tmp_path / "a.h5", known_recording())
+    identity = write_checkpoint(tmp_path / "identity.pt")
+    out = tmp_path / "out.h5"
+    result = runner.invoke(app, ["deflare", str(source), str(out), "--checkpoint", str(identity)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(runner.invoke(app, ["info", str(out), "--json"]).output)
+    assert row["provenance"]["deflare_checkpoint"] == "identity.pt"
+    assert row["provenance"]["deflare_source"] == str(source)
+    table = runner.invoke(app, ["info", str(out)])
+    assert "written by deflare" in table.output and "identity.pt" in table.output

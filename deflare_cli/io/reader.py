@@ -94,6 +94,7 @@ class EventFileReader:
             ``t_end_us``), when it holds all the file's events; else None.
         format: the HDF5 layout or camera format (names of :mod:`.formats`).
         t_offset: a DSEC file's ``t_offset``, else None.
+        provenance: the ``deflare_*`` attributes of a file deflare wrote (HDF5 layouts).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class EventFileReader:
         self._loaded: Events | None = None
         self.recorded_span: tuple[int, int] | None = None
         self.t_offset: int | None = None  # DSEC's t_offset, kept by a DSEC output
+        self.provenance: dict[str, str] = {}
         if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
             check_readable(Path(source))
             self._loaded = _read_with_faery(Path(source), settings)
@@ -127,6 +129,10 @@ class EventFileReader:
         assert self._h5 is not None
         self._layout = detect_layout(self._h5, self.label)
         self.format = self._layout.name
+        self.provenance = {
+            str(key): str(value) for key, value in self._h5.attrs.items()
+            if str(key).startswith("deflare_")
+        }  # fmt: skip
         self.t_offset = self._layout.start_us if self._layout.name == "dsec" else None
         self.sensor_size = self.settings.sensor_size or self._layout.read_sensor_size()
         if self.sensor_size is None:
