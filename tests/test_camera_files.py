@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from deflare_cli.cli import app
 from deflare_cli.errors import InputError
-from deflare_cli.io import read_events
+from deflare_cli.io import EventFileReader, read_events
 from deflare_cli.settings import ReadSettings
 
 faery = pytest.importorskip("faery")  # a dev dependency: installed by `make install`
@@ -143,3 +143,36 @@ def test_bad_event_utils_resolution(tmp_path: Path, events, value) -> None:
         h5.attrs["sensor_resolution"] = value
     with pytest.raises(InputError, match="sensor_resolution"):
         read_events(path)
+
+
+def test_camera_files_stream_window_by_window() -> None:
+    """Sorted camera files are decoded chunk by chunk, not loaded whole."""
+    whole = read_events(DVS_ES)
+    with EventFileReader(DVS_ES) as reader:
+        assert reader._loaded is None  # streamed
+        start, end = reader.span_us
+        edges = list(range(start, end, 7_300)) + [end]  # windows cross faery's chunks
+        pieces = [reader.read(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        assert sum(len(piece) for piece in pieces) == len(whole)
+        assert np.array_equal(np.concatenate([piece.t for piece in pieces]), whole.t)
+        assert len(reader._camera._buffer) < len(whole) // 4  # holds about one chunk
+        again = reader.read(edges[2], edges[3])  # an earlier window: a new pass
+        assert same_events(again, whole.time_slice(edges[2], edges[3]))
+
+
+def test_backward_timestamps_in_camera_files_come_out_as_faery_decodes_them(
+    tmp_path: Path,
+) -> None:
+    """faery's decoders raise a timestamp that goes back to the one before (as Metavision
+    does); deflare reads what faery decodes, so such a file streams like a sorted one."""
+    path = tmp_path / "shuffled.csv"
+    path.write_text("t,x,y,on\n300,1,1,1\n100,2,2,0\n200,3,3,1\n")
+    events = read_events(path, ReadSettings(sensor_size=(4, 4)))
+    assert events.t.tolist() == [300, 300, 300] and events.x.tolist() == [1, 2, 3]
+
+
+def test_camera_file_outside_the_sensor_names_the_event(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_text("t,x,y,on\n1,1,1,1\n2,9,1,0\n")
+    with pytest.raises(InputError, match=r"x=9 must be .* width=4.*--sensor-size"):
+        read_events(path, ReadSettings(sensor_size=(4, 4)))

@@ -22,13 +22,13 @@ from ..events import (
     XY_DTYPE,
     Events,
     is_time_sorted,
-    make_events,
     polarity_from_raw,
     sort_by_time,
     window_us,
 )
 from ..progress import Progress, no_progress
 from ..settings import ReadSettings
+from .camera import NO_SIZE, CameraFile
 from .files import FAERY_SUFFIXES, Source, check_readable, source_label
 from .formats import camera_format
 from .layouts import (
@@ -41,9 +41,6 @@ from .layouts import (
 )
 
 log = logging.getLogger(__name__)
-
-NO_SIZE = "the file does not say its sensor size: give it with --sensor-size HxW (e.g. 720x1280)"
-NO_HEADER_SIZE = (65535, 1)  # (width, height) faery falls back to; no camera is this shape
 
 
 def read_events(
@@ -83,8 +80,8 @@ class EventFileReader:
 
     Streaming code (inference on a 10-minute recording) reads ``[start, end)`` windows one after
     another with bounded memory: sorted HDF5 files by row ranges found through ``ms_to_idx``
-    (DSEC) or binary search on the time column; unsorted files and camera formats are loaded
-    whole, sorted, once.
+    (DSEC) or binary search on the time column, camera formats by decoding chunk by chunk
+    (:mod:`.camera`); unsorted files are loaded whole, sorted, once.
 
     Attributes:
         label: the file's name for messages.
@@ -107,12 +104,15 @@ class EventFileReader:
         self.recorded_span: tuple[int, int] | None = None
         self.t_offset: int | None = None  # DSEC's t_offset, kept by a DSEC output
         self.provenance: dict[str, str] = {}
+        self._camera: CameraFile | None = None
         if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
             check_readable(Path(source))
-            self._loaded = _read_with_faery(Path(source), settings)
-            self.sensor_size = self._loaded.sensor_size
+            self._camera = CameraFile(Path(source), settings, _check_block)
+            if not self._camera.is_sorted:
+                self._loaded = _sorted(self._camera.read_all(), self.label)
+            self.sensor_size = self._camera.sensor_size
             self.format = camera_format(Path(source))
-            start = int(self._loaded.t[0])
+            start = self._camera.first_us
         else:
             if isinstance(source, str | Path):
                 check_readable(Path(source))
@@ -150,6 +150,8 @@ class EventFileReader:
             return window_us(start, window)
         if self._loaded is not None:
             first, last = int(self._loaded.t[0]), int(self._loaded.t[-1])
+        elif self._camera is not None:
+            first, last = self._camera.first_us, self._camera.last_us
         else:
             first, last = first_and_last_us(self._h5, self._layout)
         attrs = self._h5.attrs if self._h5 is not None else {}
@@ -164,6 +166,8 @@ class EventFileReader:
         """The events with ``start_us <= t < end_us``, sorted, with that window as their span."""
         if self._loaded is not None:
             return self._loaded.time_slice(start_us, end_us)
+        if self._camera is not None:
+            return self._camera.window(start_us, end_us)
         first, stop = window_rows(self._h5, self._layout, (start_us, end_us), self.label)
         events = _sorted(self._rows(first, stop, progress), self.label)
         return events.time_slice(start_us, end_us)
@@ -284,39 +288,6 @@ def _check_block(
                 f"event {first_row + bad} has {key}={values[bad]}, outside the {height}x{width} "
                 "sensor (give the right size with --sensor-size HxW)",
             )
-
-
-def _read_with_faery(path: Path, settings: ReadSettings) -> Events:
-    try:
-        import faery
-    except ImportError:
-        raise InputError(
-            path,
-            f"reading {path.suffix} files needs the optional 'faery' package: "
-            "pip install 'deflare[formats]'",
-        ) from None
-    try:
-        # A size no camera has comes back only where the file's header gives none.
-        header = faery.events_stream_from_file(path, dimensions_fallback=NO_HEADER_SIZE)
-        header_size = None if header.dimensions() == NO_HEADER_SIZE else header.dimensions()
-    except Exception as error:  # faery raises plain exceptions from its Rust decoders
-        raise InputError(path, f"cannot decode {path.suffix} file ({error})") from None
-    if settings.sensor_size is None and header_size is None:
-        raise InputError(path, NO_SIZE)
-    height, width = settings.sensor_size or (header_size[1], header_size[0])
-    try:
-        array = faery.events_stream_from_file(path, dimensions_fallback=(width, height)).to_array()
-    except Exception as error:
-        raise InputError(path, f"cannot decode {path.suffix} file ({error})") from None
-    sensor_size = (height, width)
-    block = {"t": array["t"], "x": array["x"], "y": array["y"], "p": array["on"]}
-    if not len(array):
-        raise InputError(path, "contains no events")
-    _check_block(block, 0, sensor_size, str(path))
-    events = make_events(
-        array["t"], array["x"], array["y"], array["on"].astype(np.int8), sensor_size
-    )
-    return _sorted(events, str(path))
 
 
 def read_event_column(path: Path, name: str) -> np.ndarray | None:
