@@ -163,6 +163,9 @@ def model_from_checkpoint(path: Path) -> tuple[TrueResidualUNet3D, CodecSettings
         codec = CodecSettings(**settings.get("codec", {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise InputError(path, f"checkpoint does not match its model settings ({error})") from None
+    broken = [name for name, tensor in model.state_dict().items() if not tensor.isfinite().all()]
+    if broken:
+        raise InputError(path, f"holds non-finite weights (NaN or infinity) in {broken[0]}")
     model.eval()
     return model, codec
 

@@ -816,8 +816,9 @@ def train(
 
 
 def _parsed(parse: Callable[[str], object], text: str | None) -> object:
-    """A flag's text parsed, or None when the flag was not given."""
-    return parse(text) if text else None
+    """A flag's text parsed, or None when the flag was not given (an empty text is parsed, and
+    refused by the parser, rather than ignored)."""
+    return None if text is None else parse(text)
 
 
 def _crop_setting(crop: str | None) -> object:

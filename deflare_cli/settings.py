@@ -11,15 +11,24 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SettingsError
 
 
 class Frozen(BaseModel):
-    """Base for all settings: immutable, and unknown keys are an error, not silently ignored."""
+    """Base for all settings: immutable; unknown keys, NaN and infinities are errors, not
+    silently taken (``--lr inf`` trained every weight into NaN)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class CodecSettings(Frozen):
@@ -134,7 +143,9 @@ class ModelSettings(Frozen):
     """
 
     backbone: Backbone = "ResidualUNet3D"
-    f_maps: tuple[int, ...] = Field((16, 32, 64), min_length=2, description="features per level")
+    f_maps: tuple[PositiveInt, ...] = Field(
+        (16, 32, 64), min_length=2, description="features per level"
+    )
     layer_order: str = Field("gcr", pattern=r"^[cgrblei]+$", description="pytorch-3dunet order")
     num_groups: int = Field(8, ge=1, description="GroupNorm groups")
     dropout: float = Field(0.0, ge=0, lt=1, description="UNet3D only")
@@ -176,7 +187,9 @@ class DataSettings(Frozen):
     clean_dir: Path | None = Field(None, description="targets: background_with_light_events/")
     val_dir: Path | None = Field(None, description="validation pairs (same layout as data_dir)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="pairs held out when no val_dir")
-    crop: tuple[int, int] | Literal["full"] = Field((128, 128), description="training crop (h, w)")
+    crop: tuple[PositiveInt, PositiveInt] | Literal["full"] = Field(
+        (128, 128), description="training crop (h, w)"
+    )
     flips: bool = Field(True, description="random horizontal and vertical flips in training")
     flare_crops: float = Field(
         0.0,

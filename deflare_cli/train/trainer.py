@@ -33,6 +33,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..devices import Cluster, autocast, autocast_dtype
+from ..errors import DeflareError
 from ..metrics import VOXEL_METRICS
 from ..model import TrueResidualUNet3D, count_parameters
 from ..progress import Progress, no_progress
@@ -237,6 +238,11 @@ class Trainer:
         with autocast(self.cluster.device, self.dtype):
             outputs = self.network(inputs)
         loss = training_loss(self.settings.loss, outputs.float(), inputs, targets)
+        if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
+            raise DeflareError(
+                f"training diverged at step {self.position.step + 1}: the loss is "
+                f"{float(loss)}; lower --lr (last.pt holds the last saved good state)"
+            )
         optimizer, scaler = self.state.optimizer, self.state.scaler
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -1,0 +1,82 @@
+"""Issue 15: hostile and careless input gets one line, a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import flare_pair, write_deflare, write_pairs
+from test_infer import write_checkpoint
+from typer.testing import CliRunner
+
+from deflare_cli.checkpoint import load_checkpoint
+from deflare_cli.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> Path:
+    return write_pairs(tmp_path_factory.mktemp("pairs"), 2)
+
+
+def train_args(pairs_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--data-dir", str(pairs_dir), "--run-dir", str(run_dir), "--epochs", "2",
+            "--crop", "16x16", "--f-maps", "8,16", "--batch-size", "2", *extra]  # fmt: skip
+
+
+def one_line_error(result, *fragments: str) -> None:
+    """A non-zero exit with one error (settings errors list their fields below it), the
+    fragments in it, and no traceback."""
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert all(fragment in result.output for fragment in fragments), result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--lr", "inf"], "lr"),
+        (["--lr", "nan"], "lr"),
+        (["--crop", "0x0"], "crop"),
+        (["--f-maps", "0,0"], "f_maps"),
+    ],
+    ids=["lr inf", "lr nan", "crop 0x0", "f-maps 0,0"],
+)
+def test_impossible_training_settings(tmp_path: Path, pairs_dir: Path, flags, fragment) -> None:
+    result = runner.invoke(app, [*train_args(pairs_dir, tmp_path / "run"), *flags])
+    one_line_error(result, fragment)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_diverging_training_stops_and_keeps_finite_weights(tmp_path: Path, pairs_dir) -> None:
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, train_args(pairs_dir, run_dir, "--lr", "1e30"))
+    one_line_error(result, "training diverged at step", "lower --lr")
+    if (run_dir / "last.pt").exists():  # a checkpoint saved before the loss went bad
+        state = load_checkpoint(run_dir / "last.pt")["model"]
+        assert all(tensor.isfinite().all() for tensor in state.values())
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "nan.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    name = next(iter(checkpoint["model"]))
+    checkpoint["model"][name] = torch.full_like(checkpoint["model"][name], float("nan"))
+    torch.save(checkpoint, path)
+    source = write_deflare(tmp_path / "in.h5", flare_pair()[0])
+    result = runner.invoke(
+        app, ["deflare", str(source), str(tmp_path / "out.h5"), "--checkpoint", str(path)]
+    )
+    one_line_error(result, "nan.pt", "non-finite weights")
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_empty_sensor_size_is_refused(tmp_path: Path) -> None:
+    source = write_deflare(tmp_path / "in.h5", flare_pair()[0])
+    result = runner.invoke(app, ["info", str(source), "--sensor-size", ""])
+    one_line_error(result, "sensor size must look like HEIGHTxWIDTH")
