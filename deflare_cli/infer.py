@@ -56,7 +56,7 @@ from .io import (
 )
 from .model import TrueResidualUNet3D
 from .progress import Progress, no_progress
-from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings, WriteSettings
+from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings
 from .tiles import run_network
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,17 @@ def _jobs(source: Path, target: Path, settings: InferSettings) -> Iterator[tuple
     files = list_event_files(source)
     if not files:
         raise InputError(source, "no event files in this folder")
+    targets = [target / (path.stem + output_suffix(settings.write.format, path)) for path in files]
+    by_target: dict[Path, Path] = {}
+    for path, output in zip(files, targets, strict=True):
+        if output in by_target:
+            raise OutputError(
+                f"{output}: both {by_target[output].name} and {path.name} would be written "
+                "there; rename one or choose another --output-format"
+            )
+        by_target[output] = path
     target.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        yield path, target / (path.stem + output_suffix(settings.write.format, path))
+    yield from zip(files, targets, strict=True)
 
 
 def deflare_file(
@@ -219,7 +227,7 @@ def deflare_file(
 
         # Inner blocks close first: on an error the threads finish before the writer closes.
         with (
-            _writer(deflarer.settings.write, target, reader) as writer,
+            _writer(deflarer.settings, target, reader) as writer,
             ThreadPoolExecutor(1, "deflare-read") as reading,
             ThreadPoolExecutor(1, "deflare-write") as writing,
         ):
@@ -254,11 +262,14 @@ def deflare_file(
     return result
 
 
-def _writer(settings: WriteSettings, target: Path, reader: EventFileReader):
+def _writer(settings: InferSettings, target: Path, reader: EventFileReader):
     """The writer of the output's format: ``--output-format``, else the target's suffix, else
-    the input's own format (DSEC keeps its ``t_offset``)."""
-    chosen = output_format(settings.format, target, reader.format)
-    return open_writer(target, reader.sensor_size, settings, chosen, reader.t_offset)
+    the input's own format (DSEC keeps its ``t_offset``). Without ``--overwrite`` the output is
+    created exclusively: a run that finds it made by another run meanwhile fails."""
+    chosen = output_format(settings.write.format, target, reader.format)
+    return open_writer(
+        target, reader.sensor_size, settings.write, chosen, reader.t_offset, not settings.overwrite
+    )
 
 
 def deflare_events(

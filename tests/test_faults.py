@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from deflare_cli.checkpoint import load_checkpoint
 from deflare_cli.cli import app
+from deflare_cli.errors import OutputError
+from deflare_cli.io import atomic_output, find_pairs
 
 runner = CliRunner()
 
@@ -80,3 +82,53 @@ def test_empty_sensor_size_is_refused(tmp_path: Path) -> None:
     source = write_deflare(tmp_path / "in.h5", flare_pair()[0])
     result = runner.invoke(app, ["info", str(source), "--sensor-size", ""])
     one_line_error(result, "sensor size must look like HEIGHTxWIDTH")
+
+
+def test_leftover_temp_files_are_not_taken_as_input(tmp_path: Path, pairs_dir: Path) -> None:
+    """kill -9 leaves `.NAME.*.tmp.h5`; a rerun must neither read nor pair it."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_deflare(inputs / "a.h5", flare_pair()[0])
+    (inputs / ".a.h5.x1y2.tmp.h5").write_bytes(b"\x89HDF\r\n\x1a\n half written")
+    identity = write_checkpoint(tmp_path / "identity.pt")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["deflare", str(inputs), str(out), "--checkpoint", str(identity)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.h5"]
+    flare_dir = pairs_dir / "background_with_flare_events"
+    stray = flare_dir / ".composed_00002_bg_flare.h5.q.tmp.h5"
+    stray.write_bytes(b"junk")
+    try:
+        assert len(find_pairs(flare_dir, pairs_dir / "background_with_light_events")) == 2
+    finally:
+        stray.unlink()
+
+
+def test_an_output_made_meanwhile_by_another_run_is_not_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "out.h5"
+    with pytest.raises(OutputError, match="another run created it meanwhile"):
+        with atomic_output(target, exclusive=True) as temp_path:
+            temp_path.write_bytes(b"mine")
+            target.write_bytes(b"theirs")  # the other run finished first
+    assert target.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    with atomic_output(target) as temp_path:  # --overwrite: replaced
+        temp_path.write_bytes(b"mine")
+    assert target.read_bytes() == b"mine"
+
+
+def test_two_inputs_that_would_share_an_output_are_refused(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    events = flare_pair()[0]
+    write_deflare(inputs / "x.h5", events)
+    write_deflare(inputs / "x.hdf5", events)
+    identity = write_checkpoint(tmp_path / "identity.pt")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["deflare", str(inputs), str(out), "--checkpoint", str(identity),
+         "--output-format", "evt3"],
+    )  # fmt: skip
+    one_line_error(result, "x.h5", "x.hdf5", "would be written there")
+    assert not out.exists() or not any(out.iterdir())

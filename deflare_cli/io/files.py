@@ -26,11 +26,16 @@ def source_label(source: Source, name: str | None = None) -> str:
 
 
 def list_event_files(folder: Path) -> list[Path]:
-    """Event files in a folder (not recursive, by suffix), sorted by name."""
+    """Event files in a folder (not recursive, by suffix), sorted by name; hidden files (such
+    as the temporary files of an interrupted run) are skipped."""
     if not folder.is_dir():
         raise InputError(folder, "folder not found")
     suffixes = HDF5_SUFFIXES + FAERY_SUFFIXES
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
 
 
 def check_readable(path: Path) -> None:
@@ -44,11 +49,14 @@ def check_readable(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(target: str | Path | BinaryIO) -> Iterator[Path]:
+def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` in one rename.
 
     On any error the temporary file is removed and ``target`` is left as it was. A binary stream
-    target (stdout) receives the finished file's bytes instead.
+    target (stdout) receives the finished file's bytes instead. ``exclusive``: the target must
+    not exist when the file is finished (a hard link, which fails if another run created it
+    meanwhile), so two runs cannot both "create" one file. The temporary name starts with a dot:
+    folder listings of event files skip it.
     """
     if not isinstance(target, str | Path):
         with tempfile.TemporaryDirectory() as folder:
@@ -72,10 +80,29 @@ def atomic_output(target: str | Path | BinaryIO) -> Iterator[Path]:
     os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield temp_path
-        os.replace(temp_path, final)
+        if exclusive:
+            _link_new(temp_path, final)
+        else:
+            os.replace(temp_path, final)
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+def _link_new(temp_path: Path, final: Path) -> None:
+    """Give the finished file its name only if no file has it (then drop the temp name)."""
+    try:
+        os.link(temp_path, final)
+    except FileExistsError:
+        raise OutputError(
+            f"{final}: another run created it meanwhile; pass --overwrite to replace it"
+        ) from None
+    except OSError:  # a file system without hard links: check, then rename
+        if final.exists():
+            raise OutputError(f"{final}: exists already; pass --overwrite to replace it") from None
+        os.replace(temp_path, final)
+        return
+    temp_path.unlink()
 
 
 def _umask() -> int:

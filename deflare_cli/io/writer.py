@@ -86,8 +86,10 @@ class EventFileWriter:
         settings: WriteSettings = WriteSettings(),
         layout: str = "deflare",
         t_offset: int | None = None,
+        exclusive: bool = False,
     ) -> None:
         self.target = target
+        self.exclusive = exclusive
         self.sensor_size = sensor_size
         self.settings = settings
         self.layout = layout
@@ -99,7 +101,7 @@ class EventFileWriter:
         self._finished = False
 
     def __enter__(self) -> EventFileWriter:
-        self._output = atomic_output(self.target)
+        self._output = atomic_output(self.target, self.exclusive)
         temp_path = self._output.__enter__()
         try:
             self._h5 = h5py.File(temp_path, "w")
@@ -246,8 +248,15 @@ class CameraFileWriter:
     header; ES files are written with absolute timestamps, so every format reads back exactly.
     """
 
-    def __init__(self, target: str | Path, sensor_size: tuple[int, int], format_name: str) -> None:
+    def __init__(
+        self,
+        target: str | Path,
+        sensor_size: tuple[int, int],
+        format_name: str,
+        exclusive: bool = False,
+    ) -> None:
         self.target = Path(target)
+        self.exclusive = exclusive
         self.sensor_size = sensor_size
         self.format = format_name
         self.count = 0
@@ -263,7 +272,7 @@ class CameraFileWriter:
                 "pip install 'deflare[formats]'"
             ) from None
         self._faery = faery
-        self._output = atomic_output(self.target)
+        self._output = atomic_output(self.target, self.exclusive)
         temp_path = self._output.__enter__()
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._encode, args=(temp_path,), daemon=True)
@@ -346,10 +355,12 @@ def open_writer(
     settings: WriteSettings,
     format_name: str,
     t_offset: int | None = None,
+    exclusive: bool = False,
 ) -> EventFileWriter | CameraFileWriter:
-    """The writer of a format (names of :mod:`.formats`): HDF5 layouts or camera formats."""
+    """The writer of a format (names of :mod:`.formats`): HDF5 layouts or camera formats.
+    ``exclusive``: fail rather than replace a file another run created meanwhile."""
     if format_name in HDF5_COLUMNS:
-        return EventFileWriter(target, sensor_size, settings, format_name, t_offset)
+        return EventFileWriter(target, sensor_size, settings, format_name, t_offset, exclusive)
     if not isinstance(target, str | Path):
         raise OutputError(f"{format_name} files cannot go to a stream; name an output file")
-    return CameraFileWriter(target, sensor_size, format_name)
+    return CameraFileWriter(target, sensor_size, format_name, exclusive)
