@@ -132,3 +132,37 @@ def test_two_inputs_that_would_share_an_output_are_refused(tmp_path: Path) -> No
     )  # fmt: skip
     one_line_error(result, "x.h5", "x.hdf5", "would be written there")
     assert not out.exists() or not any(out.iterdir())
+
+
+def outside_reference(folder: Path, kind: str) -> Path:
+    """A file whose /events/t reaches outside it: an external link, external raw storage, or a
+    virtual dataset whose source file is missing."""
+    import h5py
+    import numpy as np
+
+    source = folder / "other.h5"
+    with h5py.File(source, "w") as h5:
+        h5["t"] = np.arange(10, dtype=np.int64)
+    raw = folder / "raw.bin"
+    raw.write_bytes(np.arange(10, dtype=np.int64).tobytes())
+    path = folder / f"{kind}.h5"
+    with h5py.File(path, "w") as h5:
+        for key in "xyp":
+            h5[f"events/{key}"] = np.zeros(10, np.uint16)
+        if kind == "link":
+            h5["events/t"] = h5py.ExternalLink(str(source), "t")
+        elif kind == "external":
+            h5.create_dataset("events/t", (10,), np.int64, external=[(str(raw), 0, 80)])
+        else:
+            layout = h5py.VirtualLayout((10,), np.int64)
+            layout[:] = h5py.VirtualSource(str(folder / "missing.h5"), "t", shape=(10,))
+            h5.create_virtual_dataset("events/t", layout, fillvalue=0)
+        h5.attrs["resolution_height"], h5.attrs["resolution_width"] = 4, 4
+    return path
+
+
+@pytest.mark.parametrize("kind", ["link", "external", "virtual"])
+def test_hdf5_data_outside_the_file_is_refused(tmp_path: Path, kind: str) -> None:
+    path = outside_reference(tmp_path, kind)
+    result = runner.invoke(app, ["info", str(path)])
+    one_line_error(result, path.name, "reads only data inside the file itself")

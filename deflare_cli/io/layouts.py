@@ -91,15 +91,34 @@ def _event_utils_layout(h5: h5py.File, label: str) -> Layout:
 def _require_datasets(h5: h5py.File, label: str, columns: dict[str, str]) -> None:
     lengths = {}
     for path in columns.values():
+        _refuse_outside_links(h5, path, label)
         dataset = h5.get(path)
         if not isinstance(dataset, h5py.Dataset):
             raise InputError(label, f"missing dataset /{path}")
+        if dataset.is_virtual or dataset.external:
+            kind = "a virtual dataset" if dataset.is_virtual else "stored in external files"
+            raise InputError(
+                label, f"/{path} is {kind}: deflare reads only data inside the file itself"
+            )
         if dataset.ndim != 1 or dataset.dtype.kind not in "iufb":
             raise InputError(label, f"/{path} must be a 1-D numeric array, found {dataset.dtype}")
         lengths[path] = dataset.shape[0]
     if len(set(lengths.values())) > 1:
         sizes = ", ".join(f"/{path}: {n}" for path, n in lengths.items())
         raise InputError(label, f"event datasets have different lengths ({sizes})")
+
+
+def _refuse_outside_links(h5: h5py.File, path: str, label: str) -> None:
+    """External links reach into other files (or /etc/passwd): refused, on every step."""
+    parts = path.split("/")
+    for depth in range(1, len(parts) + 1):
+        link = h5.get("/".join(parts[:depth]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise InputError(
+                label,
+                f"/{'/'.join(parts[:depth])} is an external link to {link.filename}: deflare "
+                "reads only data inside the file itself",
+            )
 
 
 def _resolution_attrs(h5: h5py.File, label: str) -> tuple[int, int] | None:
