@@ -185,7 +185,9 @@ def event_flicker_removal(events: Events, settings: BaselineSettings) -> Events:
         pieces.append(_emit(filtered, pixels[lo:hi], settings.efr_threshold))
     rows, sample_index, polarity = (np.concatenate(column) for column in zip(*pieces, strict=True))
     lag_end = start + (delay1 + delay2) * step
-    emitted_t = start + sample_index * step + step // 2
+    # the middle of the sample, but never after the last input event: the last sample's middle
+    # could lie past the recording's end (and outside the evaluation grid)
+    emitted_t = np.minimum(start + sample_index * step + step // 2, int(events.t[-1]))
     late = emitted_t >= lag_end
     early = events.select(events.t < lag_end)
     y, x = np.divmod(rows[late], events.width)

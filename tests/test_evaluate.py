@@ -113,6 +113,17 @@ def test_baselines_remove_a_flickering_pixel_and_keep_a_moving_edge(name: str) -
     assert found >= 0.8 * edges
 
 
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baselines_emit_nothing_after_the_last_input_event(name: str) -> None:
+    """EFR stamped emissions at the middle of their sample, which for the last sample could lie
+    past the last input event and outside the evaluation grid (evaluate then failed)."""
+    t = np.r_[np.arange(0, 50_000, 125), 50_001]  # a 100 Hz blinker; the last event early in
+    p = np.r_[(t[:-1] % 10_000) < 5000, 1]  # its 1 ms sample
+    events = make_events(t, np.zeros(len(t)), np.zeros(len(t)), p, SIZE)
+    output = BASELINES[name](events, BaselineSettings(efr_f0_hz=100, efr_step_us=1000))
+    assert not len(output) or (output.t.min() >= events.t[0] and output.t.max() <= t[-1])
+
+
 def test_baselines_leave_input_unchanged() -> None:
     events, _, _ = flicker_and_edge(50_000)
     copies = {key: getattr(events, key).copy() for key in "txyp"}
