@@ -23,16 +23,15 @@ SETTINGS = InferSettings(runtime=RuntimeSettings(device="cpu"))
 needs_realdata = pytest.mark.skipif(
     not REALDATA.is_dir(), reason=f"{REALDATA} is not on this machine"
 )
-# The shipped model was trained on the first release's dense synthetic data and misses these
-# targets (README, "On real recordings"). strict: the day a model meets them, these tests report
-# it, and this mark must go.
+# The shipped model keeps the scenes without lights, but removes 15% of the lamp discs
+# (README, "On real recordings"). strict: the day a model keeps them, this test reports it, and
+# this mark must go.
 not_met_yet = pytest.mark.xfail(
-    strict=True, reason="issue 12: the shipped default model does not meet the real-data targets"
+    strict=True, reason="issue 12: the shipped default model removes 15% of the lamp discs"
 )
 
 
 @needs_realdata
-@not_met_yet
 @pytest.mark.parametrize("name", ["dvxplorer_indoor_person", "davis346_emlb_demo"])
 def test_default_model_keeps_real_scenes_without_lights(name: str) -> None:
     row = check(REALDATA / f"{name}.h5", SETTINGS)
