@@ -22,7 +22,6 @@ import numpy as np
 
 from .checkpoint import export_checkpoint
 from .errors import InputError
-from .events import concat_events
 from .infer import Deflarer, decode_window, load_deflarer, predict_windows
 from .io import Pair, find_pairs, read_event_column, read_events
 from .metrics import kept_mask
@@ -89,17 +88,19 @@ def _score_pair(
     if labels is None or len(labels) != len(source):
         raise InputError(pair.flare_path, "has no /events/is_flare labels (made by deflare synth)")
     flare = labels.astype(bool)
-    outputs: dict[float, list] = {score.margin: [] for score in scores}
+    # Per window: preserve mode keeps each window's events inside it, so the kept masks of the
+    # windows, in order, are the recording's (no copy of the whole output per margin).
+    kept: dict[float, list[np.ndarray]] = {score.margin: [] for score in scores}
     for window in predict_windows(deflarer, source, source.time_span()):
         for score in scores:
-            edited = replace(deflarer, margin=score.margin)
-            outputs[score.margin].append(decode_window(edited, *window))
+            output = decode_window(replace(deflarer, margin=score.margin), *window)
+            kept[score.margin].append(kept_mask(window[0], output))
     for score in scores:
-        kept = kept_mask(source, concat_events(outputs[score.margin], source))
+        mask = np.concatenate(kept[score.margin])
         if flare.any():
-            score.flare_removed.append(float((~kept[flare]).mean()))
+            score.flare_removed.append(float((~mask[flare]).mean()))
         if (~flare).any():
-            score.others_kept.append(float(kept[~flare].mean()))
+            score.others_kept.append(float(mask[~flare].mean()))
 
 
 def default_output(checkpoint: Path) -> Path:

@@ -68,10 +68,6 @@ def output_suffix(requested: str, source: Path) -> str:
     return CAMERA_SUFFIX.get(requested, source.suffix if _is_hdf5(source) else ".h5")
 
 
-def is_camera_format(name: str) -> bool:
-    return name in CAMERA_SUFFIX
-
-
 def _check_suffix(target: Path, format_name: str) -> None:
     suffix = target.suffix.lower()
     wanted = CAMERA_SUFFIX.get(format_name)
