@@ -38,7 +38,8 @@ demo: $(STAMP)
 	$(DEFLARE) synth $(DEMO_TEST) --num-files 3 --seed 12 --workers 2 --overwrite
 	@echo "== 2/6 training a small model for 2-3 minutes on CPU (a real one trains for hours)"
 	$(DEFLARE) train --data-dir $(DEMO_DIR)/data/train --run-dir $(DEMO_DIR)/model \
-		--max-steps 120 --epochs 1000 --batch-size 4 --crop 96x96 --lr 0.001 --val-fraction 0
+		--max-steps 120 --epochs 1000 --batch-size 4 --crop 96x96 --lr 0.001 --val-fraction 0 \
+		--overwrite
 	@echo "== 3/6 deflaring the test inputs with it"
 	$(DEFLARE) deflare $(DEMO_TEST)/background_with_flare_events $(DEMO_DIR)/deflared \
 		--checkpoint $(DEMO_DIR)/model/last.pt --overwrite

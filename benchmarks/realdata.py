@@ -14,6 +14,7 @@ without bright lights are for checking only. Targets (issue 12): at least 97% ke
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -30,7 +31,10 @@ from deflare_cli.stats import recording_stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import machine  # noqa: E402
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+# ../shared/realdata beside the checkout; DEFLARE_REALDATA names another place (a GPU machine).
+REALDATA = Path(
+    os.environ.get("DEFLARE_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata")
+)
 NO_LIGHTS = ("evt3_dim_indoor", "dvxplorer_indoor_person", "davis346_emlb_demo")
 KEEP_TARGET = 0.97
 # From ../shared/realdata/README.md: the two lamps (x, y) and the small LED of the flicker scene.
@@ -109,6 +113,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: shipped model")
     parser.add_argument("--realdata", type=Path, default=REALDATA)
     parser.add_argument("--engine", default="auto")
+    parser.add_argument("--device", default="cpu", help="cpu (the figures of the README), cuda")
     parser.add_argument("--tiling", default="auto")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
@@ -118,7 +123,7 @@ def main() -> int:
         return 1
     settings = InferSettings(
         checkpoint=args.checkpoint,
-        runtime=RuntimeSettings(device="cpu", engine=args.engine),
+        runtime=RuntimeSettings(device=args.device, engine=args.engine),
         tiles=TileSettings(mode=args.tiling),
     )
     rows = []

@@ -254,7 +254,10 @@ def bench_visualize(count: int) -> list[dict]:
     return [{"name": f"visualize {count / 1e6:g} M events (4 pictures)", "seconds": seconds}]
 
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+# ../shared/realdata beside the checkout; DEFLARE_REALDATA names another place (a GPU machine).
+REALDATA = Path(
+    os.environ.get("DEFLARE_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata")
+)
 NIGHT_SENSOR = (720, 1280)
 NIGHT_NOISE_PER_S = 3_000  # stray events over the frame: ~65% of 128 px tiles get one per 20 ms
 

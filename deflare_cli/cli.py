@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -763,11 +764,30 @@ def train(
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after this many steps in total.")
     ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Voxel cache, shareable between runs [RUN_DIR/voxel_cache]."
+        ),
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option("--max-minutes", help="Stop after this many minutes (validated, saved)."),
+    ] = None,
+    val_every: Annotated[
+        int | None,
+        typer.Option("--val-every", help="Validate every N steps [each epoch]."),
+    ] = None,
     num_workers: Annotated[
-        int | None, typer.Option("--num-workers", help="DataLoader worker processes [0].")
+        int | None,
+        typer.Option("--num-workers", help="Processes that encode pairs and load batches [0]."),
     ] = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable pairs (reported), don't fail.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Start over in a run-dir that holds a run (removes it)."),
     ] = False,
     debug: Annotated[
         bool,
@@ -793,6 +813,7 @@ def train(
                     "crop": _crop_setting(crop),
                     "flare_crops": flare_crops,
                     "num_workers": num_workers,
+                    "cache_dir": cache_dir,
                     "skip_bad": skip_bad or None,
                 },
                 "runtime": {"device": device, "precision": precision},
@@ -807,6 +828,9 @@ def train(
                 "resume": resume,
                 "seed": seed,
                 "max_steps": max_steps,
+                "max_minutes": max_minutes,
+                "overwrite": overwrite or None,
+                "val_every": val_every,
                 "debug": debug or None,
             },
         )
@@ -910,5 +934,12 @@ def print_summary(output: str, text: str) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``deflare`` console script."""
+    """Entry point of the ``deflare`` console script. SIGTERM (schedulers, ``timeout``) and
+    SIGHUP (a closed terminal) stop a command as Ctrl-C does: temporary files are removed."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     app()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

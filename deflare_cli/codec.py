@@ -9,6 +9,7 @@ stretched to the events' own span, and no event is dropped (E-Deflare, DESIGN.md
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,15 +92,31 @@ def segment_grid(span_us: tuple[int, int], segment_us: int) -> tuple[int, int]:
     return start, start + count_segments(span_us, segment_us) * segment_us
 
 
-def segment_windows(
-    span_us: tuple[int, int], segment_us: int, batch: int
-) -> list[tuple[int, tuple[int, int]]]:
+class SegmentWindows(Sequence[tuple[int, tuple[int, int]]]):
+    """Batches of ``batch`` whole segments covering a span: (first segment index, window),
+    computed when asked for, so a long recording costs no memory for its list of windows."""
+
+    def __init__(self, span_us: tuple[int, int], segment_us: int, batch: int) -> None:
+        self.start, self.end = segment_grid(span_us, segment_us)
+        self.segment_us, self.batch = segment_us, batch
+        self.count = -(-((self.end - self.start) // segment_us) // batch)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[int, tuple[int, int]]:  # type: ignore[override]
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        first = index * self.batch
+        start = self.start + first * self.segment_us
+        return first, (start, min(start + self.batch * self.segment_us, self.end))
+
+
+def segment_windows(span_us: tuple[int, int], segment_us: int, batch: int) -> SegmentWindows:
     """Batches of ``batch`` whole segments covering ``span_us``: (first segment index, window)."""
-    start, end = segment_grid(span_us, segment_us)
-    return [
-        (first, (start + first * segment_us, min(start + (first + batch) * segment_us, end)))
-        for first in range(0, (end - start) // segment_us, batch)
-    ]
+    return SegmentWindows(span_us, segment_us, batch)
 
 
 def events_to_voxel(

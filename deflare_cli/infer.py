@@ -253,6 +253,7 @@ def deflare_file(
                 progress(f"deflaring {source.name}", done, len(windows))
             if storing is not None:
                 storing.result()
+            _check_all_read(reader, result)
             with timer("write"):
                 writer.finish(grid, {**deflarer.provenance, "deflare_source": str(source)})
         start, end = reader.span_us
@@ -260,6 +261,17 @@ def deflare_file(
     result.segments = (grid[1] - grid[0]) // codec.segment_us
     result.duration_s = (end - start) / 1e6
     return result
+
+
+def _check_all_read(reader: EventFileReader, result: FileResult) -> None:
+    """Never lose events silently: every event of the file must have gone through."""
+    expected = reader.event_count
+    if expected is not None and result.input_events != expected:
+        raise InputError(
+            result.source,
+            f"read {result.input_events:,} of its {expected:,} events: some lie outside the "
+            "time span found for it (no output written)",
+        )
 
 
 def _writer(settings: InferSettings, target: Path, reader: EventFileReader):

@@ -7,7 +7,12 @@ turns into a rich progress bar.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol, TypeVar
 
 
@@ -40,12 +45,15 @@ def map_jobs(
     is asked for and there is more than one job; results in the jobs' order either way.
 
     ``function`` and the jobs must pickle (a module-level function, plain data). Spawned, not
-    forked: a forked child would inherit torch's thread pools and any open HDF5 handles.
+    forked: a forked child would inherit torch's thread pools and any open HDF5 handles. The
+    workers leave Ctrl-C to the parent (which ends the pool) and die with it, also when it is
+    killed with SIGKILL.
     """
     results: list[Result] = []
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(jobs)), initializer=initializer) as pool:
+        start = partial(_start_worker, initializer, os.getpid())
+        with context.Pool(min(workers, len(jobs)), initializer=start) as pool:
             for done, result in enumerate(pool.imap(function, jobs), start=1):
                 results.append(result)
                 progress(stage, done, len(jobs))
@@ -54,3 +62,21 @@ def map_jobs(
         results.append(function(job))
         progress(stage, done, len(jobs))
     return results
+
+
+def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:
+    """``parent``: the pool's process, passed from it: a worker that starts after its parent
+    died already sees another parent (init) and must not take that one for its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if initializer is not None:
+        initializer()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker as soon as its parent is gone (killed, even by SIGKILL), instead of
+    going on writing files for nobody. (Linux's PR_SET_PDEATHSIG did not fire reliably for a
+    multithreaded parent in tests; polling is portable.)"""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)

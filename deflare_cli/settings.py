@@ -200,7 +200,9 @@ class DataSettings(Frozen):
     )
     read: ReadSettings = Field(ReadSettings(), description="sensor size override")
     cache_dir: Path | None = Field(None, description="voxel cache; None: RUN_DIR/voxel_cache")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: int = Field(
+        0, ge=0, description="processes that encode pairs into the cache and load batches"
+    )
     skip_bad: bool = Field(False, description="skip unreadable pairs (reported) instead of failing")
 
     @model_validator(mode="after")
@@ -247,9 +249,18 @@ class TrainSettings(Frozen):
     val_every: int | None = Field(None, ge=1, description="validate every N steps; None: epoch")
     checkpoint_every: int = Field(200, ge=1, description="save last.pt every N steps too")
     max_steps: int | None = Field(None, ge=1, description="stop after N steps in total")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop after this many minutes of training (validated and saved as at "
+        "Ctrl-C): a budget for a lent GPU or a night",
+    )
     runtime: RuntimeSettings = RuntimeSettings()
     seed: int = Field(0, ge=0)
     resume: Path | None = Field(None, description="checkpoint to continue from")
+    overwrite: bool = Field(
+        False, description="start a fresh run in a run-dir that holds one (removes its files)"
+    )
     debug: bool = Field(False, description="run 2 steps and write debug_output/ pictures")
 
     @model_validator(mode="after")
@@ -514,10 +525,18 @@ def load_settings(
         raise SettingsError(f"invalid settings in {source}:\n{_describe(error)}") from None
 
 
+MAX_SETTINGS_BYTES = 1 << 20
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a settings file, with clear errors for unreadable files."""
+    """A YAML mapping from a settings file, with clear errors for unreadable files. Files over
+    1 MB (or endless ones such as /dev/zero) are refused before they are read."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SETTINGS_BYTES + 1)
+        if len(raw) > MAX_SETTINGS_BYTES:
+            raise SettingsError(f"{path}: not a settings file (more than 1 MB)")
+        data = yaml.safe_load(raw.decode())
     except FileNotFoundError:
         raise SettingsError(f"{path}: settings file not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:

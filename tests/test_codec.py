@@ -162,4 +162,10 @@ def test_segment_windows_cover_the_span_in_batches() -> None:
     assert segment_grid((1000, 101_000), 20_000) == (1000, 101_000)
     assert segment_grid((1000, 101_001), 20_000) == (1000, 121_000)
     windows = segment_windows((0, 100_000), 20_000, 2)
-    assert windows == [(0, (0, 40_000)), (2, (40_000, 80_000)), (4, (80_000, 100_000))]
+    assert list(windows) == [(0, (0, 40_000)), (2, (40_000, 80_000)), (4, (80_000, 100_000))]
+    assert len(windows) == 3 and windows[-1] == windows[2] == (4, (80_000, 100_000))
+    with pytest.raises(IndexError):
+        windows[3]
+    # computed on demand: a year of 20 ms segments costs nothing until read
+    year = segment_windows((0, 365 * 86_400_000_000), 20_000, 1)
+    assert len(year) == 1_576_800_000 and year[len(year) - 1][1][1] == 365 * 86_400_000_000

@@ -74,8 +74,9 @@ def test_cache_is_reused_then_invalidated(tmp_path: Path, monkeypatch) -> None:
     os.utime(pair.flare_path, ns=(1, 1))  # the source changed
     changed = cache.get(pair, codec, read)
     assert changed.path != first.path and calls == [1] and not first.path.exists()
-    cache.get(pair, CodecSettings(num_bins=4), read)  # other codec settings
+    other = cache.get(pair, CodecSettings(num_bins=4), read)  # other codec settings
     assert calls == [1, 1]
+    assert changed.path.exists() and other.path.exists()  # runs sharing a cache keep theirs
 
 
 def test_pairs_of_other_folders_with_the_same_id_keep_their_own_entries(tmp_path: Path) -> None:
@@ -170,3 +171,25 @@ def test_split_is_seeded_and_holds_out_at_least_one(tmp_path: Path) -> None:
     assert np.unique([p.pair_id for p in train + val]).size == 5
     no_val = DataSettings(data_dir=tmp_path / "data", val_fraction=0)
     assert split_pairs(pairs, no_val, seed=0) == (pairs, [])
+
+
+def test_encoding_in_worker_processes_equals_encoding_in_one(tmp_path: Path) -> None:
+    pairs = find_pairs(*paired_dirs(write_pairs(tmp_path / "data", 3)))
+    one, _ = prepare_pairs(pairs, VoxelCache(tmp_path / "a"), CodecSettings(), ReadSettings(),
+                           skip_bad=False)  # fmt: skip
+    many, _ = prepare_pairs(pairs, VoxelCache(tmp_path / "b"), CodecSettings(), ReadSettings(),
+                            skip_bad=False, workers=2)  # fmt: skip
+    assert [e.pair for e in many] == [e.pair for e in one] == pairs
+    for a, b in zip(one, many, strict=True):
+        assert a.num_segments == b.num_segments and a.sensor_size == b.sensor_size
+        left, right = VoxelCache.load(a.path), VoxelCache.load(b.path)
+        assert torch.equal(left["input"], right["input"])
+        assert torch.equal(left["target"], right["target"])
+    pairs[1].flare_path.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="composed_00001_bg_flare.h5"):
+        prepare_pairs(pairs, VoxelCache(tmp_path / "c"), CodecSettings(), ReadSettings(),
+                      skip_bad=False, workers=2)  # fmt: skip
+    entries, skipped = prepare_pairs(pairs, VoxelCache(tmp_path / "d"), CodecSettings(),
+                                     ReadSettings(), skip_bad=True, workers=2)  # fmt: skip
+    assert [e.pair.pair_id for e in entries] == ["00000", "00002"]
+    assert len(skipped) == 1 and "composed_00001_bg_flare.h5" in skipped[0]

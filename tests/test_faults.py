@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from conftest import flare_pair, write_deflare, write_pairs
@@ -166,3 +168,191 @@ def test_hdf5_data_outside_the_file_is_refused(tmp_path: Path, kind: str) -> Non
     path = outside_reference(tmp_path, kind)
     result = runner.invoke(app, ["info", str(path)])
     one_line_error(result, path.name, "reads only data inside the file itself")
+
+
+def _hostile(path: Path, kind: str) -> Path:
+    """Small files that used to make deflare allocate gigabytes or lose events silently."""
+    n = 2_000
+    t = np.arange(n, dtype=np.int64) * 50
+    x, y = np.full(n, 3, np.uint16), np.full(n, 4, np.uint16)
+    p = np.ones(n, np.int8)
+    with h5py.File(path, "w") as h5:
+        if kind == "event_utils ts 1e300":
+            events = h5.create_group("events")
+            ts = t / 1e6
+            ts[-1] = 1e300
+            events["ts"], events["xs"], events["ys"], events["ps"] = ts, x, y, p
+            h5.attrs["sensor_resolution"] = (10, 10)
+            return path
+        events = h5.create_group("events")
+        h5.attrs["resolution_height"], h5.attrs["resolution_width"] = 10, 10
+        if kind == "declares 1e10 events":
+            columns = (("t", np.int64), ("x", np.uint16), ("y", np.uint16), ("p", np.int8))
+            for name, dtype in columns:
+                events.create_dataset(name, shape=(10**10,), dtype=dtype, chunks=(4096,),
+                                      compression="gzip")  # fmt: skip
+            return path
+        if kind == "float t 1e30":
+            t = t.astype(np.float64)
+            t[-1] = 1e30
+        if kind == "events 1e13 us apart":
+            t[-1] = 10**13
+        events["t"], events["x"], events["y"], events["p"] = t, x, y, p
+        if kind.startswith("dsec"):
+            h5["ms_to_idx"] = np.arange(0, n, 20, dtype=np.uint64)
+            h5["t_offset"] = np.int64(0)
+            if kind == "dsec ms_to_idx 1e12":
+                h5["ms_to_idx"][20] = 10**12  # the row of 20 ms, where a window starts
+            if kind == "dsec t_offset near int64 max":
+                del h5["t_offset"]
+                h5["t_offset"] = np.int64(2**63 - 10)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("declares 1e10 events", "declares 10,000,000,000 events but stores only"),
+        ("events 1e13 us apart", "span 116 days"),
+        ("float t 1e30", "out of range at event 1999"),
+        ("event_utils ts 1e300", "out of range at event 1999"),
+        ("dsec ms_to_idx 1e12", "ms_to_idx points at row 1000000000000"),
+        ("dsec t_offset near int64 max", "t_offset 9223372036854775798 is outside"),
+    ],
+)
+def test_hostile_files_are_refused_before_allocating(tmp_path: Path, kind, fragment) -> None:
+    source = _hostile(tmp_path / "in.h5", kind)
+    before = source.read_bytes()
+    checkpoint = write_checkpoint(tmp_path / "m.pt")
+    commands = [["deflare", str(source), str(tmp_path / "out.h5"), "--checkpoint",
+                 str(checkpoint), "--sensor-size", "10x10"]]  # fmt: skip
+    if "ms_to_idx" not in kind:  # info reads whole files; only windows use the index
+        commands.append(["info", str(source)])
+    for args in commands:
+        result = runner.invoke(app, args)
+        one_line_error(result, "in.h5", fragment)
+    assert not (tmp_path / "out.h5").exists() and source.read_bytes() == before
+
+
+def test_endless_or_huge_settings_files_are_refused(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--config", "/dev/zero"])
+    one_line_error(result, "/dev/zero", "more than 1 MB")
+    assert not (tmp_path / "out").exists()
+
+
+def test_events_lost_between_windows_stop_the_run(tmp_path: Path, monkeypatch) -> None:
+    """Every event read must come out counted: a reader that drops one (as 1e30 timestamps
+    once made it) fails the file instead of writing a shorter output and exiting 0."""
+    from deflare_cli.io import reader as reader_module
+
+    source = tmp_path / "in.h5"
+    write_deflare(source, flare_pair(seed=3)[0])
+    original = reader_module.EventFileReader.read
+
+    def drop_last(self, start_us, end_us, progress=None):
+        events = original(self, start_us, end_us)
+        return events.time_slice(start_us, int(events.t[-1])) if len(events) else events
+
+    monkeypatch.setattr(reader_module.EventFileReader, "read", drop_last)
+    checkpoint = write_checkpoint(tmp_path / "m.pt")
+    result = runner.invoke(app, ["deflare", str(source), str(tmp_path / "out.h5"),
+                                 "--checkpoint", str(checkpoint)])  # fmt: skip
+    one_line_error(result, "in.h5", "events: some lie outside")
+    assert not (tmp_path / "out.h5").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def _disk_with_free_bytes(monkeypatch, free: int) -> None:
+    from collections import namedtuple
+
+    from deflare_cli.io import files
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - free, free))
+
+
+def test_a_full_disk_gives_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    """HDF5 segfaulted when the disk filled mid-write: writers now check the space first."""
+    source = tmp_path / "in" / "in.h5"
+    source.parent.mkdir()
+    write_deflare(source, flare_pair(seed=4)[0])
+    checkpoint = write_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    _disk_with_free_bytes(monkeypatch, 100_000)
+    for args in (["deflare", str(source), str(out / "a.h5"), "--checkpoint", str(checkpoint)],
+                 ["synth", str(out / "s"), "--num-files", "1", "--duration-ms", "20"]):  # fmt: skip
+        one_line_error(runner.invoke(app, args), "no space left on the device", str(out))
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_out_of_space_errors_of_any_writer_name_the_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    target = tmp_path / "x.pt"
+    with pytest.raises(OutputError, match=r"x\.pt: no space left on the device"):
+        with atomic_output(target) as temp_path:
+            temp_path.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    _disk_with_free_bytes(monkeypatch, 0)  # torch.save reports a full disk as "iostream error"
+    with pytest.raises(OutputError, match=r"x\.pt: no space left on the device"):
+        with atomic_output(target) as temp_path:
+            raise RuntimeError("basic_ios::clear: iostream error")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="unrelated"):  # other errors stay what they are
+        with atomic_output(tmp_path / "y.pt"):
+            monkeypatch.undo()
+            raise RuntimeError("unrelated")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopped_synth_leaves_no_workers_and_no_temp_files(tmp_path: Path, how: str) -> None:
+    """SIGTERM stops like Ctrl-C (temp files removed); after SIGKILL the workers die too
+    instead of going on writing pairs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "deflare_cli", "synth", str(out), "--num-files", "40",
+               "--workers", "2", "--duration-ms", "200"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    workers: list[int] = []
+    written: list[Path] = []
+    while time.monotonic() < deadline and not written:  # the workers are making pairs
+        time.sleep(0.2)
+        workers = [c for c in _children(process.pid) if "spawn" in _cmdline(c)]
+        written = list(out.glob("background_with_flare_events/composed_*.h5"))
+    assert len(workers) == 2 and written, "the worker pool did not start"
+    process.send_signal(getattr(signal, how))
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 3  # at once: not after finishing the pair they were making
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), [(w, _cmdline(w)[:90]) for w in workers]
+    if how == "SIGTERM":
+        assert process.returncode == 130 and "interrupted" in process.stderr.read()
+        time.sleep(1)
+        assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp file left behind
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""

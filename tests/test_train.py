@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from deflare_cli.checkpoint import load_checkpoint
 from deflare_cli.cli import app
 from deflare_cli.devices import start_cluster
+from deflare_cli.errors import DeflareError
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
@@ -144,6 +145,41 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, pairs_dir:
     assert steps == sorted(set(steps))  # no duplicated rows after the resume
 
 
+def _logged_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path: Path, pairs_dir: Path, signum) -> None:
+    def send(stage: str, done: int, total: int, detail: str = "") -> None:
+        if stage == "training" and done == 3:
+            os.kill(os.getpid(), signum)
+
+    previous = signal.getsignal(signum)
+    result = train(settings_for(tmp_path, pairs_dir, checkpoint_every=100), send)
+    assert result.interrupted and result.steps == 3
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+    assert signal.getsignal(signum) == previous  # the handler is put back afterwards
+
+
+def test_time_budget_stops_validated_and_saved(tmp_path: Path, pairs_dir: Path) -> None:
+    result = train(settings_for(tmp_path, pairs_dir, epochs=100_000, max_minutes=0.02))
+    assert 0 < result.epochs_completed < 100_000 and not result.interrupted
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == result.steps
+    assert _logged_steps(tmp_path)[-1] == result.steps  # the budget's end is validated
+
+
+def test_val_every_counts_steps_across_epochs(tmp_path: Path, pairs_dir: Path) -> None:
+    per_epoch = train(settings_for(tmp_path / "a", pairs_dir, epochs=1)).steps
+    every = per_epoch + 1  # longer than an epoch: epoch ends must not validate
+    result = train(settings_for(tmp_path / "b", pairs_dir, epochs=4, val_every=every))
+    expected = list(range(every, result.steps + 1, every))
+    if expected[-1] != result.steps:
+        expected.append(result.steps)  # the last epoch's end is validated
+    assert _logged_steps(tmp_path / "b") == expected
+
+
 def test_resume_with_other_model_settings_is_refused(tmp_path: Path, pairs_dir: Path) -> None:
     result = train(settings_for(tmp_path, pairs_dir, epochs=1))
     other = settings_for(tmp_path, pairs_dir, model=ModelSettings(f_maps=(8, 16, 32)),
@@ -175,8 +211,12 @@ def test_train_command(tmp_path: Path, pairs_dir: Path) -> None:
     assert "done" in result.output and (tmp_path / "run" / "last.pt").exists()
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val_mse", "val_pmse_4", "val_r_f1", "raw_r_f1", "raw_tp_f1"} <= set(header)
-    bad = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nope"), "--run-dir", "x"])
+    never = tmp_path / "never"
+    bad = runner.invoke(
+        app, ["train", "--data-dir", str(tmp_path / "nope"), "--run-dir", str(never)]
+    )
     assert bad.exit_code == 1 and "folder not found" in bad.output
+    assert not never.exists()  # a failed start leaves no run-dir behind
     bad = runner.invoke(
         app,
         [
@@ -223,3 +263,41 @@ def test_training_and_validation_on_pairs_of_two_sensor_sizes(tmp_path: Path) ->
     result = train(settings)
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert rows and float(rows[-1]["val_mse"]) >= 0 and result is not None
+
+
+def test_a_second_training_into_a_busy_run_dir_is_refused(tmp_path: Path, pairs_dir: Path) -> None:
+    """The lock is the kernel's: another process holding it (a running training) blocks."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time; h = open(sys.argv[1], 'a'); "
+         "fcntl.flock(h, fcntl.LOCK_EX); h.write('pid 4242'); h.flush(); "
+         "print('held', flush=True); "
+         "time.sleep(60)", str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DeflareError, match="another training is using this run-dir"):
+            train(settings_for(tmp_path, pairs_dir, epochs=1))
+        assert not (tmp_path / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train(settings_for(tmp_path, pairs_dir, epochs=1))  # free again once it died
+    assert result.last_checkpoint.exists()
+
+
+def test_fresh_training_into_a_used_run_dir_needs_overwrite(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    first = train(settings_for(tmp_path, pairs_dir, epochs=1))
+    assert (tmp_path / "best.pt").exists()
+    with pytest.raises(DeflareError, match="holds an earlier run .*--resume"):
+        train(settings_for(tmp_path, pairs_dir, epochs=1))
+    assert _weights(tmp_path / "last.pt").keys() == _weights(first.last_checkpoint).keys()
+    (tmp_path / "best.pt").write_bytes(b"stale")  # would otherwise outlive the new run
+    again = train(settings_for(tmp_path, pairs_dir, epochs=1, overwrite=True))
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == again.steps
+    assert _logged_steps(tmp_path) == [again.steps]  # one run's rows only
+    resumed = train(settings_for(tmp_path, pairs_dir, epochs=2, resume=tmp_path / "last.pt"))
+    assert resumed.steps == 2 * again.steps  # resuming in place needs no --overwrite

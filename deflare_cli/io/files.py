@@ -4,6 +4,7 @@ files by suffix, and hashing for provenance."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -84,9 +85,39 @@ def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Ite
             _link_new(temp_path, final)
         else:
             os.replace(temp_path, final)
-    except BaseException:
+    except BaseException as error:
         temp_path.unlink(missing_ok=True)
+        if _out_of_space(error, final.parent):
+            raise OutputError(
+                f"{final}: no space left on the device ({_free_bytes(final.parent):,} bytes "
+                "free); nothing was written"
+            ) from None
         raise
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """ENOSPC, or a library's own error (torch: "iostream error") on an all but full disk."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, RuntimeError | OSError) and _free_bytes(folder) < (1 << 20)
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return -1
+
+
+def require_space(path: Path, needed: int, target: object) -> None:
+    """Refuse to write ``needed`` more bytes next to ``path`` when the disk lacks them: some
+    libraries (HDF5) crash instead of failing cleanly when the disk fills up mid-write."""
+    free = _free_bytes(path.parent)
+    if 0 <= free < needed:
+        raise OutputError(
+            f"{target}: no space left on the device: {free:,} bytes free, writing needs at "
+            f"least {needed:,} more; nothing was written"
+        )
 
 
 def _link_new(temp_path: Path, final: Path) -> None:

@@ -23,6 +23,23 @@ from ..events import T_DTYPE, is_time_sorted
 READ_CHUNK = 1 << 22  # events per HDF5 read, so progress moves and temporaries stay small
 DSEC_SENSOR_SIZE = (480, 640)  # DSEC's Prophesee Gen3.1 cameras; its files hold no size
 MAX_SIDE = 1 << 16  # x and y are uint16
+# Timestamps beyond this (in microseconds: 146,000 years) cannot be a recording's and would
+# overflow int64 arithmetic; offsets likewise.
+MAX_TIMESTAMP_US = 1 << 62
+MAX_DECLARED_RATIO = 1000  # declared bytes per stored byte: more is unwritten fill, not data
+
+
+class TimestampError(InputError):
+    """A bad timestamp; ``index`` counts from the start of the block that was converted, so
+    readers can name the event's row in the file."""
+
+    def __init__(self, label: str, problem: str, index: int) -> None:
+        super().__init__(label, f"{problem} at event {index}")
+        self.what, self.index = problem, index
+
+    def at_row(self, first_row: int) -> InputError:
+        """The same error, naming the row in the file (``first_row`` + index)."""
+        return InputError(self.path, f"{self.what} at event {first_row + self.index}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,12 @@ def _dsec_layout(h5: h5py.File, label: str) -> Layout:
     _require_datasets(h5, label, {k: f"events/{k}" for k in "txyp"})
     offset = 0
     if "t_offset" in h5:
-        offset = int(np.asarray(h5["t_offset"][()]).reshape(-1)[0])
+        value = np.asarray(h5["t_offset"][()]).reshape(-1)
+        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value[0]):
+            raise InputError(label, f"/t_offset must be one number, found {value[:4]!r}")
+        if not 0 <= value[0] < MAX_TIMESTAMP_US:
+            raise InputError(label, f"/t_offset {value[0]} is outside 0..2^62 microseconds")
+        offset = int(value[0])
     return Layout(
         "dsec",
         {k: f"events/{k}" for k in "txyp"},
@@ -102,10 +124,24 @@ def _require_datasets(h5: h5py.File, label: str, columns: dict[str, str]) -> Non
             )
         if dataset.ndim != 1 or dataset.dtype.kind not in "iufb":
             raise InputError(label, f"/{path} must be a 1-D numeric array, found {dataset.dtype}")
+        _refuse_unwritten(dataset, path, label)
         lengths[path] = dataset.shape[0]
     if len(set(lengths.values())) > 1:
         sizes = ", ".join(f"/{path}: {n}" for path, n in lengths.items())
         raise InputError(label, f"event datasets have different lengths ({sizes})")
+
+
+def _refuse_unwritten(dataset: h5py.Dataset, path: str, label: str) -> None:
+    """A chunked, compressed dataset of a few KB can declare billions of never-written events
+    (read back as fill values, after allocating gigabytes): refused before anything is read."""
+    declared = dataset.shape[0] * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if declared > MAX_DECLARED_RATIO * stored + (1 << 20):
+        raise InputError(
+            label,
+            f"/{path} declares {dataset.shape[0]:,} events but stores only {stored:,} bytes of "
+            "them: most were never written (a truncated or crafted file)",
+        )
 
 
 def _refuse_outside_links(h5: h5py.File, path: str, label: str) -> None:
@@ -159,21 +195,27 @@ def _list_datasets(h5: h5py.File) -> list[str]:
 
 
 def _integer_microseconds(raw: np.ndarray, label: str) -> np.ndarray:
-    if raw.dtype.kind == "f":
-        _refuse_nan(raw, label)
+    if raw.dtype.kind in "fu":  # floats, and unsigned values that int64 could wrap
+        _refuse_bad(raw, label)
         return np.rint(raw).astype(T_DTYPE)
     return raw.astype(T_DTYPE)
 
 
 def _seconds_to_us(seconds: np.ndarray, label: str) -> np.ndarray:
-    _refuse_nan(seconds, label)
-    return np.rint(np.asarray(seconds, dtype=np.float64) * 1e6).astype(T_DTYPE)
+    micro = np.asarray(seconds, dtype=np.float64) * 1e6
+    _refuse_bad(micro, label)
+    return np.rint(micro).astype(T_DTYPE)
 
 
-def _refuse_nan(values: np.ndarray, label: str) -> None:
+def _refuse_bad(values: np.ndarray, label: str) -> None:
+    """NaN, infinite or absurdly large timestamps (which would wrap around in int64)."""
     bad = ~np.isfinite(values)
     if bad.any():
-        raise InputError(label, f"timestamp is NaN or infinite at event {int(np.argmax(bad))}")
+        raise TimestampError(label, "timestamp is NaN or infinite", int(np.argmax(bad)))
+    huge = np.abs(values) >= MAX_TIMESTAMP_US
+    if huge.any():
+        index = int(np.argmax(huge))
+        raise TimestampError(label, f"timestamp {values[index]:.6g} us is out of range", index)
 
 
 def column_sorted(h5: h5py.File, layout: Layout) -> bool:
@@ -194,7 +236,10 @@ def first_and_last_us(h5: h5py.File, layout: Layout) -> tuple[int, int]:
     """The first and the last stored timestamp in microseconds (of a sorted file)."""
     times = h5[layout.columns["t"]]
     first = int(layout.to_us(np.asarray(times[:1]))[0])
-    last = int(layout.to_us(np.asarray(times[-1:]))[0])
+    try:
+        last = int(layout.to_us(np.asarray(times[-1:]))[0])
+    except TimestampError as error:
+        raise error.at_row(len(times) - 1) from None
     return first, last
 
 
@@ -209,6 +254,12 @@ def window_rows(
         last_ms = math.ceil((span[1] - layout.start_us) / 1000)
         lo = int(table[first_ms]) if first_ms < len(table) else len(times)
         hi = int(table[last_ms]) if last_ms < len(table) else len(times)
+        if not 0 <= lo <= len(times) or not 0 <= hi <= len(times):
+            raise InputError(
+                label,
+                f"/ms_to_idx points at row {max(lo, hi) if lo >= 0 else lo}, but the file "
+                f"holds {len(times):,} events (corrupt index)",
+            )
         return lo, max(lo, hi)
     return _bisect(times, layout, span[0]), _bisect(times, layout, span[1])
 

@@ -34,6 +34,7 @@ from .formats import camera_format
 from .layouts import (
     READ_CHUNK,
     Layout,
+    TimestampError,
     column_sorted,
     detect_layout,
     first_and_last_us,
@@ -41,6 +42,11 @@ from .layouts import (
 )
 
 log = logging.getLogger(__name__)
+
+# Bounds checked before anything is allocated (issue 15): no file of a few bytes may make
+# deflare allocate gigabytes, or loop over years of empty segments.
+MAX_SPAN_US = 24 * 3600 * 1_000_000  # a recording spans at most a day
+MAX_WINDOW_EVENTS = 100_000_000  # ~1.3 GB of events in memory at once
 
 
 def read_events(
@@ -154,6 +160,13 @@ class EventFileReader:
             first, last = self._camera.first_us, self._camera.last_us
         else:
             first, last = first_and_last_us(self._h5, self._layout)
+        if last - first > MAX_SPAN_US:
+            raise InputError(
+                self.label,
+                f"its events span {(last - first) / 86_400e6:.3g} days (t = {first} to {last} "
+                "us): a timestamp is corrupt, or the recording is longer than a day; read a part "
+                "with --time-window START:END (ms)",
+            )
         attrs = self._h5.attrs if self._h5 is not None else {}
         if "t_start_us" in attrs and "t_end_us" in attrs:
             recorded = int(attrs["t_start_us"]), int(attrs["t_end_us"])
@@ -161,6 +174,14 @@ class EventFileReader:
                 self.recorded_span = recorded
                 return recorded
         return first, last + 1
+
+    @property
+    def event_count(self) -> int | None:
+        """How many events reading every window must give: the file's count, or None where it
+        is not known up front (camera formats, a ``time_window_ms``)."""
+        if self.settings.time_window_ms is not None or self._camera is not None:
+            return None
+        return len(self._loaded) if self._loaded is not None else self._total
 
     def read(self, start_us: int, end_us: int, progress: Progress = no_progress) -> Events:
         """The events with ``start_us <= t < end_us``, sorted, with that window as their span."""
@@ -238,6 +259,13 @@ def _read_rows(
     label: str,
 ) -> Events:
     count = stop - start
+    if count > MAX_WINDOW_EVENTS:
+        raise InputError(
+            label,
+            f"{count:,} events would be held in memory at once (over {MAX_WINDOW_EVENTS:,}, "
+            f"about {count * 13 / 1e9:.1f} GB): unsorted files are loaded whole, sorted ones "
+            "window by window; sort the file by time or deflare it in parts (--time-window)",
+        )
     t = np.empty(count, T_DTYPE)
     x = np.empty(count, XY_DTYPE)
     y = np.empty(count, XY_DTYPE)
@@ -247,7 +275,10 @@ def _read_rows(
         block = _read_block(h5, layout, begin, end, label)
         _check_block(block, begin, sensor_size, label)
         rows = slice(begin - start, end - start)
-        t[rows] = layout.to_us(block["t"])
+        try:
+            t[rows] = layout.to_us(block["t"])
+        except TimestampError as error:
+            raise error.at_row(begin) from None
         x[rows], y[rows] = block["x"], block["y"]
         p[rows] = polarity_from_raw(block["p"])
         progress("reading", end - start, count)

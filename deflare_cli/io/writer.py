@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import OutputError
 from ..events import T_DTYPE, XY_DTYPE, Events
 from ..settings import WriteSettings
-from .files import atomic_output
+from .files import atomic_output, require_space
 
 WRITE_CHUNK = 1 << 18  # HDF5 chunk length (events): datasets grow by appends
 READ_BACK = 1 << 22  # events per read when DSEC's ms_to_idx is built at the end
@@ -103,6 +103,7 @@ class EventFileWriter:
     def __enter__(self) -> EventFileWriter:
         self._output = atomic_output(self.target, self.exclusive)
         temp_path = self._output.__enter__()
+        self._temp_path = temp_path
         try:
             self._h5 = h5py.File(temp_path, "w")
             options = _compression_options(self.settings, self.layout)
@@ -124,6 +125,10 @@ class EventFileWriter:
             if self.layout == "dsec" and self.t_offset is None:
                 self.t_offset = self._first_t - self._first_t % 1000
         self._last_t = int(events.t[-1])
+        row_bytes = sum(np.dtype(dtype).itemsize for _, dtype in HDF5_COLUMNS[self.layout])
+        # the new rows, plus one chunk per column (HDF5 allocates whole chunks) and metadata
+        require_space(self._temp_path, (len(events) + WRITE_CHUNK) * row_bytes + (1 << 20),
+                      self.target)  # fmt: skip
         new_count = self.count + len(events)
         for (path, _), values in zip(HDF5_COLUMNS[self.layout], self._columns(events), strict=True):
             dataset = self._h5[path]
@@ -205,7 +210,11 @@ class EventFileWriter:
         root["t0"], root["tk"], root["duration"] = first, last, last - first
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        self._h5.close()
+        try:
+            self._h5.close()
+        except Exception as error:  # a failed flush (full disk): still clean up the temp file
+            if exc_type is None:
+                exc_type, exc, traceback = type(error), error, error.__traceback__
         if exc_type is None and not self._finished:
             exc_type, exc = RuntimeError, RuntimeError("EventFileWriter closed before finish()")
         if exc_type is None:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,12 @@ from ..codec import events_to_voxel, segment_grid
 from ..errors import DeflareError
 from ..events import Events
 from ..io import Pair, atomic_output, find_pairs, read_pair
-from ..progress import Progress, no_progress
+from ..progress import Progress, map_jobs, no_progress
 from ..settings import CodecSettings, DataSettings, ReadSettings, TrainSettings, paired_dirs
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -73,22 +74,30 @@ class VoxelCache:
 
     @staticmethod
     def key(pair: Pair, codec: CodecSettings, read: ReadSettings) -> str:
-        """Changes whenever a source file or the encoding settings change."""
-        parts = [f"v{CACHE_VERSION}", codec.model_dump_json(), read.model_dump_json()]
+        """``ENCODING-SOURCES``: the first part changes with the encoding settings, the second
+        whenever a source file changes."""
+        encoding = "\n".join([f"v{CACHE_VERSION}", codec.model_dump_json(), read.model_dump_json()])
+        sources = []
         for path in (pair.flare_path, pair.clean_path):
             stat = path.stat()
-            parts += [str(stat.st_size), str(stat.st_mtime_ns)]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+            sources += [str(stat.st_size), str(stat.st_mtime_ns)]
+        return f"{_digest(encoding)}-{_digest(' '.join(sources))}"
 
     def get(self, pair: Pair, codec: CodecSettings, read: ReadSettings) -> CachedPair:
-        """The cached entry of a pair, encoding it first when missing or stale."""
+        """The cached entry of a pair, encoding it first when missing or stale.
+
+        Runs with other encoding settings keep their own entries in a shared cache; an entry
+        of the same settings but older source files is replaced."""
         slot = self.slot(pair)
-        path = self.folder / f"{slot}-{self.key(pair, codec, read)}.pt"
+        key = self.key(pair, codec, read)
+        path = self.folder / f"{slot}-{key}.pt"
         if not path.exists():
             inputs, targets = encode_pair(pair, codec, read)
             self.folder.mkdir(parents=True, exist_ok=True)
-            for stale in self.folder.glob(f"{slot}-*.pt"):  # older versions of this pair
-                stale.unlink(missing_ok=True)
+            encoding = key.split("-")[0]
+            for stale in self.folder.glob(f"{slot}-{encoding}-*.pt"):  # older source files
+                if stale != path:
+                    stale.unlink(missing_ok=True)
             with atomic_output(path) as temp_path:
                 torch.save({"input": _compact(inputs), "target": _compact(targets)}, temp_path)
         shape = tuple(self.load(path)["input"].shape)
@@ -99,6 +108,10 @@ class VoxelCache:
         """An entry's ``input`` and ``target`` voxels (S, B, H, W), memory-mapped: a crop reads
         only its pages. Integer entries come back as int16."""
         return torch.load(path, mmap=True, weights_only=True)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def _compact(voxels: torch.Tensor) -> torch.Tensor:
@@ -116,25 +129,37 @@ def prepare_pairs(
     read: ReadSettings,
     skip_bad: bool,
     progress: Progress = no_progress,
+    workers: int = 0,
 ) -> tuple[list[CachedPair], list[str]]:
-    """Encode (or find cached) every pair. Returns the entries and the skipped pairs' reasons.
+    """Encode (or find cached) every pair, in ``workers`` processes when more than one. Returns
+    the entries, in the pairs' order, and the skipped pairs' reasons.
 
     A corrupt pair fails with its file's name, or with ``skip_bad`` is left out and reported;
     training never sees zeros in place of a file it could not read.
     """
+    job = partial(_cache_entry, cache=cache, codec=codec, read=read)
+    outcomes = map_jobs(job, pairs, workers, "encoding pairs", progress)
     entries, skipped = [], []
-    for done, pair in enumerate(pairs, start=1):
-        try:
-            entries.append(cache.get(pair, codec, read))
-        except DeflareError as error:
-            if not skip_bad:
-                raise
-            skipped.append(str(error))
-            log.warning("skipping pair %s: %s", pair.pair_id, error)
-        progress("encoding pairs", done, len(pairs))
+    for pair, outcome in zip(pairs, outcomes, strict=True):
+        if not isinstance(outcome, CachedPair) and not skip_bad:
+            outcome = cache.get(pair, codec, read)  # raises the error itself, with its type
+        if isinstance(outcome, CachedPair):
+            entries.append(outcome)
+        else:
+            skipped.append(outcome)
+            log.warning("skipping pair %s: %s", pair.pair_id, outcome)
     if not entries:
         raise DeflareError("no readable training pairs left (all were skipped)")
     return entries, skipped
+
+
+def _cache_entry(
+    pair: Pair, cache: VoxelCache, codec: CodecSettings, read: ReadSettings
+) -> CachedPair | str:
+    try:
+        return cache.get(pair, codec, read)
+    except DeflareError as error:
+        return str(error)
 
 
 def split_pairs(
@@ -254,11 +279,11 @@ def load_datasets(settings: TrainSettings, progress: Progress = no_progress) -> 
     train_pairs, val_pairs = split_pairs(pairs, data, settings.seed)
     cache = VoxelCache(data.cache_dir or settings.run_dir / "voxel_cache")
     train, skipped = prepare_pairs(train_pairs, cache, settings.codec, data.read,
-                                   data.skip_bad, progress)  # fmt: skip
+                                   data.skip_bad, progress, data.num_workers)  # fmt: skip
     val, val_skipped = [], []
     if val_pairs:
         val, val_skipped = prepare_pairs(val_pairs, cache, settings.codec, data.read,
-                                         data.skip_bad, progress)  # fmt: skip
+                                         data.skip_bad, progress, data.num_workers)  # fmt: skip
     crop = None if data.crop == "full" else data.crop
     train_set = EventVoxelDataset(train, crop, data.flips, settings.seed, data.flare_crops)
     return Datasets(train_set, EventVoxelDataset(val) if val else None, skipped + val_skipped)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch.distributed as dist
 
 from ..devices import start_cluster
 from ..progress import Progress, no_progress
 from ..settings import TrainSettings
 from .debug import run_debug
+from .rundir import claim_run_dir
 from .trainer import Trainer, TrainResult
 
 
 def train(settings: TrainSettings, progress: Progress = no_progress) -> TrainResult:
     """Train a model as ``settings`` say; see :class:`Trainer`. ``debug`` runs two steps and
-    writes the debug pictures instead (see :mod:`deflare_cli.train.debug`)."""
+    writes the debug pictures instead (see :mod:`deflare_cli.train.debug`). The run-dir is held
+    for the run (see :mod:`deflare_cli.train.rundir`)."""
     cluster = start_cluster(settings.runtime.device)
+    fresh = settings.resume is None and not settings.debug
+    claim = claim_run_dir(settings.run_dir, fresh, settings.overwrite)
     try:
-        trainer = Trainer(settings, cluster, progress)
-        if settings.debug:
-            return run_debug(trainer)
-        return trainer.run()
+        with claim if cluster.is_main else nullcontext():  # ranks > 0 share rank 0's claim
+            trainer = Trainer(settings, cluster, progress)
+            if settings.debug:
+                return run_debug(trainer)
+            return trainer.run()
     finally:
         if cluster.distributed and dist.is_initialized():
             dist.destroy_process_group()

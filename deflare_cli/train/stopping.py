@@ -1,5 +1,6 @@
 """Ctrl-C during training: the first one finishes the step, saves ``last.pt`` and stops; a
-second one aborts at once. Under torchrun all ranks agree to stop at the same step."""
+second one aborts at once. SIGTERM (what schedulers and ``timeout`` send) and SIGHUP (a closed
+terminal) are handled the same way. Under torchrun all ranks agree to stop at the same step."""
 
 from __future__ import annotations
 
@@ -16,31 +17,36 @@ from ..devices import Cluster
 log = logging.getLogger(__name__)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopRequest:
-    """Whether this run was asked to stop; set by SIGINT inside :meth:`handling_sigint`."""
+    """Whether this run was asked to stop; set by a stop signal inside :meth:`handling_signals`."""
 
     def __init__(self) -> None:
         self.requested = False
 
     @contextmanager
-    def handling_sigint(self) -> Iterator[None]:
-        """First Ctrl-C: ask to stop after the step. A second one aborts at once."""
+    def handling_signals(self) -> Iterator[None]:
+        """First Ctrl-C, SIGTERM or SIGHUP: ask to stop after the step. A second one aborts."""
 
         def request_stop(signum: int, frame: object) -> None:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            log.warning("stopping after this step; last.pt will be saved (Ctrl-C again aborts)")
+            name = signal.Signals(signum).name
+            log.warning("%s: stopping after this step; last.pt will be saved (again aborts)", name)
 
         try:
-            previous = signal.signal(signal.SIGINT, request_stop)
+            previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
         except ValueError:  # not the main thread: no signal handling
             yield
             return
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def agreed(self, cluster: Cluster) -> bool:
         """Whether any rank was asked to stop (all ranks must stop at the same step)."""
@@ -53,5 +59,7 @@ class StopRequest:
 
 
 def ignore_sigint(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process (it saves a checkpoint)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers leave stop signals to the main process (it saves a checkpoint and
+    then ends them)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

@@ -64,6 +64,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+VALIDATION_BATCH = 2
+
+
 class Trainer:
     """Holds the model, optimizer, data and position of one run.
 
@@ -80,6 +83,8 @@ class Trainer:
         self.run_dir = settings.run_dir
         self.position = Position()
         self.stop = StopRequest()
+        self.deadline: float | None = None  # perf_counter time at which max_minutes ends
+        self.pending_losses: list[float] = []  # training losses since the last validation
         self.log = RunLog(settings.run_dir)
         self.history: list[dict[str, float]] = []
         torch.manual_seed(settings.seed)
@@ -161,7 +166,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.log.trim(self.position.step)
         started = time.perf_counter()
-        with self.stop.handling_sigint():
+        budget = self.settings.max_minutes
+        self.deadline = None if budget is None else started + 60 * budget
+        with self.stop.handling_signals():
             while self.position.epoch < self.settings.epochs and not self._finished():
                 self._train_epoch(started)
         last = self._save("last.pt")
@@ -191,8 +198,19 @@ class Trainer:
             self._next_epoch()
 
     def _finished(self) -> bool:
+        return self.stop.requested or self._limit_reached()
+
+    def _limit_reached(self) -> bool:
+        """``max_steps`` or ``max_minutes`` is used up (the time as rank 0 sees it)."""
         limit = self.settings.max_steps
-        return self.stop.requested or (limit is not None and self.position.step >= limit)
+        if limit is not None and self.position.step >= limit:
+            return True
+        if self.deadline is None:
+            return False
+        late = torch.tensor([1.0 if time.perf_counter() >= self.deadline else 0.0])
+        if self.cluster.distributed:
+            dist.broadcast(late, src=0)  # all ranks stop at the same step
+        return bool(late.item())
 
     def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches, from where the position stands in it."""
@@ -216,20 +234,30 @@ class Trainer:
         self.state.scheduler.step()
 
     def _train_epoch(self, started: float) -> None:
-        losses: list[float] = []
+        """One epoch, or its rest. Validation comes every ``val_every`` steps when that is set
+        (across epochs, so short epochs do not validate more often), else at each epoch's end;
+        and at the end of a ``max_steps``/``max_minutes`` budget or of the last epoch."""
+        losses = self.pending_losses
         for inputs, targets in self._epoch_batches():
             losses.append(self._step(inputs, targets, losses))
             step = self.position.step
             if self.settings.val_every and step % self.settings.val_every == 0:
                 self._validate_and_log(losses, started)
-                losses = []
+                losses.clear()
             if step % self.settings.checkpoint_every == 0:
                 self._save("last.pt")
-            if self.stop.agreed(self.cluster) or self._finished():
+            if self.stop.agreed(self.cluster):
+                return
+            if self._limit_reached():
+                if losses:  # a budget's end is validated, so best.pt can be the last state
+                    self._validate_and_log(losses, started)
+                    losses.clear()
                 return
         self._next_epoch()
-        if not self.settings.val_every or losses:
+        last_epoch = self.position.epoch >= self.settings.epochs
+        if not self.settings.val_every or (losses and last_epoch):
             self._validate_and_log(losses, started)
+            losses.clear()
         self._save("last.pt")
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -270,7 +298,9 @@ class Trainer:
         means over the validation segments. Empty dicts without validation data."""
         if self.val_set is None:
             return {}, {}
-        batch_size = self.settings.batch_size
+        # Full frames are up to 100x a training crop: a training batch of them (16 frames of
+        # 1280x720 on a GPU) would need tens of GB. Two at a time (one hits a slow CPU kernel).
+        batch_size = min(self.settings.batch_size, VALIDATION_BATCH)
         return validate(self.model, self.val_set, batch_size, self.dtype, self.progress)
 
     def _validate_and_log(self, losses: list[float], started: float) -> None:

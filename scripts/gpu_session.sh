@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (issue 12): make the synthetic data, train candidate default
+# models side by side within a time budget, calibrate them, check them on the real recordings and
+# the synthetic test set, time inference at 1280x720, and pack everything into $OUT.
+#
+#   OUT=/tmp/out MINUTES=4.5 bash scripts/gpu_session.sh
+#
+# Settings (environment): OUT (results), WORK (scratch, default /tmp/gpu_work), PAIRS (training
+# pairs, 240), MINUTES (training budget per model, 4.5), WORKERS (processes, nproc), DEVICE
+# (cuda), MODELS (names from the table below), DEFLARE_REALDATA (the real recordings, for the
+# do-no-harm check; skipped when absent), DEADLINE (seconds after which optional steps are
+# skipped, 480). The data recipe is configs/synth.yaml with the seeds of configs/default_model.yaml.
+# On the device machine, packages missing from its image travel as wheels in .whl/ (see
+# /work/.library/device/README.md); hdf5plugin is replaced by a stand-in there (45 MB, and no
+# file of this script is compressed).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}
+WORK=${WORK:-/tmp/gpu_work}
+PAIRS=${PAIRS:-240}
+MINUTES=${MINUTES:-4.5}
+WORKERS=${WORKERS:-$(nproc)}
+DEVICE=${DEVICE:-cuda}
+DEADLINE=${DEADLINE:-480}
+MODELS=${MODELS:-"small deep edeflare"}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+exec > >(tee -a "$WORK/session.log") 2>&1
+say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
+
+# name -> "f_maps lr batch"
+declare -A RECIPE=(
+    [small]="16,32,64 0.0007 16"           # the shipped size: fast on CPU
+    [deep]="16,32,64,128 0.0007 16"        # one more level: twice the reach, ~1.2x the work
+    [edeflare]="32,64,128,256 0.0003 16"   # E-DeflareNet's size: GPU only
+)
+
+if [ -d .whl ] && ! $PY -c "import pydantic, pytorch3dunet" 2>/dev/null; then
+    say "installing carried wheels"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    if ! $PY -c "import hdf5plugin" 2>/dev/null; then
+        cat > /tmp/site/hdf5plugin.py <<'EOF'
+"""Stand-in for hdf5plugin on the device machine: no file there is compressed."""
+def _missing(*args, **kwargs):
+    raise RuntimeError("hdf5plugin is not installed on this machine")
+Blosc = Zstd = _missing
+Blosc.SHUFFLE = 1
+EOF
+    fi
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+DEFLARE="$PY -m deflare_cli"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+
+say "synthesising $PAIRS training pairs and the val/calib/test sets"
+synth() { $DEFLARE synth "$WORK/$1" --config configs/synth.yaml --num-files "$2" --seed "$3" \
+    --workers "$4" --overwrite > "$WORK/synth_$1.log" 2>&1; }
+# (bare `wait` would also wait for the tee above: wait for the jobs by their PIDs)
+jobs=(); for set in "val 4 303 4" "calib 8 404 4" "test 12 202 4"; do synth $set & jobs+=($!); done
+synth train "$PAIRS" 101 "$WORKERS" || { say "synth failed"; tail "$WORK/synth_train.log"; exit 1; }
+wait "${jobs[@]}" || { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
+say "filling the voxel cache"
+$PY scripts/prefill_cache.py configs/default_model.yaml "$WORK/train" "$WORK/val" "$WORK/cache" "$WORKERS" || exit 1
+
+say "training: $MODELS, $MINUTES min each, side by side"
+jobs=(); for name in $MODELS; do
+    read -r f_maps lr batch <<< "${RECIPE[$name]}"
+    $DEFLARE train --run-dir "$WORK/runs/$name" --data-dir "$WORK/train" --val-dir "$WORK/val" \
+        --config configs/default_model.yaml --f-maps "$f_maps" --lr "$lr" --batch-size "$batch" \
+        --epochs 10000 --max-minutes "$MINUTES" --val-every 500 --device "$DEVICE" \
+        --num-workers 4 --cache-dir "$WORK/cache" > "$WORK/train_$name.log" 2>&1 &
+    jobs+=($!)
+done
+wait "${jobs[@]}"
+say "trained"; for name in $MODELS; do tail -n 3 "$WORK/train_$name.log"; done
+
+say "calibrating, checking on real recordings and the test set"
+check() {
+    local name=$1 model="$WORK/$1.pt"
+    if ! $DEFLARE calibrate "$WORK/runs/$name/best.pt" "$WORK/calib" -o "$model" \
+        --device "$DEVICE" > "$WORK/calibrate_$name.log" 2>&1; then
+        # no margin keeps enough: bring the weights back uncalibrated all the same
+        $PY -c "from deflare_cli.checkpoint import export_checkpoint as e; import sys; \
+e(sys.argv[1], sys.argv[2])" "$WORK/runs/$name/best.pt" "$WORK/${name}_uncalibrated.pt"
+        return 1
+    fi
+    if [ -d "${DEFLARE_REALDATA:-/nonexistent}" ]; then
+        $PY benchmarks/realdata.py --checkpoint "$model" --device "$DEVICE" \
+            --output "$WORK/realdata_$name.md" > "$WORK/realdata_$name.log" 2>&1
+    fi
+    $DEFLARE evaluate --data-dir "$WORK/test" --methods raw,model --checkpoint "$model" \
+        --device "$DEVICE" -o "$WORK/evaluate_$name" > "$WORK/evaluate_$name.log" 2>&1
+}
+jobs=(); for name in $MODELS; do check "$name" & jobs+=($!); done
+wait "${jobs[@]}"
+
+if [ "$SECONDS" -lt "$DEADLINE" ] && [ "$DEVICE" = cuda ]; then
+    say "timing inference at 1280x720"
+    timeout $((DEADLINE + 60 - SECONDS)) $PY benchmarks/gpu.py --output "$WORK/gpu_bench.md" \
+        > "$WORK/gpu_bench.log" 2>&1
+fi
+
+say "packing"
+cd "$WORK" && tar czf - --exclude='runs/*/voxel_cache' --exclude='runs/*/*.pt' \
+    --exclude='runs/prefill' ./*.pt ./*.log ./*.md ./evaluate_* runs 2>/dev/null \
+    | split -b 15M - "$OUT/session.tgz."
+ls -la "$OUT"
+say "done"
