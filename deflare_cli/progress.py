@@ -68,15 +68,27 @@ def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:
     """``parent``: the pool's process, passed from it: a worker that starts after its parent
     died already sees another parent (init) and must not take that one for its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)  # Pool.terminate(): clean up, then exit
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if initializer is not None:
         initializer()
 
 
+def _stop_worker(signum: int, frame: object) -> None:
+    """Unwind the job (its temporary files are removed on the way out), then exit."""
+    raise SystemExit(1)
+
+
 def _exit_with_parent(parent: int) -> None:
     """End this worker as soon as its parent is gone (killed, even by SIGKILL), instead of
-    going on writing files for nobody. (Linux's PR_SET_PDEATHSIG did not fire reliably for a
-    multithreaded parent in tests; polling is portable.)"""
+    going on writing files for nobody: SIGTERM first, so that the job cleans up; if it is stuck
+    in native code, exit hard after a grace period. (Linux's PR_SET_PDEATHSIG did not fire
+    reliably for a multithreaded parent in tests; polling is portable.)"""
     while os.getppid() == parent:
         time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(GRACE_SECONDS)
     os._exit(1)
+
+
+GRACE_SECONDS = 5.0

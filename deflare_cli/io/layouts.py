@@ -195,9 +195,12 @@ def _list_datasets(h5: h5py.File) -> list[str]:
 
 
 def _integer_microseconds(raw: np.ndarray, label: str) -> np.ndarray:
-    if raw.dtype.kind in "fu":  # floats, and unsigned values that int64 could wrap
+    if raw.dtype.kind == "f":
         _refuse_bad(raw, label)
         return np.rint(raw).astype(T_DTYPE)
+    if raw.dtype == np.uint64 and len(raw) and raw.max() >= MAX_TIMESTAMP_US:  # would wrap
+        index = int(np.argmax(raw >= MAX_TIMESTAMP_US))
+        raise TimestampError(label, f"timestamp {raw[index]} us is out of range", index)
     return raw.astype(T_DTYPE)
 
 
