@@ -11,8 +11,13 @@
 # do-no-harm check; skipped when absent), DEADLINE (seconds after which optional steps are
 # skipped, 480). The data recipe is configs/synth.yaml with the seeds of configs/default_model.yaml.
 # On the device machine, packages missing from its image travel as wheels in .whl/ (see
-# /work/.library/device/README.md); hdf5plugin is replaced by a stand-in there (45 MB, and no
-# file of this script is compressed).
+# /work/.library/device/README.md; git-ignored, carried): for Python 3.12, manylinux x86_64,
+# --no-deps: pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
+# typing-inspection==0.4.5 typing_extensions==4.16.0 typer==0.29.2 rich==15.0.0
+# shellingham==1.5.4 markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0 annotated-doc==0.0.7
+# pytorch3dunet==1.9.6. hdf5plugin is replaced by a stand-in there (its wheel is 45 MB, and no
+# file of this script is compressed). The real recordings go in .realdata/ (git-ignored,
+# carried; DEFLARE_REALDATA=$PWD/.realdata), never into the repository.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
