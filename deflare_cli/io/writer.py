@@ -43,6 +43,8 @@ HDF5_COLUMNS = {
     "event_utils": (("events/ts", np.float64), ("events/xs", np.int16), ("events/ys", np.int16),
                     ("events/ps", np.bool_)),
 }  # fmt: skip
+ROW_BYTES = {layout: sum(np.dtype(dtype).itemsize for _, dtype in columns)
+             for layout, columns in HDF5_COLUMNS.items()}  # fmt: skip
 
 
 def write_events(
@@ -125,10 +127,9 @@ class EventFileWriter:
             if self.layout == "dsec" and self.t_offset is None:
                 self.t_offset = self._first_t - self._first_t % 1000
         self._last_t = int(events.t[-1])
-        row_bytes = sum(np.dtype(dtype).itemsize for _, dtype in HDF5_COLUMNS[self.layout])
         # the new rows, plus one chunk per column (HDF5 allocates whole chunks) and metadata
-        require_space(self._temp_path, (len(events) + WRITE_CHUNK) * row_bytes + (1 << 20),
-                      self.target)  # fmt: skip
+        needed = (len(events) + WRITE_CHUNK) * ROW_BYTES[self.layout] + (1 << 20)
+        require_space(self._temp_path, needed, self.target)
         new_count = self.count + len(events)
         for (path, _), values in zip(HDF5_COLUMNS[self.layout], self._columns(events), strict=True):
             dataset = self._h5[path]
