@@ -36,7 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import DeflareError
+from .errors import DeflareError, InputError
 from .io import check_distinct, decode_file, encode_file
 from .methods import METHODS, resolve_methods
 from .settings import (
@@ -79,6 +79,12 @@ def open_source(argument: str) -> tuple[Path | BinaryIO, str]:
     """A command-line input and its name for messages: ``-`` is stdin (read whole, so that it
     can be seeked), else a path."""
     if argument == STDIO:
+        if sys.stdin.isatty():  # reading would wait, silently, for keystrokes
+            raise InputError(
+                "<stdin>",
+                "is a terminal: pipe a file in (e.g. `cat rec.h5 | deflare encode - "
+                "-o rec.pt`) or give its path",
+            )
         return io.BytesIO(sys.stdin.buffer.read()), "<stdin>"
     return Path(argument), argument
 
@@ -108,6 +114,22 @@ TimeWindowOption = Annotated[
     typer.Option(
         "--time-window",
         help="Read only START:END milliseconds from the recording's start, e.g. 0:100.",
+    ),
+]
+DropInvalidOption = Annotated[
+    bool,
+    typer.Option(
+        "--drop-invalid",
+        help="Leave out events that cannot be placed (timestamp NaN, infinite, negative or out "
+        "of range; off the sensor) and report how many, instead of refusing the file.",
+    ),
+]
+MemoryOption = Annotated[
+    float | None,
+    typer.Option(
+        "--memory-gb",
+        help="Memory the job may use; a larger need is refused up front with a way round "
+        "[default: 2].",
     ),
 ]
 SeedOption = Annotated[
@@ -184,6 +206,8 @@ def encode(
     ] = None,
     sensor_size: SensorSizeOption = None,
     time_window: TimeWindowOption = None,
+    drop_invalid: DropInvalidOption = False,
+    memory_gb: MemoryOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Encode events into voxel grids: 20 ms segments of 8 bins, net polarity per pixel."""
@@ -195,7 +219,9 @@ def encode(
                 "read": {
                     "sensor_size": _parsed(parse_sensor_size, sensor_size),
                     "time_window_ms": _parsed(parse_time_window, time_window),
+                    "drop_invalid": drop_invalid or None,
                 },
+                "memory_gb": memory_gb,
                 "codec": {
                     "num_bins": bins,
                     "segment_us": round(segment_ms * 1000) if segment_ms is not None else None,
@@ -347,6 +373,8 @@ def deflare_command(
         ),
     ] = None,
     sensor_size: SensorSizeOption = None,
+    drop_invalid: DropInvalidOption = False,
+    memory_gb: MemoryOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
@@ -376,8 +404,12 @@ def deflare_command(
                 "overwrite": overwrite or None,
                 "seed": seed,
                 "margin": margin,
+                "memory_gb": memory_gb,
                 "tiles": {"mode": tiling, "size": tile_size, "min_events": tile_min_events},
-                "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
+                "read": {
+                    "sensor_size": _parsed(parse_sensor_size, sensor_size),
+                    "drop_invalid": drop_invalid or None,
+                },
                 "write": {"compression": compression, "format": output_format},
                 "runtime": {"device": device, "precision": precision, "engine": engine},
             },
@@ -389,7 +421,9 @@ def deflare_command(
 
 def _print_deflared(results) -> None:
     table = Table(title="deflare", caption=f"outputs in {escape(str(results[0].target.parent))}")
-    for column in ("file", "events in", "events out", "kept", "seconds", "x real time"):
+    dropped = any(result.dropped_events for result in results)
+    columns = ("file", "events in", "events out", "kept", "seconds", "x real time")
+    for column in columns + (("left out",) if dropped else ()):
         table.add_column(column, justify="left" if column == "file" else "right", no_wrap=True)
     for result in results:
         if result.skipped:
@@ -403,6 +437,7 @@ def _print_deflared(results) -> None:
             f"{100 * kept:.1f}%",
             f"{result.seconds:.2f}",
             f"{result.duration_s / result.seconds:.3f}" if result.seconds else "",
+            *([f"{result.dropped_events:,}"] if dropped else []),
         )
     Console().print(table)
     for engine in sorted({result.engine for result in results if result.engine}):
@@ -413,6 +448,7 @@ def _print_deflared(results) -> None:
 def info(
     sources: Annotated[list[Path], typer.Argument(help="Event files or folders of them.")],
     sensor_size: SensorSizeOption = None,
+    drop_invalid: DropInvalidOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     summary: Annotated[
         bool, typer.Option("--summary", help="One line per argument: min / median / max.")
@@ -423,7 +459,9 @@ def info(
 
     with reporting_errors():
         size = _parsed(parse_sensor_size, sensor_size)
-        read = load_settings(ReadSettings, None, {"sensor_size": size})
+        read = load_settings(
+            ReadSettings, None, {"sensor_size": size, "drop_invalid": drop_invalid or None}
+        )
         groups = [collect_stats([source], read) for source in sources]
     rows = [row for group in groups for row in group]
     if summary:

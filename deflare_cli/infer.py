@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .budget import fit_tiling
 from .checkpoint import calibrated_margin, model_from_checkpoint
 from .codec import (
     Voxels,
@@ -50,6 +51,7 @@ from .io import (
     check_distinct,
     file_sha256,
     list_event_files,
+    make_folder,
     open_writer,
     output_format,
     output_suffix,
@@ -73,6 +75,7 @@ class FileResult:
     target: Path
     input_events: int = 0
     output_events: int = 0
+    dropped_events: int = 0  # left out by --drop-invalid: not in input_events
     segments: int = 0
     duration_s: float = 0.0  # of the recording
     skipped: bool = False
@@ -198,7 +201,7 @@ def _jobs(source: Path, target: Path, settings: InferSettings) -> Iterator[tuple
                 "there; rename one or choose another --output-format"
             )
         by_target[output] = path
-    target.mkdir(parents=True, exist_ok=True)
+    make_folder(target)
     yield from zip(files, targets, strict=True)
 
 
@@ -217,6 +220,7 @@ def deflare_file(
     codec = deflarer.codec
     started = time.perf_counter()
     with EventFileReader(source, deflarer.settings.read) as reader:
+        tiles = _tiles_within_budget(deflarer, reader)
         grid = segment_grid(reader.span_us, codec.segment_us)
         windows = segment_windows(reader.span_us, codec.segment_us, deflarer.settings.batch_size)
 
@@ -246,7 +250,7 @@ def deflare_file(
                 if done < len(windows):
                     loading = reading.submit(load, windows[done][1])
                 with timer("model"):
-                    predicted = run_model(deflarer, voxels.data)
+                    predicted = run_model(deflarer, voxels.data, tiles)
                 if storing is not None:
                     storing.result()
                 storing = writing.submit(store, events, voxels, predicted, first)
@@ -263,8 +267,25 @@ def deflare_file(
     return result
 
 
+def _tiles_within_budget(deflarer: Deflarer, reader: EventFileReader) -> TileSettings:
+    """The tiling that deflares this recording inside ``--memory-gb`` (see :mod:`.budget`)."""
+    settings = deflarer.settings
+    return fit_tiling(
+        reader.label,
+        deflarer.model.settings,
+        deflarer.codec.num_bins,
+        reader.sensor_size,
+        settings.batch_size,
+        settings.tiles,
+        settings.memory_gb,
+        forward_on_host=deflarer.cluster.device.type == "cpu",
+    )
+
+
 def _check_all_read(reader: EventFileReader, result: FileResult) -> None:
-    """Never lose events silently: every event of the file must have gone through."""
+    """Never lose events silently: every event of the file must have gone through (apart from
+    those ``--drop-invalid`` left out, which are counted in the result)."""
+    result.dropped_events = reader.dropped.count if reader.dropped else 0
     expected = reader.event_count
     if expected is not None and result.input_events != expected:
         raise InputError(
@@ -353,10 +374,13 @@ def _decode_window(
         return concat_events(pieces, events)
 
 
-def run_model(deflarer: Deflarer, voxels: torch.Tensor) -> torch.Tensor:
+def run_model(
+    deflarer: Deflarer, voxels: torch.Tensor, tiles: TileSettings | None = None
+) -> torch.Tensor:
     """(S, B, H, W) voxels through the model (on the tiles that hold events, or whole frames:
-    see :mod:`deflare_cli.tiles`); returns (S, B, H, W) float32 on the CPU."""
-    return run_network(deflarer.engine.run, voxels, deflarer.settings.tiles)
+    see :mod:`deflare_cli.tiles`; ``tiles`` default: the settings'); returns (S, B, H, W)
+    float32 on the CPU."""
+    return run_network(deflarer.engine.run, voxels, tiles or deflarer.settings.tiles)
 
 
 def removal_counts(net: torch.Tensor, predicted: torch.Tensor, margin: float) -> torch.Tensor:

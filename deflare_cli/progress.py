@@ -54,7 +54,8 @@ def map_jobs(
         context = multiprocessing.get_context("spawn")
         start = partial(_start_worker, initializer, os.getpid())
         with context.Pool(min(workers, len(jobs)), initializer=start) as pool:
-            for done, result in enumerate(pool.imap(function, jobs), start=1):
+            running = partial(_run_job, function)
+            for done, result in enumerate(pool.imap(running, jobs), start=1):
                 results.append(result)
                 progress(stage, done, len(jobs))
         return results
@@ -74,9 +75,26 @@ def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:
         initializer()
 
 
+_job_running = False  # in a worker: whether it is inside a job (not the pool's own code)
+
+
+def _run_job(function: Callable[[Job], Result], job: Job) -> Result:
+    global _job_running
+    _job_running = True
+    try:
+        return function(job)
+    finally:
+        _job_running = False
+
+
 def _stop_worker(signum: int, frame: object) -> None:
-    """Unwind the job (its temporary files are removed on the way out), then exit."""
-    raise SystemExit(1)
+    """Inside a job: unwind it (its temporary files are removed on the way out), then exit.
+    Outside (waiting for work, sending a result): exit at once. An exception raised in the
+    pool's own queue code can leave a queue lock taken for good, and ``Pool.terminate`` then
+    waits forever for the worker blocked on it (seen once when a job failed)."""
+    if _job_running:
+        raise SystemExit(1)
+    os._exit(1)
 
 
 def _exit_with_parent(parent: int) -> None:

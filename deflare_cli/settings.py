@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -67,6 +67,12 @@ class ReadSettings(Frozen):
     time_window_ms: tuple[float, float] | None = Field(
         None, description="[start, end) in milliseconds from the recording's start"
     )
+    drop_invalid: bool = Field(
+        False,
+        description="drop events that cannot be placed (timestamp NaN, infinite, negative or "
+        "out of range; off the sensor) and count them, instead of refusing the file; the file "
+        "is then loaded whole",
+    )
 
     @field_validator("sensor_size")
     @classmethod
@@ -117,11 +123,17 @@ class RuntimeSettings(Frozen):
     workers: int = Field(1, ge=1, description="processes sharing the files (synth, evaluate)")
 
 
+MemoryGB = Annotated[
+    float, Field(gt=0, le=1e6, description="memory the job may use, GB (deflare_cli.budget)")
+]
+
+
 class EncodeSettings(Frozen):
     """``deflare encode``: event file to voxel file."""
 
     read: ReadSettings = ReadSettings()
     codec: CodecSettings = CodecSettings()
+    memory_gb: MemoryGB = 2.0
 
 
 class DecodeSettings(Frozen):
@@ -454,6 +466,7 @@ class InferSettings(Frozen):
     read: ReadSettings = ReadSettings()
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    memory_gb: MemoryGB = 2.0
 
 
 class CalibrateSettings(Frozen):

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from .codec import events_to_voxel, voxel_to_events  # noqa: E402
 from .errors import DeflareError  # noqa: E402
 from .events import Events, pixel_index, window_us  # noqa: E402
-from .io import atomic_output, read_events, read_voxels  # noqa: E402
+from .io import atomic_output, make_folder, read_events, read_voxels  # noqa: E402
 from .settings import ReadSettings, VisualizeSettings  # noqa: E402
 
 POSITIVE = (0.85, 0.1, 0.1)
@@ -154,7 +154,7 @@ def _save(figure: plt.Figure, path: Path, title: str, tight: bool = True) -> Pat
 def visualize_file(path: Path, out_dir: Path, settings: VisualizeSettings) -> list[Path]:
     """All pictures of one event file (3D, frames, rate, one segment's voxel) or voxel file
     (the segment's bins and its decoded events), named ``STEM_*.png`` in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     stem = Path(path).stem
     if Path(path).suffix == ".pt":
         voxels = read_voxels(path)
@@ -206,7 +206,7 @@ def compare_files(paths: list[Path], out_dir: Path, settings: VisualizeSettings)
         start, end = window_us(start, settings.read.time_window_ms)
     edges = np.linspace(start, end, settings.num_windows + 1).round().astype(np.int64)
     names = ["input", "output", "target"][: len(paths)]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     figure = _compare_figure(streams, names, edges, start)
     written = [_save(figure, out_dir / "compare.png", "comparison", tight=False)]
     if settings.gif:

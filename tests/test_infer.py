@@ -246,9 +246,9 @@ def test_long_dsec_recording_is_read_window_by_window(
     largest = []
     original = io._read_rows
 
-    def counting(h5, layout, start, stop, *args):
-        largest.append(stop - start)
-        return original(h5, layout, start, stop, *args)
+    def counting(h5, layout, rows, *args):
+        largest.append(rows[1] - rows[0])
+        return original(h5, layout, rows, *args)
 
     monkeypatch.setattr(io, "_read_rows", counting)
     settings = InferSettings(

@@ -20,7 +20,7 @@ README = PACKAGE.parent / "README.md"
 LAYERS = [
     {"__init__", "errors", "events", "progress"},
     {"settings"},
-    {"codec", "devices", "model", "tiles"},
+    {"codec", "devices", "model", "tiles", "budget"},
     {"io"},
     {"checkpoint", "metrics", "baselines", "engines", "stats"},
     {"synth", "train", "infer", "calibrate", "methods", "evaluate", "viz"},

@@ -9,7 +9,14 @@
 - :mod:`.files`: atomic outputs, distinct paths, listing event files, hashing.
 """
 
-from .files import atomic_output, check_distinct, file_sha256, list_event_files, source_label
+from .files import (
+    atomic_output,
+    check_distinct,
+    file_sha256,
+    list_event_files,
+    make_folder,
+    source_label,
+)
 from .formats import camera_format, output_format, output_suffix
 from .pairs import Pair, find_pairs, pair_id, read_pair
 from .reader import EventFileReader, read_event_column, read_events
@@ -32,6 +39,7 @@ __all__ = [
     "file_sha256",
     "find_pairs",
     "list_event_files",
+    "make_folder",
     "pair_id",
     "read_event_column",
     "read_events",

@@ -17,44 +17,53 @@ import numpy as np
 from ..errors import InputError
 from ..events import Events, is_time_sorted, make_events
 from ..settings import ReadSettings
+from .validity import DroppedEvents, check_block, placeable_rows
 
 NO_SIZE = "the file does not say its sensor size: give it with --sensor-size HxW (e.g. 720x1280)"
 NO_HEADER_SIZE = (65535, 1)  # (width, height) faery falls back to; no camera is this shape
 
 END = np.iinfo(np.int64).max  # "to the end" for time_slice
-CheckBlock = Callable[[dict[str, np.ndarray], int, tuple[int, int], str], None]
 
 
 class CameraFile:
     """A camera file, its sensor size, span and count, and its events window by window."""
 
-    def __init__(self, path: Path, settings: ReadSettings, check_block: CheckBlock) -> None:
+    def __init__(self, path: Path, settings: ReadSettings) -> None:
         self.path = path
+        self.dropped = DroppedEvents() if settings.drop_invalid else None
         faery = _import_faery(path)
         header_size = self._decode(lambda: _header_size(faery, path))
         if settings.sensor_size is None and header_size is None:
             raise InputError(path, NO_SIZE)
         self.sensor_size = settings.sensor_size or (header_size[1], header_size[0])
         height, width = self.sensor_size
+        if self.dropped is not None:  # faery refuses events off the size it is given
+            width = height = NO_HEADER_SIZE[0]
         self._open = lambda: faery.events_stream_from_file(
             path, dimensions_fallback=(width, height)
         )
         self.count, self.first_us, self.last_us, self.is_sorted = 0, 0, -1, True
-        self._decode(lambda: self._survey(check_block))
+        self._decode(self._survey)
         if self.count == 0:
-            raise InputError(path, "contains no events")
+            raise InputError(
+                path,
+                "contains no events"
+                if not self.dropped
+                else f"contains no event that can be placed ({self.dropped.count:,} left out)",
+            )
         self._chunks: Iterator[np.ndarray] | None = None
         self._buffer = self._empty()  # decoded events at or after self._position
         self._position = 0
 
-    def _survey(self, check_block: CheckBlock) -> None:
-        """The first pass: count, span, order; coordinates checked against the sensor."""
-        previous_last = None
-        for chunk in self._open():
+    def _survey(self) -> None:
+        """The first pass: count, span, order; coordinates checked against the sensor (or,
+        with ``drop_invalid``, events off it counted as left out)."""
+        previous_last, rows = None, 0
+        for whole in self._open():
+            chunk = self._placeable(whole, rows)
+            rows += len(whole)
             if not len(chunk):
                 continue
-            block = {"t": chunk["t"], "x": chunk["x"], "y": chunk["y"], "p": chunk["on"]}
-            check_block(block, self.count, self.sensor_size, str(self.path))
             t = chunk["t"]
             if (previous_last is not None and int(t[0]) < previous_last) or not is_time_sorted(t):
                 self.is_sorted = False
@@ -85,7 +94,21 @@ class CameraFile:
         self._buffer = joined.time_slice(end_us, END)
         return joined.time_slice(start_us, end_us)
 
+    def _placeable(self, chunk: np.ndarray, first_row: int | None) -> np.ndarray:
+        """The chunk, refused if an event cannot be placed, or without such events when they
+        are dropped (counted only when ``first_row`` is given: in the first pass)."""
+        block = {"t": chunk["t"], "x": chunk["x"], "y": chunk["y"], "p": chunk["on"]}
+        if self.dropped is None:
+            check_block(block, first_row or 0, self.sensor_size, str(self.path))
+            return chunk
+        keep = placeable_rows(block, self.sensor_size)
+        if first_row is not None:
+            self.dropped.add(keep, first_row)
+        return chunk if keep.all() else chunk[keep]
+
     def _events(self, chunk: np.ndarray) -> Events:
+        if self.dropped is not None:
+            chunk = self._placeable(chunk, None)
         return make_events(
             chunk["t"], chunk["x"], chunk["y"], chunk["on"].astype(np.int8), self.sensor_size
         )
@@ -100,7 +123,10 @@ class CameraFile:
             raise
         except Exception as error:  # faery raises plain exceptions from its Rust decoders
             hint = (
-                "; give the right size with --sensor-size HxW" if "overflow" in str(error) else ""
+                "; give the right size with --sensor-size HxW, or leave such events out with "
+                "--drop-invalid"
+                if "overflow" in str(error)
+                else ""
             )
             raise InputError(
                 self.path, f"cannot decode {self.path.suffix} file ({error}){hint}"

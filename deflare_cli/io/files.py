@@ -49,6 +49,15 @@ def check_readable(path: Path) -> None:
         raise InputError(path, "permission denied")
 
 
+def make_folder(folder: Path) -> None:
+    """Create an output folder (and its parents), or say in one line why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, permission denied, a read-only file system
+        reason = error.strerror or error
+        raise OutputError(f"{folder}: cannot create this folder ({reason})") from None
+
+
 @contextlib.contextmanager
 def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` in one rename.
@@ -72,10 +81,15 @@ def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Ite
         raise OutputError(f"{final}: is a folder; give a file name")
     if not final.parent.exists():
         raise OutputError(f"{final}: the folder {final.parent} does not exist")
+    if not final.parent.is_dir():
+        raise OutputError(f"{final}: {final.parent} is a file, not a folder")
     # The temporary name keeps the target's suffix, for writers that choose a format by it.
-    handle, name = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{final.suffix}"
-    )
+    try:
+        handle, name = tempfile.mkstemp(
+            dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{final.suffix}"
+        )
+    except OSError as error:  # permission denied, a read-only file system, ...
+        raise OutputError(f"{final}: cannot be written ({error.strerror or error})") from None
     os.close(handle)
     temp_path = Path(name)
     os.chmod(temp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode

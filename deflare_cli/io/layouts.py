@@ -29,17 +29,20 @@ MAX_TIMESTAMP_US = 1 << 62
 MAX_DECLARED_RATIO = 1000  # declared bytes per stored byte: more is unwritten fill, not data
 
 
+DROP_HINT = " (leave such events out with --drop-invalid)"
+
+
 class TimestampError(InputError):
     """A bad timestamp; ``index`` counts from the start of the block that was converted, so
     readers can name the event's row in the file."""
 
     def __init__(self, label: str, problem: str, index: int) -> None:
-        super().__init__(label, f"{problem} at event {index}")
+        super().__init__(label, f"{problem} at event {index}{DROP_HINT}")
         self.what, self.index = problem, index
 
     def at_row(self, first_row: int) -> InputError:
         """The same error, naming the row in the file (``first_row`` + index)."""
-        return InputError(self.path, f"{self.what} at event {first_row + self.index}")
+        return InputError(self.path, f"{self.what} at event {first_row + self.index}{DROP_HINT}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Layout:
     read_sensor_size: Callable[[], tuple[int, int] | None]  # from the file; only when needed
     start_us: int | None  # the recording's start; None: the first event
     ms_to_idx: h5py.Dataset | None = None
+    time_unit_us: float = 1.0  # microseconds per stored time unit (event_utils: seconds)
 
 
 def detect_layout(h5: h5py.File, label: str) -> Layout:
@@ -107,7 +111,10 @@ def _event_utils_layout(h5: h5py.File, label: str) -> Layout:
             return None
         return _sensor_size(h5.attrs["sensor_resolution"], label, "sensor_resolution attribute")
 
-    return Layout("event_utils", columns, lambda ts: _seconds_to_us(ts, label), size, None)
+    def to_us(seconds: np.ndarray) -> np.ndarray:
+        return _seconds_to_us(seconds, label)
+
+    return Layout("event_utils", columns, to_us, size, None, time_unit_us=1e6)
 
 
 def _require_datasets(h5: h5py.File, label: str, columns: dict[str, str]) -> None:
@@ -219,6 +226,14 @@ def _refuse_bad(values: np.ndarray, label: str) -> None:
     if huge.any():
         index = int(np.argmax(huge))
         raise TimestampError(label, f"timestamp {values[index]:.6g} us is out of range", index)
+
+
+def valid_times(layout: Layout, raw: np.ndarray) -> np.ndarray:
+    """Which stored timestamps become usable microseconds: finite, not negative and below
+    ``MAX_TIMESTAMP_US`` once scaled and offset (for ``--drop-invalid``)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        micro = np.asarray(raw, dtype=np.float64) * layout.time_unit_us + (layout.start_us or 0)
+        return np.isfinite(micro) & (micro > -0.5) & (micro < MAX_TIMESTAMP_US)
 
 
 def column_sorted(h5: h5py.File, layout: Layout) -> bool:

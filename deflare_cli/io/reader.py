@@ -32,6 +32,7 @@ from .camera import NO_SIZE, CameraFile
 from .files import FAERY_SUFFIXES, Source, check_readable, source_label
 from .formats import camera_format
 from .layouts import (
+    DROP_HINT,
     READ_CHUNK,
     Layout,
     TimestampError,
@@ -40,6 +41,7 @@ from .layouts import (
     first_and_last_us,
     window_rows,
 )
+from .validity import DroppedEvents, check_block, placeable_rows
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +113,11 @@ class EventFileReader:
         self.t_offset: int | None = None  # DSEC's t_offset, kept by a DSEC output
         self.provenance: dict[str, str] = {}
         self._camera: CameraFile | None = None
+        self.dropped = DroppedEvents() if settings.drop_invalid else None
         if isinstance(source, str | Path) and Path(source).suffix.lower() in FAERY_SUFFIXES:
             check_readable(Path(source))
-            self._camera = CameraFile(Path(source), settings, _check_block)
+            self._camera = CameraFile(Path(source), settings)
+            self.dropped = self._camera.dropped
             if not self._camera.is_sorted:
                 self._loaded = _sorted(self._camera.read_all(), self.label)
             self.sensor_size = self._camera.sensor_size
@@ -129,6 +133,8 @@ class EventFileReader:
                 self.close()
                 raise
         self.span_us = self._span(start)
+        if self.dropped is not None:
+            self.dropped.report(self.label)
 
     def _open_layout(self) -> int:
         """Detect the layout; load unsorted files whole. Returns the recording's start (us)."""
@@ -146,8 +152,14 @@ class EventFileReader:
         self._total = self._h5[self._layout.columns["t"]].shape[0]
         if self._total == 0:
             raise InputError(self.label, "contains no events")
-        if self._layout.ms_to_idx is None and not column_sorted(self._h5, self._layout):
+        if self.dropped is not None or (
+            self._layout.ms_to_idx is None and not column_sorted(self._h5, self._layout)
+        ):  # dropping events needs the valid ones' span: the whole file is read up front
             self._loaded = _sorted(self._rows(0, self._total, no_progress), self.label)
+            if not len(self._loaded):
+                raise InputError(
+                    self.label, f"contains no event that can be placed ({self._total:,} left out)"
+                )
         return _recording_start(self._h5, self._layout, self._loaded)
 
     def _span(self, start: int) -> tuple[int, int]:
@@ -196,8 +208,9 @@ class EventFileReader:
     def _rows(self, start: int, stop: int, progress: Progress) -> Events:
         assert self._h5 is not None
         return _read_rows(
-            self._h5, self._layout, start, stop, self.sensor_size, progress, self.label
-        )
+            self._h5, self._layout, (start, stop), self.sensor_size, progress, self.label,
+            self.dropped,
+        )  # fmt: skip
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -252,12 +265,15 @@ def _recording_start(h5: h5py.File, layout: Layout, sorted_events: Events | None
 def _read_rows(
     h5: h5py.File,
     layout: Layout,
-    start: int,
-    stop: int,
+    rows: tuple[int, int],
     sensor_size: tuple[int, int],
     progress: Progress,
     label: str,
+    dropped: DroppedEvents | None = None,
 ) -> Events:
+    """Rows ``[start, stop)``, checked; events that cannot be placed are refused, or left out
+    and counted in ``dropped`` when it is given."""
+    start, stop = rows
     count = stop - start
     if count > MAX_WINDOW_EVENTS:
         raise InputError(
@@ -270,20 +286,29 @@ def _read_rows(
     x = np.empty(count, XY_DTYPE)
     y = np.empty(count, XY_DTYPE)
     p = np.empty(count, np.int8)
+    filled = 0
     for begin in range(start, stop, READ_CHUNK):
         end = min(begin + READ_CHUNK, stop)
         block = _read_block(h5, layout, begin, end, label)
-        _check_block(block, begin, sensor_size, label)
-        rows = slice(begin - start, end - start)
+        if dropped is None:
+            check_block(block, begin, sensor_size, label)
+        else:
+            keep = placeable_rows(block, sensor_size, layout)
+            dropped.add(keep, begin)
+            block = {key: column[keep] for key, column in block.items()}
+        rows = slice(filled, filled + len(block["t"]))
         try:
             t[rows] = layout.to_us(block["t"])
         except TimestampError as error:
             raise error.at_row(begin) from None
         x[rows], y[rows] = block["x"], block["y"]
         p[rows] = polarity_from_raw(block["p"])
+        filled = rows.stop
         progress("reading", end - start, count)
-    if count and t.min() < 0:
-        raise InputError(label, f"negative timestamp at event {start + int(np.argmax(t < 0))}")
+    t, x, y, p = t[:filled], x[:filled], y[:filled], p[:filled]
+    if filled and t.min() < 0:
+        first_bad = start + int(np.argmax(t < 0))
+        raise InputError(label, f"negative timestamp at event {first_bad}{DROP_HINT}")
     return Events(t, x, y, p, sensor_size[0], sensor_size[1])
 
 
@@ -299,26 +324,6 @@ def _read_block(
                 label, f"corrupt or truncated HDF5 file: cannot read /{path} ({error})"
             ) from None
     return block
-
-
-def _check_block(
-    block: dict[str, np.ndarray], first_row: int, sensor_size: tuple[int, int], label: str
-) -> None:
-    height, width = sensor_size
-    for key, limit in (("x", width), ("y", height)):
-        values = block[key]
-        if not len(values):
-            continue
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            raise InputError(label, f"{key} coordinate is NaN near event {first_row}")
-        low, high = values.min(), values.max()
-        if low < 0 or high >= limit:
-            bad = int(np.argmax((values < 0) | (values >= limit)))
-            raise InputError(
-                label,
-                f"event {first_row + bad} has {key}={values[bad]}, outside the {height}x{width} "
-                "sensor (give the right size with --sensor-size HxW)",
-            )
 
 
 def read_event_column(path: Path, name: str) -> np.ndarray | None:

@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 import torch
 
-from ..codec import Voxels, events_to_voxel, voxel_to_events
+from ..budget import check_encode
+from ..codec import Voxels, events_to_voxel, segment_grid, voxel_to_events
 from ..errors import InputError
 from ..events import Events
 from ..progress import Progress, no_progress
@@ -98,8 +99,12 @@ def encode_file(
     """Read an event file, encode it, and write the voxel file. Returns the voxels."""
     check_distinct(source, target)
     events = read_events(source, settings.read, progress, name)
-    voxels = events_to_voxel(events, settings.codec, progress)
     label = source_label(source, name)
+    codec = settings.codec
+    start, end = segment_grid(events.time_span(), codec.segment_us)
+    segments = (end - start) // codec.segment_us
+    check_encode(label, segments, codec.num_bins, events.sensor_size, settings.memory_gb)
+    voxels = events_to_voxel(events, codec, progress)
     voxels = replace(voxels, source=label)
     write_voxels(target, voxels)
     return voxels

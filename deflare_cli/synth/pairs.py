@@ -4,6 +4,7 @@ layout out (``background_with_flare_events/``, ``background_with_light_events/``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DeflareError
-from ..io import atomic_output, list_event_files, write_events
+from ..io import atomic_output, list_event_files, make_folder, write_events
 from ..progress import Progress, map_jobs, no_progress
 from ..settings import SynthSettings, paired_dirs
 from .mixing import (
@@ -127,11 +128,19 @@ def synthesise(settings: SynthSettings, progress: Progress = no_progress) -> dic
     """
     check_out_dir(settings)
     recordings = tuple(background_recordings(settings))
-    for folder in paired_dirs(settings.out_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(settings, index, recordings) for index in range(settings.num_files)]
-    entries = map_jobs(_write_pair_job, jobs, settings.runtime.workers, "synthesising pairs",
-                       progress, initializer=_quiet_worker)  # fmt: skip
+    folders = [settings.out_dir, *paired_dirs(settings.out_dir)]
+    created = [folder for folder in folders if not folder.exists()]
+    try:
+        for folder in folders:
+            make_folder(folder)
+        jobs = [(settings, index, recordings) for index in range(settings.num_files)]
+        entries = map_jobs(_write_pair_job, jobs, settings.runtime.workers, "synthesising pairs",
+                           progress, initializer=_quiet_worker)  # fmt: skip
+    except BaseException:  # a failed run leaves no empty folders behind (pairs it finished stay)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     manifest = {
         "settings": settings.model_dump(mode="json"),
         "background_files": [str(path) for path in recordings],

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..codec import Voxels, voxel_to_events
+from ..io import make_folder
 from ..model import count_parameters
 from ..viz import draw_events, plot_voxel_bins
 from .data import VoxelCache
@@ -62,7 +63,7 @@ def write_debug_folder(trainer: Trainer, folder: Path, losses: list[float]) -> N
     ]
     for name, voxel, events_folder, voxel_folder in panels:
         title = f"{name}, pair {entry.pair.pair_id} segment 0"
-        (folder / voxel_folder).mkdir(parents=True, exist_ok=True)
+        make_folder(folder / voxel_folder)
         plot_voxel_bins(voxel, folder / voxel_folder / "voxel_bins.png", title, bin_ms)
         events = voxel_to_events(Voxels(voxel[None].contiguous(), 0, segment_us))
         draw_events(events, folder / events_folder, f"{title} (decoded from voxels)")

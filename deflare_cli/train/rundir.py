@@ -43,9 +43,18 @@ def claim_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> Iterator[None]
         yield
     finally:
         handle.close()  # releases the lock
-        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
-            (run_dir / LOCK_NAME).unlink(missing_ok=True)
-            run_dir.rmdir()
+        if created:
+            _remove_if_unused(run_dir)
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove a run-dir that holds nothing but the lock and empty folders (a voxel cache)."""
+    for child in run_dir.iterdir():
+        if child.is_dir() and not any(child.iterdir()):
+            child.rmdir()
+    if [path.name for path in run_dir.iterdir()] == [LOCK_NAME]:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
 
 
 def _lock(handle, run_dir: Path) -> None:

@@ -1,0 +1,51 @@
+"""Memory estimates decide the tiling before anything large is allocated (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deflare_cli.budget import GB, check_encode, deflare_bytes, fit_tiling
+from deflare_cli.errors import InputError
+from deflare_cli.settings import ModelSettings, TileSettings
+
+DEFAULT = ModelSettings(f_maps=[16, 32, 64])
+EDEFLARE = ModelSettings(f_maps=[32, 64, 128, 256])
+AUTO = TileSettings(halo=24)
+
+
+def fit(sensor, tiles=AUTO, model=DEFAULT, budget=2.0, on_host=True, segments=1):
+    return fit_tiling("rec.h5", model, 8, sensor, segments, tiles, budget, on_host)
+
+
+def test_whole_frames_are_kept_where_they_fit() -> None:
+    assert fit((480, 640)) == AUTO
+    assert fit((480, 640), AUTO.model_copy(update={"mode": "frame"})).mode == "frame"
+
+
+def test_auto_runs_tiles_where_whole_frames_would_not_fit() -> None:
+    fitted = fit((720, 1280))
+    assert fitted.mode == "tiles" and fitted.batch == AUTO.batch
+    assert fit((720, 1280), budget=5.0) == AUTO  # a bigger budget allows frames again
+    assert fit((720, 1280), on_host=False) == AUTO  # a GPU holds the forward pass itself
+
+
+def test_fewer_tiles_per_pass_before_refusing() -> None:
+    fitted = fit((720, 1280), model=EDEFLARE)
+    assert fitted.mode == "tiles" and fitted.batch < AUTO.batch
+    assert deflare_bytes(EDEFLARE, 8, (720, 1280), 1, fitted) <= 2 * GB
+
+
+def test_needs_no_tiling_can_meet_name_the_way_round() -> None:
+    with pytest.raises(InputError, match=r"rec.h5: deflaring a 3000x3000 sensor .*--memory-gb"):
+        fit((3000, 3000))
+    with pytest.raises(InputError, match=r"whole 720x1280 frames .*--tiling auto"):
+        fit((720, 1280), AUTO.model_copy(update={"mode": "frame"}))
+    with pytest.raises(InputError, match="--batch-size"):
+        fit((1080, 1920), segments=16)
+    assert fit((3000, 3000), budget=4.0).mode == "tiles"
+
+
+def test_encoding_a_long_recording_at_once_is_refused() -> None:
+    check_encode("rec.h5", 50, 8, (480, 640), 2.0)  # one second
+    with pytest.raises(InputError, match=r"3,000 segments .*\(--time-window\)"):
+        check_encode("rec.h5", 3_000, 8, (480, 640), 2.0)  # a minute: 29 GB of voxels
