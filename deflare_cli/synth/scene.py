@@ -164,10 +164,15 @@ def render_background(
     height, width = camera.params.height, camera.params.width
     frames = np.empty((len(times_s), height, width), np.float32)
     source = torch.from_numpy(texture)[None, None]
+    grid = torch.empty((1, height, width, 2))
+    # grid_sample's coordinates of the image's pixel centres (align_corners=False)
+    across = (2 * torch.arange(width, dtype=torch.float32) + 1) / width - 1
+    down = (2 * torch.arange(height, dtype=torch.float32) + 1) / height - 1
     for k, t_s in enumerate(times_s):
-        theta = torch.from_numpy(_normalised(camera.texture_affine(float(t_s)), camera,
-                                             texture.shape)).float()  # fmt: skip
-        grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
+        theta = _normalised(camera.texture_affine(float(t_s)), camera, texture.shape)
+        for axis, (a, b, c) in enumerate(theta.astype(np.float32).tolist()):
+            # F.affine_grid's (H*W, 3) x (3, 2) product, as an outer sum: 10x faster
+            torch.add((down * b + c)[:, None], across * a, out=grid[0, :, :, axis])
         frames[k] = F.grid_sample(source, grid, align_corners=False)[0, 0].numpy()
         for moving in camera.params.objects:
             draw_object(frames[k], moving, float(t_s), level)
