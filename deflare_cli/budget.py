@@ -15,7 +15,8 @@ within 10% of each other), rounded up so that the estimate errs on the safe side
   tiles cut at the sensor's edges come in several shapes, each with buffers of its own;
 - a 3000x3000 sensor in tiles: 3.2 GB, of which about 2 GB are voxel windows of 288 MB per
   segment held at once (input, tile counts, prediction, output, the removal arithmetic, and the
-  windows read ahead and written behind).
+  windows read ahead and written behind);
+- ``deflare encode`` of one second at 480x640 (491 MB of voxels): 747 MB.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PROCESS_BYTES = 600e6  # torch and OpenVINO loaded, with a small window
 FRAME_FACTOR = 6.5  # peak bytes of a whole-frame pass / its first level's float32 activations
 TILE_FACTOR = 10.0  # the same for a pass over tiles
 WINDOW_COPIES = 9  # voxel windows held at once while deflaring
-ENCODE_COPIES = 2  # an encoded recording and the file written from it
+ENCODE_COPIES = 1.2  # an encoded recording, and what writing it adds
 
 
 def voxel_bytes(segments: int, num_bins: int, sensor_size: tuple[int, int]) -> float:
