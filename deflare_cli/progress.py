@@ -6,6 +6,7 @@ turns into a rich progress bar.
 
 from __future__ import annotations
 
+import _thread
 import multiprocessing
 import os
 import signal
@@ -67,9 +68,19 @@ def map_jobs(
 
 def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:
     """``parent``: the pool's process, passed from it: a worker that starts after its parent
-    died already sees another parent (init) and must not take that one for its own."""
+    died already sees another parent (init) and must not take that one for its own.
+
+    SIGTERM (``Pool.terminate``, which every pool gets on leaving its ``with`` block) is taken
+    by one thread of its own: blocked in every other thread, waited for in that one. A Python
+    handler alone runs only in the main thread and only between bytecodes, so a SIGTERM that the
+    kernel gave to another thread while the main thread waited on the pool's queue lock was
+    never acted on, and ``Pool.terminate`` waited for the worker forever (seen twice: in a test
+    and in ``make demo``'s evaluate step).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_worker)  # Pool.terminate(): clean up, then exit
+    signal.signal(signal.SIGTERM, _unwind_job)  # run in the main thread by _stop()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads made later inherit it
+    threading.Thread(target=_stop_on_sigterm, daemon=True).start()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if initializer is not None:
         initializer()
@@ -87,26 +98,32 @@ def _run_job(function: Callable[[Job], Result], job: Job) -> Result:
         _job_running = False
 
 
-def _stop_worker(signum: int, frame: object) -> None:
-    """Inside a job: unwind it (its temporary files are removed on the way out), then exit.
-    Outside (waiting for work, sending a result): exit at once. An exception raised in the
-    pool's own queue code can leave a queue lock taken for good, and ``Pool.terminate`` then
-    waits forever for the worker blocked on it (seen once when a job failed)."""
+def _stop_on_sigterm() -> None:
+    signal.sigwait({signal.SIGTERM})
+    _stop()
+
+
+def _stop() -> None:
+    """End this worker. Waiting for work or sending a result: at once. Inside a job: unwind it
+    in the main thread (its temporary files are removed on the way out), and exit hard if that
+    has not happened within ``GRACE_SECONDS`` (the main thread stuck in native code)."""
     if _job_running:
-        raise SystemExit(1)
+        _thread.interrupt_main(signal.SIGTERM)
+        time.sleep(GRACE_SECONDS)
     os._exit(1)
+
+
+def _unwind_job(signum: int, frame: object) -> None:
+    raise SystemExit(1)
 
 
 def _exit_with_parent(parent: int) -> None:
     """End this worker as soon as its parent is gone (killed, even by SIGKILL), instead of
-    going on writing files for nobody: SIGTERM first, so that the job cleans up; if it is stuck
-    in native code, exit hard after a grace period. (Linux's PR_SET_PDEATHSIG did not fire
-    reliably for a multithreaded parent in tests; polling is portable.)"""
+    going on writing files for nobody. (Linux's PR_SET_PDEATHSIG did not fire reliably for a
+    multithreaded parent in tests; polling is portable.)"""
     while os.getppid() == parent:
         time.sleep(0.2)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(GRACE_SECONDS)
-    os._exit(1)
+    _stop()
 
 
 GRACE_SECONDS = 5.0
