@@ -6,7 +6,6 @@ turns into a rich progress bar.
 
 from __future__ import annotations
 
-import _thread
 import multiprocessing
 import os
 import signal
@@ -54,11 +53,17 @@ def map_jobs(
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
         start = partial(_start_worker, initializer, os.getpid())
-        with context.Pool(min(workers, len(jobs)), initializer=start) as pool:
-            running = partial(_run_job, function)
-            for done, result in enumerate(pool.imap(running, jobs), start=1):
+        pool = context.Pool(min(workers, len(jobs)), initializer=start)
+        try:  # not `with Pool`: its exit terminates (signals) workers even after success
+            for done, result in enumerate(pool.imap(partial(_run_job, function), jobs), 1):
                 results.append(result)
                 progress(stage, done, len(jobs))
+            pool.close()  # the workers end on their own, no signal needed
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
         return results
     for done, job in enumerate(jobs, start=1):
         results.append(function(job))
@@ -70,47 +75,26 @@ def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:
     """``parent``: the pool's process, passed from it: a worker that starts after its parent
     died already sees another parent (init) and must not take that one for its own.
 
-    SIGTERM (``Pool.terminate``, which every pool gets on leaving its ``with`` block) is taken
-    by one thread of its own: blocked in every other thread, waited for in that one. A Python
-    handler alone runs only in the main thread and only between bytecodes, so a SIGTERM that the
-    kernel gave to another thread while the main thread waited on the pool's queue lock was
-    never acted on, and ``Pool.terminate`` waited for the worker forever (seen twice: in a test
-    and in ``make demo``'s evaluate step).
+    SIGTERM (``Pool.terminate``) keeps its default action, which the kernel carries out
+    whichever thread it lands on, except while a job runs (:func:`_run_job`). A Python handler
+    runs only in the main thread between bytecodes: one installed for good made an idle
+    worker, blocked on the pool's queue lock, ignore a SIGTERM that another of its threads
+    received, and ``Pool.terminate`` then waited for it forever (seen in a test and in
+    ``make demo``).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _unwind_job)  # run in the main thread by _stop()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads made later inherit it
-    threading.Thread(target=_stop_on_sigterm, daemon=True).start()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if initializer is not None:
         initializer()
 
 
-_job_running = False  # in a worker: whether it is inside a job (not the pool's own code)
-
-
 def _run_job(function: Callable[[Job], Result], job: Job) -> Result:
-    global _job_running
-    _job_running = True
+    """One job; a SIGTERM meanwhile unwinds it (its temporary files are removed), then exits."""
+    previous = signal.signal(signal.SIGTERM, _unwind_job)
     try:
         return function(job)
     finally:
-        _job_running = False
-
-
-def _stop_on_sigterm() -> None:
-    signal.sigwait({signal.SIGTERM})
-    _stop()
-
-
-def _stop() -> None:
-    """End this worker. Waiting for work or sending a result: at once. Inside a job: unwind it
-    in the main thread (its temporary files are removed on the way out), and exit hard if that
-    has not happened within ``GRACE_SECONDS`` (the main thread stuck in native code)."""
-    if _job_running:
-        _thread.interrupt_main(signal.SIGTERM)
-        time.sleep(GRACE_SECONDS)
-    os._exit(1)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _unwind_job(signum: int, frame: object) -> None:
@@ -119,11 +103,14 @@ def _unwind_job(signum: int, frame: object) -> None:
 
 def _exit_with_parent(parent: int) -> None:
     """End this worker as soon as its parent is gone (killed, even by SIGKILL), instead of
-    going on writing files for nobody. (Linux's PR_SET_PDEATHSIG did not fire reliably for a
-    multithreaded parent in tests; polling is portable.)"""
+    going on writing files for nobody: SIGTERM first, so that a job cleans up; if it is stuck
+    in native code, exit hard after a grace period. (Linux's PR_SET_PDEATHSIG did not fire
+    reliably for a multithreaded parent in tests; polling is portable.)"""
     while os.getppid() == parent:
         time.sleep(0.2)
-    _stop()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(GRACE_SECONDS)
+    os._exit(1)
 
 
 GRACE_SECONDS = 5.0

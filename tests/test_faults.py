@@ -579,10 +579,11 @@ def test_outputs_under_a_file_get_one_line(tmp_path: Path, pairs_dir: Path) -> N
 
 
 def test_a_failing_job_ends_the_worker_pool_promptly() -> None:
-    """A failing job ends the pool (and the command) at once. A full-suite run once hung here:
-    Pool.terminate waited for a worker blocked on a queue lock that another worker, stopped
-    inside the pool's queue code, had left taken; idle workers now exit without unwinding.
-    This guard did not reproduce that race in 30 rounds; it catches a pool that never ends."""
+    """A failing job ends the pool (and the command) at once. Runs once hung in Pool.terminate:
+    an idle worker blocked on the pool's queue lock ignored the SIGTERM another of its threads
+    had received; idle workers now keep SIGTERM's default action. This guard did not reproduce
+    that race on the old code; it catches a pool that never ends."""
+
     import threading
 
     from deflare_cli.progress import map_jobs
