@@ -15,6 +15,7 @@ from deflare_cli.errors import DeflareError
 from deflare_cli.io import read_events
 from deflare_cli.settings import RuntimeSettings, SynthSettings
 from deflare_cli.synth import draw_parameters, synthesise, synthesise_pair
+from deflare_cli.synth import sensor as sensor_module
 from deflare_cli.synth.mixing import mix
 from deflare_cli.synth.optics import flicker
 from deflare_cli.synth.sensor import Photoreceptor, Sensor, emulate, sensor_noise
@@ -160,6 +161,31 @@ def test_emulator_on_a_sinusoidal_log_intensity() -> None:
     first_on = t[order][p[order] > 0][0]
     # the first ON event is where sin first reaches C: t = asin(C/A) / (2 pi f)
     assert abs(first_on - math.asin(threshold / amplitude) / (2 * math.pi * frequency) * 1e6) < 10
+
+
+def test_pixels_that_cannot_fire_are_left_out_with_the_same_events(monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    times = np.arange(0, 20_000, 200, dtype=np.int64)
+    # log intensities that wander by 0-0.4 per pixel: some pixels span less than a threshold
+    steps = rng.normal(0, 1, (len(times), 24, 32)).cumsum(axis=0)
+    steps /= np.abs(steps).max(axis=0)
+    frames = np.exp(steps * rng.uniform(0, 0.2, (24, 32))).astype(np.float32)
+    sensor = Sensor(rng.uniform(0.1, 0.3, (24, 32)).astype(np.float32),
+                    rng.uniform(0.1, 0.3, (24, 32)).astype(np.float32), 100, 2000.0)  # fmt: skip
+    region = (slice(0, 24), slice(0, 32))
+    least = np.minimum(sensor.on, sensor.off).ravel()
+    can = sensor_module.can_fire(frames.reshape(len(times), -1), least)
+    assert 0.2 < can.mean() < 0.8  # both kinds of pixel are there
+    pruned = emulate(frames, times, sensor, region)
+    monkeypatch.setattr(sensor_module, "can_fire", lambda frames, _: np.ones(frames.shape[1], bool))
+    every_pixel = emulate(frames, times, sensor, region)
+    order = [np.lexsort((e[1], e[2], e[0])) for e in (pruned, every_pixel)]
+    for a, b in zip(pruned, every_pixel, strict=True):
+        assert np.array_equal(a[order[0]], b[order[1]])
+    assert len(pruned[0]) > 50
+    fired = np.zeros((24, 32), bool)
+    fired[pruned[2], pruned[1]] = True
+    assert not np.any(fired.ravel() & ~can)  # no event from a pixel said unable to fire
 
 
 def test_refractory_period_limits_the_event_rate() -> None:

@@ -58,13 +58,13 @@ def synthesise_pair(
     flare_parts, light_parts = flare_layers(params, camera, flare_times / 1e6)
     flare = Layer(*render_layers(flare_parts, params, len(flare_times)), flare_times)
     light = Layer(*render_layers(light_parts, params, len(flare_times)), flare_times)
-    light_events = emulate(light.frames, flare_times, sensor, light.region, only_lit=True)
+    light_events = emulate(light.frames, flare_times, sensor, light.region)
     flare_lookup = FlareLookup(flare, light)
 
     weights: IntensityWeights | CountWeights
     if backgrounds:
         bg_events = real_background(params, settings.duration_ms, backgrounds)
-        flare_events = emulate(flare.frames, flare_times, sensor, flare.region, only_lit=True)
+        flare_events = emulate(flare.frames, flare_times, sensor, flare.region)
         weights = CountWeights.from_events(params, bg_events, flare_events, light_events)
         fl_t, fl_x, fl_y, _ = flare_events
         flare_kept = rng.random(len(fl_t)) < weights.flare_kept(fl_t, fl_x, fl_y)
@@ -80,7 +80,7 @@ def synthesise_pair(
         # Mixing keeps a flare event with I_flare / (I_bg + I_flare): decide as events are made,
         # so that the many flare events mixing would drop are never stored or looked up.
         thin = flare_thinning(flare, background, nearest(background_times, flare_times), rng)
-        flare_events = emulate(flare.frames, flare_times, sensor, flare.region, thin, True)
+        flare_events = emulate(flare.frames, flare_times, sensor, flare.region, thin)
         weights = IntensityWeights(background, background_times, flare_lookup)
         flare_kept = np.ones(len(flare_events[0]), bool)  # drawn already
     pair = mix(params, duration_us, bg_events, flare_events, light_events, weights, flare_lookup,

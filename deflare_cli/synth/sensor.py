@@ -26,6 +26,9 @@ from .parameters import DARK_LEVEL, PairParameters
 # ``MIN_BANDWIDTH`` of it.
 BRIGHT_LEVEL = 1.0
 MIN_BANDWIDTH = 0.05
+# log-intensity slack for float32 rounding when telling which pixels can never fire (levels
+# are at most about 20 in size, where float32 steps are 2e-6)
+FIRE_MARGIN = 1e-3
 
 
 @dataclass
@@ -89,24 +92,26 @@ def emulate(
     sensor: Sensor,
     region: tuple[slice, slice],
     thin: Callable[[int, np.ndarray], np.ndarray] | None = None,
-    only_lit: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """DVS events of intensity frames (K, h, w) over ``region`` of the sensor.
 
     ``thin(k, pixels)``, when given, says which events of the interval ending at sample k to keep
     (pixels are flat indices into the region): mixing can drop events as they are made.
-    ``only_lit``: run only the pixels that are ever above zero. The same events, since a pixel
-    that only ever sees the dark current never fires; flare layers light 1-20% of the box that
-    holds them, so this makes their emulation several times cheaper.
+
+    Only the pixels that can fire are run (:func:`can_fire`): the same events, several times
+    cheaper, since most of a night background and of a flare layer's box never changes by a
+    threshold.
 
     Returns (t, x, y, p) in sensor coordinates, not sorted.
     """
     width = frames.shape[2]
     frames = frames.reshape(len(frames), -1)
-    lit = np.flatnonzero(_ever_lit(frames)) if only_lit else None
     on = sensor.on[region].ravel()
     off = sensor.off[region].ravel()
-    if lit is not None:
+    lit = np.flatnonzero(can_fire(frames, np.minimum(on, off)))
+    if len(lit) == frames.shape[1]:
+        lit = None
+    else:
         frames, on, off = frames[:, lit], on[lit], off[lit]
     below = -off  # the level an OFF event needs, relative to the reference
     photoreceptor = Photoreceptor(frames[0], sensor.cutoff_hz)
@@ -140,14 +145,25 @@ def emulate(
     return t, x + region[1].start, y + region[0].start, p
 
 
-def _ever_lit(frames: np.ndarray) -> np.ndarray:
-    """(N,) whether each pixel of (K, N) frames is ever non-zero; float16 frames are tested on
-    their bits (numpy compares float16 through a slow conversion)."""
-    lit = np.zeros(frames.shape[1], bool)
-    bits = frames.view(np.uint16) if frames.dtype == np.float16 else None
-    for k in range(len(frames)):  # frame by frame: no (K, N) temporary
-        lit |= (bits[k] & 0x7FFF) != 0 if bits is not None else frames[k] != 0  # -0 is zero
-    return lit
+def can_fire(frames: np.ndarray, least_threshold: np.ndarray) -> np.ndarray:
+    """(N,) whether each pixel of (K, N) frames can ever fire: whether its log intensity spans
+    at least its smaller threshold over the samples.
+
+    The photoreceptor's level is a running mix of the previous level and the new log
+    intensity, and starts at the first one, so it never leaves their range; the reference
+    starts at the first level and moves only when an event fires. A pixel whose range is
+    smaller than both thresholds therefore never fires (a margin covers float rounding).
+    Minimum and maximum go frame by frame through torch: no (K, N) temporary, and float16
+    flare frames are compared without numpy's slow conversion.
+    """
+    low = torch.from_numpy(np.ascontiguousarray(frames[0])).clone()
+    high = low.clone()
+    for k in range(1, len(frames)):
+        frame = torch.from_numpy(np.ascontiguousarray(frames[k]))
+        torch.minimum(low, frame, out=low)
+        torch.maximum(high, frame, out=high)
+    span = log_intensity(high.numpy()) - log_intensity(low.numpy())
+    return span >= least_threshold - FIRE_MARGIN
 
 
 def log_intensity(frame: np.ndarray) -> np.ndarray:
