@@ -16,8 +16,8 @@ from deflare_cli.checkpoint import load_checkpoint
 from deflare_cli.cli import app
 from deflare_cli.errors import OutputError
 from deflare_cli.events import make_events
-from deflare_cli.io import EventFileReader, atomic_output, find_pairs, read_events
-from deflare_cli.settings import ReadSettings
+from deflare_cli.io import EventFileReader, atomic_output, find_pairs, read_events, write_events
+from deflare_cli.settings import ReadSettings, WriteSettings
 
 runner = CliRunner()
 
@@ -219,7 +219,7 @@ def _hostile(path: Path, kind: str) -> Path:
 @pytest.mark.parametrize(
     ("kind", "fragment"),
     [
-        ("declares 1e10 events", "declares 10,000,000,000 events but stores only"),
+        ("declares 1e10 events", "declares 10,000,000,000 events but stores only 0 of its"),
         ("events 1e13 us apart", "span 116 days"),
         ("float t 1e30", "out of range at event 1999"),
         ("event_utils ts 1e300", "out of range at event 1999"),
@@ -240,6 +240,21 @@ def test_hostile_files_are_refused_before_allocating(tmp_path: Path, kind, fragm
         result = runner.invoke(app, args)
         one_line_error(result, "in.h5", fragment)
     assert not (tmp_path / "out.h5").exists() and source.read_bytes() == before
+
+
+def test_a_file_that_compresses_a_thousandfold_is_not_taken_for_a_crafted_one(
+    tmp_path: Path,
+) -> None:
+    """Dense sorted timestamps under shuffle and zstd: every chunk written, yet a few KB stand
+    for megabytes (``make bench`` wrote such a file and deflare refused to read it back)."""
+    n = 4_000_000
+    events = make_events(np.arange(n) // 1000, np.zeros(n), np.zeros(n), np.ones(n), (10, 10))
+    path = tmp_path / "dense.h5"
+    write_events(path, events, WriteSettings(compression="zstd"))
+    with h5py.File(path) as h5:
+        t = h5["events/t"]
+        assert t.shape[0] * t.dtype.itemsize > 1000 * t.id.get_storage_size() + (1 << 20)
+    assert np.array_equal(read_events(path).t, events.t)
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,6 @@ MAX_SIDE = 1 << 16  # x and y are uint16
 # Timestamps beyond this (in microseconds: 146,000 years) cannot be a recording's and would
 # overflow int64 arithmetic; offsets likewise.
 MAX_TIMESTAMP_US = 1 << 62
-MAX_DECLARED_RATIO = 1000  # declared bytes per stored byte: more is unwritten fill, not data
 
 
 DROP_HINT = " (leave such events out with --drop-invalid)"
@@ -139,15 +138,25 @@ def _require_datasets(h5: h5py.File, label: str, columns: dict[str, str]) -> Non
 
 
 def _refuse_unwritten(dataset: h5py.Dataset, path: str, label: str) -> None:
-    """A chunked, compressed dataset of a few KB can declare billions of never-written events
-    (read back as fill values, after allocating gigabytes): refused before anything is read."""
-    declared = dataset.shape[0] * dataset.dtype.itemsize
-    stored = dataset.id.get_storage_size()
-    if declared > MAX_DECLARED_RATIO * stored + (1 << 20):
+    """A chunked dataset of a few KB can declare billions of events whose chunks were never
+    written (read back as fill values, after allocating gigabytes): refused before anything is
+    read. What counts is which chunks exist, not how many bytes they take: written chunks can
+    compress a thousandfold and more (sorted timestamps of a dense recording under shuffle and
+    zstd, as deflare itself writes them)."""
+    if dataset.chunks is not None:
+        needed = -(-dataset.shape[0] // dataset.chunks[0])
+        written = dataset.id.get_num_chunks()
+        missing = written < needed
+        stored = f"{written:,} of its {needed:,} chunks"
+    else:  # contiguous (or compact): the space is there once anything was written
+        written = dataset.id.get_storage_size()
+        missing = written < dataset.shape[0] * dataset.dtype.itemsize
+        stored = f"{written:,} bytes of them"
+    if missing:
         raise InputError(
             label,
-            f"/{path} declares {dataset.shape[0]:,} events but stores only {stored:,} bytes of "
-            "them: most were never written (a truncated or crafted file)",
+            f"/{path} declares {dataset.shape[0]:,} events but stores only {stored}: the rest "
+            "were never written (a truncated or crafted file)",
         )
 
 
