@@ -72,7 +72,7 @@ def measure(source: Path, seconds: float, checkpoint: Path | None, tiling: str, 
         batch_size=batch,
         overwrite=True,
         runtime=RuntimeSettings(device="cuda"),
-        tiles=TileSettings(mode=tiling, batch=4 * batch),
+        tiles=TileSettings(mode=tiling, pass_pixels=TileSettings().pass_pixels * batch),
     )
     with tempfile.TemporaryDirectory() as folder:
         deflare(source, Path(folder) / "warmup.h5", settings)

@@ -53,7 +53,7 @@ def deflare_bytes(
     forward_on_host: bool = True,
 ) -> float:
     """Peak memory of deflaring a recording on this sensor: whole frames (``tiles`` None) or
-    tiles of ``tiles.size`` with their halo, ``tiles.batch`` per pass. ``forward_on_host``
+    tiles, at most ``tiles.pass_pixels`` of windows per pass. ``forward_on_host``
     False (a GPU): the forward pass's memory is the GPU's, not counted."""
     if not forward_on_host:
         forward = 0.0
@@ -61,8 +61,7 @@ def deflare_bytes(
         frames = activation_bytes(model, segments_per_window, num_bins, *sensor_size)
         forward = FRAME_FACTOR * frames
     else:
-        side = tiles.size + 2 * (tiles.halo or 0)
-        forward = TILE_FACTOR * activation_bytes(model, tiles.batch, num_bins, side, side)
+        forward = TILE_FACTOR * activation_bytes(model, 1, num_bins, 1, tiles.pass_pixels)
     window = WINDOW_COPIES * voxel_bytes(segments_per_window, num_bins, sensor_size)
     return PROCESS_BYTES + window + forward
 
@@ -78,8 +77,8 @@ def fit_tiling(
     forward_on_host: bool = True,
 ) -> TileSettings:
     """The tiling to deflare this recording with inside the budget: ``auto`` becomes ``tiles``
-    where whole frames would not fit, with fewer tiles per pass if need be; a need no tiling
-    can meet is refused."""
+    where whole frames would not fit, with fewer pixels per pass if need be (down to one tile
+    and its halo); a need no tiling can meet is refused."""
     sides = "x".join(map(str, sensor_size))
     way_round = f"allow more with --memory-gb (now {budget_gb:g})"
 
@@ -88,7 +87,8 @@ def fit_tiling(
             model, num_bins, sensor_size, segments_per_window, tiling, forward_on_host
         )
 
-    if tiles.mode != "tiles" and need(None) <= budget_gb * GB:
+    budget = budget_gb * GB
+    if tiles.mode != "tiles" and need(None) <= budget:
         return tiles
     if tiles.mode == "frame":
         raise InputError(
@@ -96,10 +96,10 @@ def fit_tiling(
             f"whole {sides} frames need about {need(None) / GB:.1f} GB, over the memory budget: "
             f"run tiles (--tiling auto) or {way_round}",
         )
-    batch = tiles.batch
-    while batch > 1 and need(tiles.model_copy(update={"batch": batch})) > budget_gb * GB:
-        batch //= 2  # fewer tiles per pass: slower, but inside the budget
-    fitted = tiles.model_copy(update={"mode": "tiles", "batch": batch})
+    pixels, least = tiles.pass_pixels, (tiles.size + 2 * (tiles.halo or 0)) ** 2
+    while pixels > least and need(tiles.model_copy(update={"pass_pixels": pixels})) > budget:
+        pixels = max(pixels // 2, least)  # fewer pixels per pass: slower, but inside the budget
+    fitted = tiles.model_copy(update={"mode": "tiles", "pass_pixels": pixels})
     if need(fitted) > budget_gb * GB:
         smaller = " or fewer segments per pass (--batch-size)" if segments_per_window > 1 else ""
         raise InputError(

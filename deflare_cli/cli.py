@@ -164,7 +164,7 @@ TilingOption = Annotated[
     typer.Option(
         "--tiling",
         help="Run the model on tiles that hold events, on whole frames, or auto: tiles when "
-        "they cover less than the frame [auto].",
+        "their windows cover at most half the frame [auto].",
     ),
 ]
 CompressionOption = Annotated[
@@ -349,11 +349,11 @@ def deflare_command(
     engine: EngineOption = None,
     tiling: TilingOption = None,
     tile_size: Annotated[
-        int | None, typer.Option("--tile-size", help="Tile side in pixels [128].")
+        int | None, typer.Option("--tile-size", help="Tile side in pixels [32].")
     ] = None,
     tile_min_events: Annotated[
         int | None,
-        typer.Option("--tile-min-events", help="Events a tile needs to be run; fewer: kept [8]."),
+        typer.Option("--tile-min-events", help="Events a tile needs to be run; fewer: kept [16]."),
     ] = None,
     output_mode: Annotated[
         OutputMode | None,

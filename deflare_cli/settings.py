@@ -392,19 +392,21 @@ Tiling = Literal["auto", "tiles", "frame"]
 class TileSettings(Frozen):
     """Running the network only where events are (``deflare_cli.tiles``).
 
-    A segment is cut into ``size`` x ``size`` tiles; a tile with at least ``min_events`` events
-    runs through the network with ``halo`` pixels of context on each side; the others pass
-    through unchanged. ``auto`` runs tiles when they cover less than the frame, else the whole
-    frame.
+    A segment is cut into ``size`` x ``size`` tiles; the tiles with at least ``min_events``
+    events, merged into rectangles where that saves pixels, run through the network with
+    ``halo`` pixels of context on each side; the others pass through unchanged. ``auto`` runs
+    tiles when their windows cover at most half the frame, else the whole frame.
     """
 
     mode: Tiling = "auto"
-    size: int = Field(128, ge=8, le=4096, description="tile core in pixels (training crop)")
+    size: int = Field(32, ge=8, le=4096, description="tile side in pixels")
     halo: int | None = Field(
         None, ge=0, le=512, description="context around each tile (px); None: the network's reach"
     )
-    min_events: int = Field(8, ge=0, description="events a tile needs in a segment to be run")
-    batch: int = Field(4, ge=1, description="tiles per forward pass")
+    min_events: int = Field(16, ge=0, description="events a tile needs in a segment to be run")
+    pass_pixels: int = Field(
+        131_072, ge=64, description="pixels of windows per forward pass (bounds its memory)"
+    )
 
 
 class EvaluateSettings(Frozen):

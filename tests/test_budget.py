@@ -24,14 +24,14 @@ def test_whole_frames_are_kept_where_they_fit() -> None:
 
 def test_auto_runs_tiles_where_whole_frames_would_not_fit() -> None:
     fitted = fit((720, 1280))
-    assert fitted.mode == "tiles" and fitted.batch == AUTO.batch
+    assert fitted.mode == "tiles" and fitted.pass_pixels == AUTO.pass_pixels
     assert fit((720, 1280), budget=5.0) == AUTO  # a bigger budget allows frames again
     assert fit((720, 1280), on_host=False) == AUTO  # a GPU holds the forward pass itself
 
 
-def test_fewer_tiles_per_pass_before_refusing() -> None:
+def test_fewer_pixels_per_pass_before_refusing() -> None:
     fitted = fit((720, 1280), model=EDEFLARE)
-    assert fitted.mode == "tiles" and fitted.batch < AUTO.batch
+    assert fitted.mode == "tiles" and fitted.pass_pixels < AUTO.pass_pixels
     assert deflare_bytes(EDEFLARE, 8, (720, 1280), 1, fitted) <= 2 * GB
 
 

@@ -8,7 +8,14 @@ import torch
 
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import ModelSettings, TileSettings
-from deflare_cli.tiles import active_tiles, event_counts, run_network, run_tiles
+from deflare_cli.tiles import (
+    Region,
+    event_counts,
+    regions,
+    run_network,
+    run_regions,
+    windows_cost_less,
+)
 
 
 def conv_only_network(f_maps: tuple[int, ...]) -> TrueResidualUNet3D:
@@ -47,12 +54,17 @@ def test_tiles_with_a_full_halo_equal_the_whole_frame() -> None:
     torch.manual_seed(1)
     # 2 segments, 100 x 140: tiles of 32 with partial ones at the right and bottom edges
     voxels = (torch.rand(2, 8, 100, 140) < 0.05).float() * torch.randint(-2, 3, (2, 8, 100, 140))
-    settings = TileSettings(mode="tiles", size=32, halo=model.settings.reach_px, min_events=0)
-    tiles = active_tiles(voxels, settings)
-    assert len(tiles) == 2 * 4 * 5  # every tile holds events
-    tiled = run_tiles(as_network(model), voxels, tiles, settings)
     whole = as_network(model)(voxels)
-    assert torch.allclose(tiled, whole, atol=1e-4)
+    for pass_pixels in (80 * 80, 100 * 140):  # one tile per window; merged windows
+        settings = TileSettings(mode="tiles", size=32, halo=model.settings.reach_px,
+                                min_events=0, pass_pixels=pass_pixels)  # fmt: skip
+        found = regions(voxels, settings)
+        covered = torch.zeros(2, 100, 140, dtype=torch.int64)
+        for region in found:
+            covered[region.segment, region.top : region.bottom, region.left : region.right] += 1
+        assert torch.equal(covered, torch.ones_like(covered))  # every cell once
+        tiled = run_regions(as_network(model), voxels, found, settings)
+        assert torch.allclose(tiled, whole, atol=1e-4)
 
 
 def test_quiet_tiles_pass_through_unchanged() -> None:
@@ -83,3 +95,45 @@ def test_auto_runs_whole_frames_when_tiles_would_cost_more() -> None:
     run_network(network, dense, settings)
     run_network(network, sparse, settings)
     assert calls == [(1, 8, 64, 64), (1, 8, 40, 40)]  # the tile and its halo, cut at the edges
+
+
+def busy_map(rows: list[str], size: int = 32) -> torch.Tensor:
+    """One segment's voxels with one busy tile where a row string has an ``x``."""
+    voxels = torch.zeros(1, 8, len(rows) * size, len(rows[0]) * size)
+    for row, line in enumerate(rows):
+        for col, mark in enumerate(line):
+            if mark == "x":
+                voxels[0, 0, row * size, col * size] = 16
+    return voxels
+
+
+def rectangles(voxels: torch.Tensor, **settings) -> set[tuple[int, int, int, int]]:
+    found = regions(voxels, TileSettings(size=32, min_events=8, **settings))
+    return {(r.top // 32, r.bottom // 32, r.left // 32, r.right // 32) for r in found}
+
+
+def test_neighbouring_busy_tiles_share_one_window() -> None:
+    block = busy_map(["x.x...", "xxx...", "......", ".....x"])
+    # the halo (24 px) is wider than half a tile: the gap in the top row is joined, the
+    # 3x2 block is one window, the lone tile far away another
+    assert rectangles(block, halo=24) == {(0, 2, 0, 3), (3, 4, 5, 6)}
+    # without a halo nothing is gained by joining: every run stays apart
+    assert rectangles(block, halo=0) == {(0, 1, 0, 1), (0, 1, 2, 3), (1, 2, 0, 3), (3, 4, 5, 6)}
+    # a window may not exceed the pixels of a pass: the block is cut into narrower ones
+    pixels = (32 + 48) * (3 * 32 + 48) - 1  # one row of three tiles and its halo, less one
+    cut = rectangles(block, halo=24, pass_pixels=pixels)
+    assert all(((bottom - top) * 32 + 48) * ((right - left) * 32 + 48) <= pixels
+               for top, bottom, left, right in cut)  # fmt: skip
+    assert len(cut) > 2
+
+
+def test_merged_windows_touch_fewer_pixels_than_tiles_apart() -> None:
+    voxels = busy_map(["......", ".xxx..", ".xxx..", "......", "......", "......"])
+    merged = regions(voxels, TileSettings(size=32, halo=24, min_events=8))
+    apart = [Region(0, r * 32, r * 32 + 32, c * 32, c * 32 + 32) for r in (1, 2) for c in (1, 2, 3)]
+    assert len(merged) == 1
+    settings = TileSettings(size=32, halo=24)
+    # one window of (3*32 + 48) x (2*32 + 48) = 16,128 pixels, under half the frame (18,432);
+    # the six tiles apart take 80 x 80 each, 38,400 in all, more than half
+    assert windows_cost_less(voxels, merged, settings)
+    assert not windows_cost_less(voxels, apart, settings)
