@@ -424,6 +424,18 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
+def _wait_state(pid: int) -> list[str]:
+    """Per thread of a process: its state and the kernel function it waits in."""
+    states = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            states.append(f"{task.name}:{state}:{(task / 'wchan').read_text()}")
+        except OSError:
+            continue
+    return states
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -454,7 +466,12 @@ def test_stopped_synth_leaves_no_workers_and_no_temp_files(tmp_path: Path, how: 
         written = list(out.glob("background_with_flare_events/composed_*.h5"))
     assert len(workers) == 2 and written, "the worker pool did not start"
     process.send_signal(getattr(signal, how))
-    process.wait(timeout=60)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # say where each process waits, for whoever debugs it
+        states = {pid: _wait_state(pid) for pid in [process.pid, *workers]}
+        process.kill()
+        raise AssertionError(f"synth did not stop within 60 s of {how}: {states}") from None
     deadline = time.monotonic() + 3  # at once: not after finishing the pair they were making
     while time.monotonic() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.1)
