@@ -60,15 +60,33 @@ def map_jobs(
                 progress(stage, done, len(jobs))
             pool.close()  # the workers end on their own, no signal needed
         except BaseException:
-            pool.terminate()
+            _end_pool(pool)
             raise
-        finally:
-            pool.join()
+        pool.join()
         return results
     for done, job in enumerate(jobs, start=1):
         results.append(function(job))
         progress(stage, done, len(jobs))
     return results
+
+
+def _end_pool(pool) -> None:
+    """``pool.terminate()``, bounded in time: SIGTERM lets each job unwind (its temporary files
+    are removed); workers still alive after ``GRACE_SECONDS`` are killed.
+
+    Seen in a CI run: a worker finished its job despite the SIGTERM (a signal handler's
+    exception raised inside a destructor is only printed), went back to the pool's queue, and
+    ``terminate`` waited for it forever. A worker killed while it holds the queue's lock can
+    also block ``terminate`` for good; then the caller goes on without it (the thread is a
+    daemon, and the pool's finalizer has already run).
+    """
+    ender = threading.Thread(target=pool.terminate, daemon=True)
+    ender.start()
+    ender.join(GRACE_SECONDS)
+    if ender.is_alive():
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        ender.join(GRACE_SECONDS)
 
 
 def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:

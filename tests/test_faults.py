@@ -633,3 +633,35 @@ def test_a_failing_job_ends_the_worker_pool_promptly() -> None:
     runner_thread.start()
     runner_thread.join(timeout=120)
     assert outcomes == ["raised"] * 6, "a pool did not end after a failing job"
+
+
+def test_a_worker_that_outlives_its_sigterm_is_killed() -> None:
+    """Stopping a pool whose worker ignores SIGTERM (a job whose unwinding was swallowed)
+    returns within the grace period plus a little, and leaves no worker behind; before,
+    ``Pool.terminate`` waited for such a worker forever (seen in a CI run of synth)."""
+    import multiprocessing
+    import threading
+    import time
+
+    from pool_jobs import stubborn
+
+    from deflare_cli.progress import GRACE_SECONDS, map_jobs
+
+    def stop_after_first(stage: str, done: int, total: int, detail: str = "") -> None:
+        raise KeyboardInterrupt
+
+    outcome: list[float] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            map_jobs(stubborn, [0.0, 300.0, 300.0], 2, "sleeping", stop_after_first)
+        except KeyboardInterrupt:
+            outcome.append(time.monotonic() - started)
+
+    runner_thread = threading.Thread(target=run, daemon=True)
+    runner_thread.start()
+    runner_thread.join(timeout=4 * GRACE_SECONDS + 60)
+    assert outcome and outcome[0] < 2 * GRACE_SECONDS + 30, "the pool was not ended"
+    time.sleep(0.5)
+    assert not multiprocessing.active_children()
