@@ -53,6 +53,7 @@ def map_jobs(
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
         start = partial(_start_worker, initializer, os.getpid())
+        others = set(multiprocessing.active_children())  # children that are not this pool's
         pool = context.Pool(min(workers, len(jobs)), initializer=start)
         try:  # not `with Pool`: its exit terminates (signals) workers even after success
             for done, result in enumerate(pool.imap(partial(_run_job, function), jobs), 1):
@@ -60,7 +61,7 @@ def map_jobs(
                 progress(stage, done, len(jobs))
             pool.close()  # the workers end on their own, no signal needed
         except BaseException:
-            _end_pool(pool)
+            _end_pool(pool, others)
             raise
         pool.join()
         return results
@@ -70,9 +71,11 @@ def map_jobs(
     return results
 
 
-def _end_pool(pool) -> None:
+def _end_pool(pool, others: set) -> None:
     """``pool.terminate()``, bounded in time: SIGTERM lets each job unwind (its temporary files
-    are removed); workers still alive after ``GRACE_SECONDS`` are killed.
+    are removed); workers still alive after ``GRACE_SECONDS`` are killed (the process's
+    children other than ``others``, which were there before the pool: replacements the pool
+    started meanwhile count as its workers).
 
     Seen in a CI run: a worker finished its job despite the SIGTERM (a signal handler's
     exception raised inside a destructor is only printed), went back to the pool's queue, and
@@ -84,7 +87,7 @@ def _end_pool(pool) -> None:
     ender.start()
     ender.join(GRACE_SECONDS)
     if ender.is_alive():
-        for worker in multiprocessing.active_children():
+        for worker in set(multiprocessing.active_children()) - others:
             worker.kill()
         ender.join(GRACE_SECONDS)
 
