@@ -772,7 +772,8 @@ def train(
         typer.Option(
             "--loss",
             help="mse: over all cells; balanced: flare-changed, scene and empty cells weigh "
-            "equally (sparse data) [mse].",
+            "equally (sparse data); mask: a model that learns which share of each cell is "
+            "flare, every event weighing the same [mse].",
         ),
     ] = None,
     crop: Annotated[
@@ -858,6 +859,7 @@ def train(
                 "model": {
                     "f_maps": parse_int_list(f_maps) if f_maps else None,
                     "backbone": backbone,
+                    "output": "mask" if loss == "mask" else None,
                 },
                 "epochs": epochs,
                 "batch_size": batch_size,

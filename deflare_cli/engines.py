@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .devices import autocast
 from .errors import DeflareError
-from .model import TrueResidualUNet3D
+from .model import TrueResidualUNet3D, backbone_input, combine
 from .settings import EngineName, Precision
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class OpenVinoEngine:
     def __init__(self, model: TrueResidualUNet3D, key: str, precision: str) -> None:
         self.precision = precision
         self.multiple = model.settings.size_multiple
+        self.output = model.settings.output
         core = _openvino_core()
         converted = _converted_backbone(core, model, cache_dir() / f"backbone-{key}.xml")
         hint = "bf16" if precision == "bf16" else "f32"
@@ -88,11 +89,12 @@ class OpenVinoEngine:
     def run(self, voxels: torch.Tensor) -> torch.Tensor:
         sizes = voxels.shape[1:]
         padding = [(-size) % self.multiple for size in sizes]
-        padded = F.pad(voxels, (0, padding[2], 0, padding[1], 0, padding[0]))
+        features = backbone_input(voxels, self.output)
+        padded = F.pad(features, (0, padding[2], 0, padding[1], 0, padding[0]))
         self.request.infer({0: padded[:, None].numpy()})
-        correction = self.request.get_output_tensor(0).data[:, 0]
-        cropped = correction[:, : sizes[0], : sizes[1], : sizes[2]]
-        return voxels + torch.from_numpy(np.ascontiguousarray(cropped))
+        raw = self.request.get_output_tensor(0).data[:, 0]
+        cropped = raw[:, : sizes[0], : sizes[1], : sizes[2]]
+        return combine(voxels, torch.from_numpy(np.ascontiguousarray(cropped)), self.output)
 
 
 @cache

@@ -1,9 +1,18 @@
-"""The network: ``output = input + backbone(input)``, a true residual 3D U-Net.
+"""The network: a 3D U-Net whose untrained output is (about) its input. Two output forms
+(``ModelSettings.output``):
 
-pytorch-3dunet's own ``ResidualUNet3D`` is residual only inside its blocks; its output is not
-``input + correction``, so an untrained model destroys the background (the seed measured -46%
-energy kept). Here the backbone learns the correction (about ``-flare``) and its final 1x1x1
-convolution starts at zero, so the untrained model is exactly the identity.
+- ``residual``: ``output = input + backbone(input)``, a true residual U-Net. pytorch-3dunet's own
+  ``ResidualUNet3D`` is residual only inside its blocks; its output is not ``input +
+  correction``, so an untrained model destroys the background (the seed measured -46% energy
+  kept). Here the backbone learns the correction (about ``-flare``) and its final 1x1x1
+  convolution starts at zero, so the untrained model is exactly the identity.
+- ``mask``: ``output = input * (1 - removal)`` with ``removal = sigmoid(backbone(log input))``,
+  the share of each cell's events that is flare. It can only take events away, which is what
+  flare removal does, and it is trained as a classifier of events (``train --loss mask``): every
+  event weighs the same whether it sits in a flare core of tens of events or alone, and the
+  network sees ``sign(v) log(1 + |v|)``, so dense cores do not swamp sparse scenes. Its final
+  convolution starts at zero weights and a bias of ``MASK_START_LOGIT``: the untrained model
+  removes 0.25% of each cell, which rounds to nothing.
 """
 
 from __future__ import annotations
@@ -15,9 +24,12 @@ from torch import nn
 from .errors import DeflareError
 from .settings import ModelSettings
 
+MASK_START_LOGIT = -6.0  # sigmoid(-6) = 0.0025
+
 
 class TrueResidualUNet3D(nn.Module):
-    """Voxels in, voxels out: (N, 1, B, H, W) -> (N, 1, B, H, W).
+    """Voxels in, voxels out: (N, 1, B, H, W) -> (N, 1, B, H, W) (``residual`` or ``mask``
+    output: see the module's docstring).
 
     Inputs whose bins, height or width do not divide by ``2 ** (depth - 1)`` are zero-padded for
     the backbone and cropped back, so any sensor size works (260x346, 720x1280, ...).
@@ -28,21 +40,41 @@ class TrueResidualUNet3D(nn.Module):
         self.settings = settings
         self.backbone = build_backbone(settings)
         nn.init.zeros_(self.backbone.final_conv.weight)
-        nn.init.zeros_(self.backbone.final_conv.bias)
+        start = MASK_START_LOGIT if settings.output == "mask" else 0.0
+        nn.init.constant_(self.backbone.final_conv.bias, start)
 
-    def forward(self, voxels: torch.Tensor) -> torch.Tensor:
-        return voxels + self.residual(voxels)
-
-    def residual(self, voxels: torch.Tensor) -> torch.Tensor:
-        """The learned correction alone (about minus the flare), same shape as the input."""
+    def forward(self, voxels: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """The output voxels; ``raw``: the backbone's output alone (the correction, or the
+        removal logits of a mask model), which ``train --loss mask`` trains on."""
         if voxels.ndim != 5 or voxels.shape[1] != 1:
             raise ValueError(f"expected (N, 1, B, H, W) voxels, got {tuple(voxels.shape)}")
         multiple = self.settings.size_multiple
         sizes = voxels.shape[2:]
         padding = [(-size) % multiple for size in sizes]
-        padded = F.pad(voxels, (0, padding[2], 0, padding[1], 0, padding[0]))
-        correction = self.backbone(padded).to(voxels.dtype)
-        return correction[:, :, : sizes[0], : sizes[1], : sizes[2]]
+        features = backbone_input(voxels, self.settings.output)
+        padded = F.pad(features, (0, padding[2], 0, padding[1], 0, padding[0]))
+        out = self.backbone(padded).to(voxels.dtype)[:, :, : sizes[0], : sizes[1], : sizes[2]]
+        return out if raw else combine(voxels, out, self.settings.output)
+
+    def residual(self, voxels: torch.Tensor) -> torch.Tensor:
+        """What the model changes (about minus the flare), same shape as the input."""
+        return self(voxels) - voxels
+
+
+def backbone_input(voxels: torch.Tensor, output: str) -> torch.Tensor:
+    """What the backbone sees: the voxels (``residual``) or ``sign(v) log(1 + |v|)``
+    (``mask``)."""
+    if output == "mask":
+        return torch.sign(voxels) * torch.log1p(voxels.abs())
+    return voxels
+
+
+def combine(voxels: torch.Tensor, raw: torch.Tensor, output: str) -> torch.Tensor:
+    """The output voxels from the input and the backbone's output: ``voxels + raw``
+    (``residual``) or ``voxels * (1 - sigmoid(raw))`` (``mask``)."""
+    if output == "mask":
+        return voxels * torch.sigmoid(-raw)
+    return voxels + raw
 
 
 def build_backbone(settings: ModelSettings) -> nn.Module:

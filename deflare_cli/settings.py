@@ -144,7 +144,8 @@ class DecodeSettings(Frozen):
 
 
 Backbone = Literal["ResidualUNet3D", "UNet3D"]
-Loss = Literal["mse", "balanced"]
+Loss = Literal["mse", "balanced", "mask"]
+ModelOutput = Literal["residual", "mask"]
 
 
 class ModelSettings(Frozen):
@@ -161,6 +162,11 @@ class ModelSettings(Frozen):
     layer_order: str = Field("gcr", pattern=r"^[cgrblei]+$", description="pytorch-3dunet order")
     num_groups: int = Field(8, ge=1, description="GroupNorm groups")
     dropout: float = Field(0.0, ge=0, lt=1, description="UNet3D only")
+    output: ModelOutput = Field(
+        "residual",
+        description="residual: input + correction; mask: input x (1 - removal share), "
+        "a classifier of events (model.py)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
@@ -256,7 +262,8 @@ class TrainSettings(Frozen):
         "mse",
         description="mse: over all cells; balanced: the mean of the MSEs of three kinds of "
         "cells (flare changed them, events flare left alone, empty), so that sparse scene "
-        "events weigh as much as dense flare",
+        "events weigh as much as dense flare; mask: a class-balanced cross-entropy of each "
+        "event's flare share (model output mask)",
     )
     val_every: int | None = Field(None, ge=1, description="validate every N steps; None: epoch")
     checkpoint_every: int = Field(200, ge=1, description="save last.pt every N steps too")
@@ -277,6 +284,8 @@ class TrainSettings(Frozen):
 
     @model_validator(mode="after")
     def _sizes_fit_network(self) -> TrainSettings:
+        if (self.loss == "mask") != (self.model.output == "mask"):
+            raise ValueError("loss mask and model output mask go together (--loss mask sets both)")
         multiple = self.model.size_multiple
         if self.codec.num_bins % multiple:
             raise ValueError(

@@ -27,18 +27,20 @@ MINUTES=${MINUTES:-4.5}
 WORKERS=${WORKERS:-$(nproc)}
 DEVICE=${DEVICE:-cuda}
 DEADLINE=${DEADLINE:-480}
-MODELS=${MODELS:-"small deep edeflare"}
+MODELS=${MODELS:-"small deep edeflare edeflare-mask"}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$WORK/session.log") 2>&1
 say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
-# name -> "f_maps lr batch"
+# name -> "f_maps lr batch loss" (loss: the recipe's balanced, or mask: a mask model, README)
 declare -A RECIPE=(
-    [small]="16,32,64 0.0007 16"           # the shipped size: fast on CPU
-    [deep]="16,32,64,128 0.0007 16"        # one more level: twice the reach, ~1.2x the work
-    [edeflare]="32,64,128,256 0.0003 16"   # E-DeflareNet's size: GPU only
+    [small]="16,32,64 0.0007 16 balanced"           # the shipped size: fast on CPU
+    [deep]="16,32,64,128 0.0007 16 balanced"        # one more level: twice the reach
+    [edeflare]="32,64,128,256 0.0003 16 balanced"   # E-DeflareNet's size: GPU only
+    [small-mask]="16,32,64 0.0007 16 mask"          # classifies events (slow to learn on CPU)
+    [edeflare-mask]="32,64,128,256 0.0003 16 mask"
 )
 
 if [ -d .whl ] && ! $PY -c "import pydantic, pytorch3dunet" 2>/dev/null; then
@@ -74,9 +76,10 @@ $PY scripts/prefill_cache.py configs/default_model.yaml "$WORK/train" "$WORK/val
 
 say "training: $MODELS, $MINUTES min each, side by side"
 jobs=(); for name in $MODELS; do
-    read -r f_maps lr batch <<< "${RECIPE[$name]}"
+    read -r f_maps lr batch loss <<< "${RECIPE[$name]}"
     $DEFLARE train --run-dir "$WORK/runs/$name" --data-dir "$WORK/train" --val-dir "$WORK/val" \
         --config configs/default_model.yaml --f-maps "$f_maps" --lr "$lr" --batch-size "$batch" \
+        --loss "$loss" \
         --epochs 10000 --max-minutes "$MINUTES" --val-every 500 --device "$DEVICE" \
         --num-workers 4 --cache-dir "$WORK/cache" > "$WORK/train_$name.log" 2>&1 &
     jobs+=($!)

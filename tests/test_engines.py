@@ -23,19 +23,21 @@ CPU = torch.device("cpu")
 pytest.importorskip("openvino", reason="make install installs it (the 'fast' extra)")
 
 
-def trained_like(f_maps: tuple[int, ...] = (8, 16)) -> TrueResidualUNet3D:
+def trained_like(f_maps: tuple[int, ...] = (8, 16), output: str = "residual") -> TrueResidualUNet3D:
     torch.manual_seed(0)
-    model = TrueResidualUNet3D(ModelSettings(f_maps=f_maps)).eval()
+    model = TrueResidualUNet3D(ModelSettings(f_maps=f_maps, output=output)).eval()
     torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.3)
     return model
 
 
+@pytest.mark.parametrize("output", ["residual", "mask"])
 @pytest.mark.parametrize("shape", [(1, 8, 48, 64), (3, 8, 26, 35)])
-def test_openvino_computes_what_torch_computes(shape: tuple[int, ...]) -> None:
-    model = trained_like()
+def test_openvino_computes_what_torch_computes(shape: tuple[int, ...], output: str) -> None:
+    model = trained_like(output=output)
     voxels = (torch.rand(*shape) < 0.2).float() * torch.randint(-3, 4, shape)
     reference = engines.TorchEngine(model, CPU, None).run(voxels)
-    converted = engines.make_engine(model, "openvino", "fp32", CPU, "test-parity")
+    assert not torch.equal(reference, voxels)
+    converted = engines.make_engine(model, "openvino", "fp32", CPU, f"test-parity-{output}")
     assert converted.name == "openvino" and converted.precision == "fp32"
     output = converted.run(voxels)
     assert output.shape == voxels.shape and output.dtype == torch.float32

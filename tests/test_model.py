@@ -26,6 +26,37 @@ def test_unet3d_backbone_is_identity_too() -> None:
         assert torch.equal(model(voxels), voxels)
 
 
+def test_an_untrained_mask_model_changes_no_count_after_rounding() -> None:
+    model = TrueResidualUNet3D(ModelSettings(f_maps=(8, 16), output="mask"))
+    voxels = torch.randint(-30, 31, (2, 1, 8, 26, 35)).float()
+    with torch.no_grad():
+        output = model(voxels)
+        removal = model(voxels, raw=True).sigmoid()
+    assert torch.equal(output.round(), voxels)  # 0.25% of 30 events rounds away
+    assert torch.allclose(removal, torch.full_like(removal, 0.0025), atol=1e-4)
+
+
+def test_a_mask_model_only_takes_events_away() -> None:
+    torch.manual_seed(0)
+    model = TrueResidualUNet3D(ModelSettings(f_maps=(8, 16), output="mask"))
+    torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 1.0)
+    voxels = torch.randint(-5, 6, (1, 1, 8, 32, 32)).float()
+    with torch.no_grad():
+        output = model(voxels)
+    assert not torch.equal(output, voxels)  # it edits, and ...
+    assert (output.abs() <= voxels.abs()).all()  # ... never adds events
+    assert (output * voxels >= 0).all()  # nor flips a cell's polarity
+    assert (output[voxels == 0] == 0).all()
+
+
+def test_the_mask_output_goes_with_the_mask_loss() -> None:
+    _train_settings(model=ModelSettings(output="mask"), loss="mask")
+    with pytest.raises(ValidationError, match="go together"):
+        _train_settings(loss="mask")
+    with pytest.raises(ValidationError, match="go together"):
+        _train_settings(model=ModelSettings(output="mask"), loss="balanced")
+
+
 def test_parameter_counts_match_the_published_configurations() -> None:
     assert count_parameters(TrueResidualUNet3D()) == 431_889
     paper = TrueResidualUNet3D(ModelSettings(f_maps=(32, 64, 128, 256)))

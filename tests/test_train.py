@@ -22,7 +22,7 @@ from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
 from deflare_cli.train.data import EventVoxelDataset
-from deflare_cli.train.trainer import training_loss
+from deflare_cli.train.trainer import mask_loss, training_loss
 
 SMALL_MODEL = ModelSettings(f_maps=(8, 16))
 
@@ -97,6 +97,47 @@ def test_training_with_the_balanced_loss_keeps_scene_events(
     )
     before = mse_on(TrueResidualUNet3D(SMALL_MODEL), trainer.train_set)
     assert mse_on(trainer.model, trainer.train_set) < before
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_mask_loss_by_hand() -> None:
+    inputs = torch.tensor([0.0, 1.0, -2.0, 4.0, 1.0])
+    targets = torch.tensor([3.0, 1.0, -1.0, 0.0, 0.0])  # empty, scene, half flare, two flare
+    logits = torch.tensor([5.0, -1.0, 0.0, 2.0, 1.0])
+    p = logits.sigmoid()
+    # flare events: 1 of the -2 cell, 4 + 1 of the last cells; scene: 1 + 1 of the -2 cell
+    flare = -(1 * p[2].log() + 4 * p[3].log() + 1 * p[4].log()) / 6
+    scene = -(1 * (1 - p[1]).log() + 1 * (1 - p[2]).log()) / 2
+    assert mask_loss(logits, inputs, targets) == pytest.approx(float(flare + scene) / 2)
+    # the empty cell carries no loss, whatever the logit
+    other = logits.clone()
+    other[0] = -40.0
+    assert mask_loss(other, inputs, targets) == mask_loss(logits, inputs, targets)
+    # without flare, the scene half alone; sure and right costs next to nothing
+    assert mask_loss(torch.full((5,), -20.0), inputs, inputs) < 1e-8
+    assert training_loss("mask", logits, inputs, targets) == mask_loss(logits, inputs, targets)
+
+
+def test_training_a_mask_model_learns_which_events_are_flare(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    settings = settings_for(
+        tmp_path, pairs_dir, epochs=12, loss="mask",
+        model=ModelSettings(f_maps=(8, 16), output="mask"),
+        data=DataSettings(data_dir=pairs_dir, crop="full", flips=False, val_fraction=0),
+    )  # fmt: skip
+    result = train(settings)
+    trainer = Trainer(
+        settings.model_copy(update={"resume": result.last_checkpoint}), start_cluster("cpu")
+    )
+    untrained = TrueResidualUNet3D(settings.model)
+    with torch.no_grad():
+        before = [mask_loss(untrained(x[None], raw=True), x[None], y[None])
+                  for x, y in trainer.train_set]  # fmt: skip
+        after = [mask_loss(trainer.model(x[None], raw=True), x[None], y[None])
+                 for x, y in trainer.train_set]  # fmt: skip
+    assert float(torch.stack(after).mean()) < 0.5 * float(torch.stack(before).mean())
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
 
@@ -228,6 +269,26 @@ def test_train_command(tmp_path: Path, pairs_dir: Path) -> None:
     assert bad.exit_code == 1 and "not a readable deflare checkpoint" in bad.output
     bad = runner.invoke(app, ["train", "--data-dir", str(pairs_dir)])
     assert bad.exit_code == 1 and "run_dir" in bad.output
+
+
+def test_train_command_with_the_mask_loss_makes_a_mask_model(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "--data-dir", str(pairs_dir), "--run-dir", str(run_dir), "--loss", "mask",
+            "--max-steps", "2", "--crop", "16x16", "--f-maps", "8,16",
+            "--batch-size", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    settings = load_checkpoint(run_dir / "last.pt")["settings"]
+    assert settings["loss"] == "mask" and settings["model"]["output"] == "mask"
+    source = pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"
+    out = tmp_path / "out.h5"
+    result = CliRunner().invoke(
+        app, ["deflare", str(source), str(out), "--checkpoint", str(run_dir / "last.pt")]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.exists()
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:

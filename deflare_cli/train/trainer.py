@@ -263,8 +263,9 @@ class Trainer:
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """One optimizer step on a batch (N, 1, B, h, w); returns the batch's loss."""
         inputs, targets = self._to_device(inputs), self._to_device(targets)
+        raw = self.settings.loss == "mask"  # the loss takes the removal logits
         with autocast(self.cluster.device, self.dtype):
-            outputs = self.network(inputs)
+            outputs = self.network(inputs, raw=raw)
         loss = training_loss(self.settings.loss, outputs.float(), inputs, targets)
         if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
             raise DeflareError(
@@ -331,8 +332,9 @@ class Trainer:
 def training_loss(
     kind: str, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """``mse``, or ``balanced``: the mean of the MSEs over three kinds of cells — those flare
-    changed (input != target), those with events that flare left alone, and empty ones.
+    """``mse``; ``balanced``: the mean of the MSEs over three kinds of cells — those flare
+    changed (input != target), those with events that flare left alone, and empty ones;
+    ``mask``: :func:`mask_loss` (``outputs`` are then the removal logits).
 
     With plain MSE, dense flare cores (tens of events per cell, squared) outweigh the sparse
     scene of night recordings so much that deleting every event beats keeping them: trainings
@@ -342,8 +344,35 @@ def training_loss(
     """
     if kind == "mse":
         return torch.nn.functional.mse_loss(outputs, targets)
+    if kind == "mask":
+        return mask_loss(outputs, inputs, targets)
     squared = (outputs - targets) ** 2
     changed = inputs != targets
     groups = (changed, ~changed & (inputs != 0), ~changed & (inputs == 0))
     means = [squared[group].mean() for group in groups if bool(group.any())]
     return torch.stack(means).mean()
+
+
+def mask_loss(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Class-balanced binary cross-entropy of each event being flare, from the removal logits of
+    a mask model (``model.py``).
+
+    A cell with net count ``x != 0`` whose target is ``y`` has the flare share
+    ``clip((x - y) / x, 0, 1)`` (the target keeps the scene's events of the input: synth
+    draws them once for both). Each cell weighs ``|x|``, its events; the flare events' mean
+    loss and the other events' mean loss count half each, so that neither a scene-only crop
+    nor a flare core decides alone. Cells without events carry no loss (a mask cannot fill
+    them). Flare-free batches give the scene half alone.
+    """
+    occupied = inputs != 0
+    net, logit = inputs[occupied], logits[occupied]
+    share = ((net - targets[occupied]) / net).clamp(0, 1)
+    weight = net.abs()
+    flare_loss = torch.nn.functional.softplus(-logit)  # -log sigmoid(logit)
+    scene_loss = torch.nn.functional.softplus(logit)  # -log (1 - sigmoid(logit))
+    halves = [
+        (weight * part * loss).sum() / (weight * part).sum()
+        for part, loss in ((share, flare_loss), (1 - share, scene_loss))
+        if float((weight * part).sum()) > 0
+    ]
+    return torch.stack(halves).mean() if halves else logits.sum() * 0
