@@ -27,13 +27,11 @@ from functools import cache
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .devices import autocast
 from .errors import DeflareError
-from .model import TrueResidualUNet3D, backbone_input, combine
+from .model import TrueResidualUNet3D, backbone_input, finish
 from .settings import EngineName, Precision
 
 log = logging.getLogger(__name__)
@@ -78,8 +76,7 @@ class OpenVinoEngine:
 
     def __init__(self, model: TrueResidualUNet3D, key: str, precision: str) -> None:
         self.precision = precision
-        self.multiple = model.settings.size_multiple
-        self.output = model.settings.output
+        self.settings = model.settings
         core = _openvino_core()
         converted = _converted_backbone(core, model, cache_dir() / f"backbone-{key}.xml")
         hint = "bf16" if precision == "bf16" else "f32"
@@ -87,14 +84,9 @@ class OpenVinoEngine:
         self.request = self.compiled.create_infer_request()
 
     def run(self, voxels: torch.Tensor) -> torch.Tensor:
-        sizes = voxels.shape[1:]
-        padding = [(-size) % self.multiple for size in sizes]
-        features = backbone_input(voxels, self.output)
-        padded = F.pad(features, (0, padding[2], 0, padding[1], 0, padding[0]))
-        self.request.infer({0: padded[:, None].numpy()})
-        raw = self.request.get_output_tensor(0).data[:, 0]
-        cropped = raw[:, : sizes[0], : sizes[1], : sizes[2]]
-        return combine(voxels, torch.from_numpy(np.ascontiguousarray(cropped)), self.output)
+        self.request.infer({0: backbone_input(voxels, self.settings)[:, None].numpy()})
+        out = torch.from_numpy(self.request.get_output_tensor(0).data[:, 0])
+        return finish(voxels, out, self.settings).contiguous()
 
 
 @cache

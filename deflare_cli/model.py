@@ -48,33 +48,37 @@ class TrueResidualUNet3D(nn.Module):
         removal logits of a mask model), which ``train --loss mask`` trains on."""
         if voxels.ndim != 5 or voxels.shape[1] != 1:
             raise ValueError(f"expected (N, 1, B, H, W) voxels, got {tuple(voxels.shape)}")
-        multiple = self.settings.size_multiple
-        sizes = voxels.shape[2:]
-        padding = [(-size) % multiple for size in sizes]
-        features = backbone_input(voxels, self.settings.output)
-        padded = F.pad(features, (0, padding[2], 0, padding[1], 0, padding[0]))
-        out = self.backbone(padded).to(voxels.dtype)[:, :, : sizes[0], : sizes[1], : sizes[2]]
-        return out if raw else combine(voxels, out, self.settings.output)
+        out = self.backbone(backbone_input(voxels, self.settings)).to(voxels.dtype)
+        return finish(voxels, out, self.settings, raw)
 
     def residual(self, voxels: torch.Tensor) -> torch.Tensor:
         """What the model changes (about minus the flare), same shape as the input."""
         return self(voxels) - voxels
 
 
-def backbone_input(voxels: torch.Tensor, output: str) -> torch.Tensor:
-    """What the backbone sees: the voxels (``residual``) or ``sign(v) log(1 + |v|)``
-    (``mask``)."""
-    if output == "mask":
-        return torch.sign(voxels) * torch.log1p(voxels.abs())
-    return voxels
+def backbone_input(voxels: torch.Tensor, settings: ModelSettings) -> torch.Tensor:
+    """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels (``residual``) or
+    ``sign(v) log(1 + |v|)`` (``mask``), zero-padded at the end of bins, height and width to
+    a multiple of ``settings.size_multiple``. Every engine feeds its backbone this."""
+    if settings.output == "mask":
+        voxels = torch.sign(voxels) * torch.log1p(voxels.abs())
+    padding = [(-size) % settings.size_multiple for size in voxels.shape[-3:]]
+    return F.pad(voxels, (0, padding[2], 0, padding[1], 0, padding[0]))
 
 
-def combine(voxels: torch.Tensor, raw: torch.Tensor, output: str) -> torch.Tensor:
-    """The output voxels from the input and the backbone's output: ``voxels + raw``
-    (``residual``) or ``voxels * (1 - sigmoid(raw))`` (``mask``)."""
-    if output == "mask":
-        return voxels * torch.sigmoid(-raw)
-    return voxels + raw
+def finish(
+    voxels: torch.Tensor, out: torch.Tensor, settings: ModelSettings, raw: bool = False
+) -> torch.Tensor:
+    """The output voxels from the input and the backbone's (padded) output, cropped to the
+    input: ``voxels + out`` (``residual``) or ``voxels * (1 - sigmoid(out))`` (``mask``);
+    ``raw``: the cropped backbone output alone."""
+    sizes = voxels.shape[-3:]
+    out = out[..., : sizes[0], : sizes[1], : sizes[2]]
+    if raw:
+        return out
+    if settings.output == "mask":
+        return voxels * torch.sigmoid(-out)
+    return voxels + out
 
 
 def build_backbone(settings: ModelSettings) -> nn.Module:

@@ -283,9 +283,13 @@ class TrainSettings(Frozen):
     debug: bool = Field(False, description="run 2 steps and write debug_output/ pictures")
 
     @model_validator(mode="after")
-    def _sizes_fit_network(self) -> TrainSettings:
+    def _loss_fits_output(self) -> TrainSettings:
         if (self.loss == "mask") != (self.model.output == "mask"):
             raise ValueError("loss mask and model output mask go together (--loss mask sets both)")
+        return self
+
+    @model_validator(mode="after")
+    def _sizes_fit_network(self) -> TrainSettings:
         multiple = self.model.size_multiple
         if self.codec.num_bins % multiple:
             raise ValueError(

@@ -370,9 +370,9 @@ def mask_loss(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor)
     weight = net.abs()
     flare_loss = torch.nn.functional.softplus(-logit)  # -log sigmoid(logit)
     scene_loss = torch.nn.functional.softplus(logit)  # -log (1 - sigmoid(logit))
-    halves = [
-        (weight * part * loss).sum() / (weight * part).sum()
-        for part, loss in ((share, flare_loss), (1 - share, scene_loss))
-        if float((weight * part).sum()) > 0
-    ]
+    halves = []
+    for part, loss in ((weight * share, flare_loss), (weight * (1 - share), scene_loss)):
+        total = part.sum()
+        if float(total) > 0:
+            halves.append((part * loss).sum() / total)
     return torch.stack(halves).mean() if halves else logits.sum() * 0
