@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import NIGHT_SENSOR, machine, night_stream, write_stream  # noqa: E402
 
 E_DEFLARENET = (32, 64, 128, 256)
+# whole 1280x720 frames need ~5 GB of host memory per batch, over the 2 GB default budget (set
+# for laptops); a GPU server has far more
+HOST_MEMORY_GB = 32.0
 
 
 def dense_stream(seconds: float, rate: float = 10e6, seed: int = 0):
@@ -71,6 +74,7 @@ def measure(source: Path, seconds: float, checkpoint: Path | None, tiling: str, 
         checkpoint=checkpoint,
         batch_size=batch,
         overwrite=True,
+        memory_gb=HOST_MEMORY_GB,
         runtime=RuntimeSettings(device="cuda"),
         tiles=TileSettings(mode=tiling, pass_pixels=TileSettings().pass_pixels * batch),
     )

@@ -437,10 +437,11 @@ def machine() -> str:
 
 
 def gpu_line() -> str:
-    """What GPU this run had: the GPU benchmarks need one (none so far in this project)."""
+    """Where the GPU figures are: `benchmarks/gpu.py`, run on a GPU machine."""
+    present = "none here"
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} present, but no GPU benchmark is implemented yet."
-    return "not measured (no CUDA device on this machine)."
+        present = f"{torch.cuda.get_device_name()} present"
+    return f"BENCHMARKS_GPU.md, by `python benchmarks/gpu.py` on a GPU machine ({present})."
 
 
 def table(rows: list[dict]) -> str:
