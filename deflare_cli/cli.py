@@ -288,6 +288,14 @@ def synth(
         Path | None,
         typer.Option("--background-dir", help="Take backgrounds from real recordings here."),
     ] = None,
+    scene_flicker: Annotated[
+        float | None,
+        typer.Option(
+            "--scene-flicker",
+            help="Share of pairs whose whole scene is lit by mains light and flickers with it "
+            "(scene events, kept in the target) [0].",
+        ),
+    ] = None,
     compression: CompressionOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a folder that holds pairs.")
@@ -309,6 +317,7 @@ def synth(
                 "duration_ms": duration_ms,
                 "runtime": {"workers": workers},
                 "background_dir": background_dir,
+                "scene_flicker": scene_flicker,
                 "write": {"compression": compression},
                 "overwrite": overwrite or None,
             },

@@ -345,6 +345,10 @@ class SynthSettings(Frozen):
     leak_hz: Range = Field((0.01, 0.1), description="per-pixel leak (ON) event rate")
     hot_pixels: tuple[int, int] = Field((0, 8), description="range of hot pixels per file")
     samples_per_cycle: int = Field(12, ge=4, description="flare samples per flicker cycle")
+    scene_flicker: float = Field(
+        0.0, ge=0, le=1, description="pairs whose whole scene is lit by mains light and flickers"
+    )
+    scene_flicker_depth: Range = Field((0.03, 0.6), description="its depth (log-uniform)")
     background_dir: Path | None = Field(None, description="real recordings as backgrounds")
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -354,7 +358,7 @@ class SynthSettings(Frozen):
     def _ranges(self) -> SynthSettings:
         for name in ("pwm_hz", "drift_px_per_ms", "vibration_hz", "vibration_px", "threshold",
                      "threshold_sigma", "refractory_us", "shot_noise_hz", "leak_hz",
-                     "hot_pixels"):  # fmt: skip
+                     "hot_pixels", "scene_flicker_depth"):  # fmt: skip
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"{name} must be a range [low, high] with 0 <= low <= high")

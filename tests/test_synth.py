@@ -326,3 +326,57 @@ def test_dark_pairs_have_nothing_to_remove(tmp_path: Path) -> None:
     lit = draw_parameters(small_settings(tmp_path, dark_fraction=0.0), 3)
     some_dark = draw_parameters(small_settings(tmp_path, dark_fraction=0.5), 3)
     assert some_dark.lights in ([], lit.lights)
+
+
+def test_a_scene_lit_by_mains_light_flickers_and_its_events_stay_in_the_target(
+    tmp_path: Path,
+) -> None:
+    """``scene_flicker``: a still camera on a dark pair (no bright light) by day sees almost
+    nothing until mains light on the scene makes its surfaces fire at the flicker frequency; those
+    events are scene, so the target keeps them all. The photoreceptors start settled (a warm-up
+    before the pair): ON and OFF events alternate from the first cycle on."""
+    values = {"dark_fraction": 1.0, "drift_px_per_ms": (0, 0), "vibration_px": (0, 0),
+              "max_objects": 0, "duration_ms": 100, "regimes": {"day": 1.0},
+              "shot_noise_hz": (0, 0), "leak_hz": (0, 0), "hot_pixels": (0, 0), "num_files": 1,
+              "scene_flicker_depth": (0.4, 0.4)}  # fmt: skip
+    steady, _ = synthesise_pair(small_settings(tmp_path, **values), 0)
+    pair, params = synthesise_pair(small_settings(tmp_path, scene_flicker=1.0, **values), 0)
+    lit = params.scene_flicker
+    assert lit is not None and lit.depth == pytest.approx(0.4)
+    assert min(abs(lit.frequency_hz - 100), abs(lit.frequency_hz - 120)) < 1
+    assert len(pair.flare_input) > 20 * max(len(steady.flare_input), 1)
+    assert pair.counts["input_flare_events"] == 0
+    assert np.array_equal(pair.flare_input.t, pair.clean_target.t)
+    # ON events as it brightens, OFF as it dims: the rate of ON minus OFF events swings at the
+    # flicker frequency (the rate of all events, at twice that)
+    events = pair.flare_input
+    rate = np.bincount(events.t // 250, weights=events.p, minlength=400)[:400]
+    spectrum = np.abs(np.fft.rfft(rate - rate.mean()))
+    frequencies = np.fft.rfftfreq(len(rate), d=250e-6)
+    assert abs(frequencies[np.argmax(spectrum)] - lit.frequency_hz) <= 10
+    on = pair.flare_input.p > 0
+    assert 0.3 < on.mean() < 0.7
+    # at dusk a pixel's low-pass (cutoff of a few Hz) would settle from a flicker peak to the
+    # mean with a burst of one polarity; the warm-up leaves the first 20 ms like the rest
+    dusk, _ = synthesise_pair(
+        small_settings(tmp_path, scene_flicker=1.0, **{**values, "regimes": {"dusk": 1.0}}), 0
+    )
+    per_10_ms = np.bincount(dusk.flare_input.t // 10_000, minlength=10)[:10]
+    assert per_10_ms[:2].max() <= 2 * np.median(per_10_ms[2:])
+
+
+def test_scene_flicker_follows_a_mains_light_in_view_and_leaves_other_pairs_alone(
+    tmp_path: Path,
+) -> None:
+    settings = small_settings(tmp_path, scene_flicker=1.0, steady_fraction=0.0, pwm_fraction=0.0)
+    params = draw_parameters(settings, 0)
+    light = params.lights[0]
+    assert light.flicker in ("sine", "triangle") and params.scene_flicker is not None
+    assert params.scene_flicker.frequency_hz == light.frequency_hz
+    assert params.scene_flicker.phase == light.phase
+    # the share does not change the rest of a pair, nor pairs without it (own random stream)
+    plain = draw_parameters(small_settings(tmp_path, steady_fraction=0.0, pwm_fraction=0.0), 0)
+    assert plain.scene_flicker is None and plain.lights == params.lights
+    a, _ = synthesise_pair(small_settings(tmp_path, seed=9), 1)
+    b, _ = synthesise_pair(small_settings(tmp_path, seed=9, scene_flicker=0.0), 1)
+    assert np.array_equal(a.flare_input.t, b.flare_input.t)

@@ -20,17 +20,24 @@ from .scene import Camera
 
 
 def flicker(light: LightSource, times_s: np.ndarray) -> np.ndarray:
+    """A light's relative intensity over time (:func:`flicker_gain`)."""
+    return flicker_gain(light.flicker, light.frequency_hz, light.depth, light.phase, times_s)
+
+
+def flicker_gain(
+    waveform: str, frequency_hz: float, depth: float, phase: float, times_s: np.ndarray
+) -> np.ndarray:
     """Relative intensity over time: ``1 + depth * wave``, wave in [-1, 1] (never below 2%)."""
-    if light.flicker == "steady":
+    if waveform == "steady":
         return np.ones_like(times_s)
-    phase = 2 * math.pi * light.frequency_hz * times_s + light.phase
-    if light.flicker == "sine":
-        wave = np.sin(phase)
-    elif light.flicker == "square":
-        wave = np.where(np.sin(phase) >= 0, 1.0, -1.0)
+    angle = 2 * math.pi * frequency_hz * times_s + phase
+    if waveform == "sine":
+        wave = np.sin(angle)
+    elif waveform == "square":
+        wave = np.where(np.sin(angle) >= 0, 1.0, -1.0)
     else:
-        wave = 2 / math.pi * np.arcsin(np.sin(phase))
-    return np.maximum(1 + light.depth * wave, 0.02)
+        wave = 2 / math.pi * np.arcsin(np.sin(angle))
+    return np.maximum(1 + depth * wave, 0.02)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from .mixing import (
     nearest,
     real_background,
 )
-from .optics import flare_layers, render_layers
+from .optics import flare_layers, flicker_gain, render_layers
 from .parameters import PairParameters, draw_parameters
 from .scene import Camera, make_texture, render_background
 from .sensor import Sensor, emulate
@@ -37,6 +37,10 @@ from .sensor import Sensor, emulate
 # Background frames per second: enough that the image moves at most about a pixel per frame,
 # within these bounds (the photoreceptor filter is exact at any step).
 BACKGROUND_RATE_HZ = (200, 1000)
+# A flickering scene starts its photoreceptors this long before the pair: they start at the
+# first frame's level, and a dim pixel's low-pass (a cutoff of a few Hz) would otherwise settle
+# from a flicker peak to the mean with a burst of one polarity, which a steady camera never shows.
+SCENE_FLICKER_WARMUP_US = 50_000
 MAX_FLARE_RATE_HZ = 4000  # caps the flicker sampling of kHz PWM lights (aliased above 333 Hz)
 
 
@@ -70,13 +74,25 @@ def synthesise_pair(
         flare_kept = rng.random(len(fl_t)) < weights.flare_kept(fl_t, fl_x, fl_y)
     else:
         rate = float(np.clip(camera.max_speed_px_per_s(), *BACKGROUND_RATE_HZ))
-        background_times = sample_times(duration_us, rate)
+        lit = params.scene_flicker
+        if lit is None:
+            background_times = sample_times(duration_us, rate)
+        else:  # sampled as a flickering light's flare is, from a warm-up on (see below)
+            rate = max(rate, min(settings.samples_per_cycle * lit.frequency_hz, MAX_FLARE_RATE_HZ))
+            warm_us = SCENE_FLICKER_WARMUP_US
+            background_times = sample_times(duration_us + warm_us, rate) - warm_us
         margin = camera.margin
         shape = (params.height + 2 * margin, params.width + 2 * margin)
         texture = make_texture(shape, params, rng)
         background = render_background(texture, camera, background_times / 1e6, params.scene_level)
+        if lit is not None:
+            gain = flicker_gain(lit.waveform, lit.frequency_hz, lit.depth, lit.phase,
+                                background_times / 1e6)  # fmt: skip
+            background *= gain.astype(np.float32)[:, None, None]
         full = (slice(0, params.height), slice(0, params.width))
         bg_events = emulate(background, background_times, sensor, full)
+        if lit is not None:
+            bg_events = tuple(column[bg_events[0] >= 0] for column in bg_events)
         # Mixing keeps a flare event with I_flare / (I_bg + I_flare): decide as events are made,
         # so that the many flare events mixing would drop are never stored or looked up.
         thin = flare_thinning(flare, background, nearest(background_times, flare_times), rng)

@@ -73,6 +73,18 @@ class MovingObject:
 
 
 @dataclass
+class SceneFlicker:
+    """Mains light on the whole scene (a lamp-lit room or street): the background's intensity
+    times ``1 + depth * wave`` (``optics.flicker_gain``). Its events are scene, not flare: they
+    stay in the target."""
+
+    waveform: str  # "sine" or "triangle"
+    frequency_hz: float
+    depth: float  # the flickering light's share of the scene's light times its own depth
+    phase: float
+
+
+@dataclass
 class PairParameters:
     """Everything random about one pair, kept in the manifest."""
 
@@ -97,6 +109,7 @@ class PairParameters:
     leak_hz: float
     hot_pixels: int
     lights: list[LightSource]
+    scene_flicker: SceneFlicker | None = None  # mains light on the whole scene, if any
 
     @property
     def scale(self) -> float:
@@ -153,7 +166,29 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
     # stream, so that the other pairs of a seed do not depend on the share.
     if np.random.default_rng([settings.seed, index, 3]).random() < settings.dark_fraction:
         params.lights = []
+    # A share of scenes is lit by mains light and flickers with it: the scene's edges then fire
+    # at 100/120 Hz, and those events are scene, not flare (a model trained without such scenes
+    # took a real lamp-lit scene's edges for flare). Its own stream as well.
+    lit = np.random.default_rng([settings.seed, index, 4])
+    if lit.random() < settings.scene_flicker:
+        params.scene_flicker = _draw_scene_flicker(settings, params, lit)
     return params
+
+
+def _draw_scene_flicker(
+    settings: SynthSettings, params: PairParameters, rng: np.random.Generator
+) -> SceneFlicker:
+    """In step with a mains light in view, which then lights the scene; else a light out of
+    view. Depth: a small share of the light from an incandescent lamp to most of it from a
+    fluorescent or cheap LED one."""
+    depth = log_uniform(rng, *settings.scene_flicker_depth)
+    mains = [light for light in params.lights if light.flicker in ("sine", "triangle")]
+    if mains:
+        light = mains[0]
+        return SceneFlicker(light.flicker, light.frequency_hz, depth, light.phase)
+    frequency_hz = float(rng.choice(settings.mains_hz)) * float(rng.uniform(0.995, 1.005))
+    waveform = str(rng.choice(["sine", "triangle"]))
+    return SceneFlicker(waveform, frequency_hz, depth, float(rng.uniform(0, 2 * math.pi)))
 
 
 def _draw_vibration(settings: SynthSettings, rng: np.random.Generator, scale: float) -> Vibration:
