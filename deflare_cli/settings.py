@@ -348,7 +348,7 @@ class SynthSettings(Frozen):
     scene_flicker: float = Field(
         0.0, ge=0, le=1, description="pairs whose whole scene is lit by mains light and flickers"
     )
-    scene_flicker_depth: Range = Field((0.03, 0.6), description="its depth (log-uniform)")
+    scene_flicker_depth: Range = Field((0.02, 0.25), description="its depth (log-uniform)")
     background_dir: Path | None = Field(None, description="real recordings as backgrounds")
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()

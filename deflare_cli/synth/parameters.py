@@ -179,8 +179,8 @@ def _draw_scene_flicker(
     settings: SynthSettings, params: PairParameters, rng: np.random.Generator
 ) -> SceneFlicker:
     """In step with a mains light in view, which then lights the scene; else a light out of
-    view. Depth: a small share of the light from an incandescent lamp to most of it from a
-    fluorescent or cheap LED one."""
+    view. Depth (``scene_flicker_depth``): the lamp's own depth (incandescent 6-11%,
+    fluorescent 25-40%) times its share of the scene's light."""
     depth = log_uniform(rng, *settings.scene_flicker_depth)
     mains = [light for light in params.lights if light.flicker in ("sine", "triangle")]
     if mains:
