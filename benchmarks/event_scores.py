@@ -1,0 +1,90 @@
+"""How well a model tells flare events from the rest, before any margin (issue 12).
+
+    python benchmarks/event_scores.py CHECKPOINT PAIRS_DIR [CHECKPOINT ...]
+
+PAIRS_DIR holds labelled pairs from ``deflare synth`` (inputs with ``/events/is_flare``): use
+calibration or validation pairs to choose between models, and the test set once, at the end.
+Every input event gets the model's removal share of its cell: ``(input - output) / |input|``,
+signed by the cell's polarity, the share of the cell's events the model takes away (for a mask
+model exactly its removal). Pooled over the pairs, it prints the ROC AUC of that score (0.5: no
+better than chance) and the share of the flare events that ranking by it removes while keeping
+97% of the other events. Unlike ``deflare calibrate``, which decodes with a margin per cell,
+this ranks events directly: it measures what the network knows, not what a margin makes of it.
+Whole frames, the checkpoint's engine settings otherwise (torch on CPU here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+from deflare_cli.codec import cell_index
+from deflare_cli.infer import load_deflarer, predict_windows
+from deflare_cli.io import find_pairs, read_event_column, read_events
+from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings, paired_dirs
+
+KEPT = 0.97
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half):
+    the Mann-Whitney U statistic over the product of the class sizes."""
+    labels = labels.astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # average ranks for ties
+    u = ranks[labels].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def removed_at_kept(scores: np.ndarray, labels: np.ndarray, kept: float = KEPT) -> float:
+    """Share of the positives scoring above the threshold that keeps ``kept`` of the negatives."""
+    labels = labels.astype(bool)
+    threshold = np.quantile(scores[~labels], kept)
+    return float((scores[labels] > threshold).mean())
+
+
+def event_scores(checkpoint: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(removal share, is_flare) of every input event of one labelled file."""
+    settings = InferSettings(checkpoint=checkpoint, margin=0.0, tiles=TileSettings(mode="frame"),
+                             runtime=RuntimeSettings(device="cpu"), memory_gb=16.0)  # fmt: skip
+    deflarer = load_deflarer(settings)
+    events = read_events(path)
+    labels = read_event_column(path, "is_flare").astype(bool)
+    pieces = []  # windows are consecutive time slices of the (time-sorted) events
+    for window, voxels, predicted, _first in predict_windows(deflarer, events, events.time_span()):
+        cells = cell_index(window, voxels.t0_us, voxels.bin_us)
+        net = voxels.data.flatten().numpy()[cells].astype(np.float64)
+        out = predicted.flatten().float().numpy()[cells].astype(np.float64)
+        pieces.append(np.sign(net) * (net - out) / np.maximum(np.abs(net), 1))
+    scores = np.concatenate(pieces) if pieces else np.empty(0)
+    if len(scores) != len(events):
+        raise RuntimeError(f"{path}: scored {len(scores)} of {len(events)} events")
+    return scores, labels
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints, then PAIRS_DIR")
+    args = parser.parse_args()
+    *checkpoints, pairs_dir = args.checkpoints
+    pairs = find_pairs(*paired_dirs(pairs_dir))
+    print(f"{len(pairs)} labelled pairs in {pairs_dir}")
+    print(f"| checkpoint | ROC AUC | flare removed at {KEPT:.0%} of the rest kept |")
+    print("|---|---:|---:|")
+    for checkpoint in checkpoints:
+        results = [event_scores(checkpoint, pair.flare_path) for pair in pairs]
+        scores = np.concatenate([s for s, _ in results])
+        labels = np.concatenate([y for _, y in results])
+        auc, removed = roc_auc(scores, labels), removed_at_kept(scores, labels)
+        print(f"| {checkpoint} | {auc:.3f} | {removed:.1%} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
