@@ -24,7 +24,7 @@ from scipy.stats import rankdata
 
 from deflare_cli.codec import cell_index
 from deflare_cli.infer import load_deflarer, predict_windows
-from deflare_cli.io import find_pairs, read_event_column, read_events
+from deflare_cli.io import find_pairs, read_events, read_flare_labels
 from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings, paired_dirs
 
 KEPT = 0.97
@@ -55,7 +55,7 @@ def event_scores(checkpoint: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
                              runtime=RuntimeSettings(device="cpu"), memory_gb=16.0)  # fmt: skip
     deflarer = load_deflarer(settings)
     events = read_events(path)
-    labels = read_event_column(path, "is_flare").astype(bool)
+    labels = read_flare_labels(path, len(events))
     pieces = []  # windows are consecutive time slices of the (time-sorted) events
     for window, voxels, predicted, _first in predict_windows(deflarer, events, events.time_span()):
         cells = cell_index(window, voxels.t0_us, voxels.bin_us)
@@ -69,6 +69,7 @@ def event_scores(checkpoint: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> int:
+    """Prints the table; a missing folder, pair or label is an error naming the file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints, then PAIRS_DIR")
     args = parser.parse_args()
@@ -78,7 +79,10 @@ def main() -> int:
     print(f"| checkpoint | ROC AUC | flare removed at {KEPT:.0%} of the rest kept |")
     print("|---|---:|---:|")
     for checkpoint in checkpoints:
-        results = [event_scores(checkpoint, pair.flare_path) for pair in pairs]
+        results = []
+        for done, pair in enumerate(pairs, start=1):  # minutes per checkpoint on a CPU
+            results.append(event_scores(checkpoint, pair.flare_path))
+            print(f"  {checkpoint.name}: {done}/{len(pairs)} pairs", file=sys.stderr, flush=True)
         scores = np.concatenate([s for s, _ in results])
         labels = np.concatenate([y for _, y in results])
         auc, removed = roc_auc(scores, labels), removed_at_kept(scores, labels)

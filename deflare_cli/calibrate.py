@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import export_checkpoint
-from .errors import InputError
 from .infer import Deflarer, decode_window, load_deflarer, predict_windows
-from .io import Pair, find_pairs, read_event_column, read_events
+from .io import Pair, find_pairs, read_events, read_flare_labels
 from .metrics import kept_mask
 from .progress import Progress, no_progress
 from .settings import CalibrateSettings
@@ -84,10 +83,7 @@ def _score_pair(
 ) -> None:
     """Run the model once over a pair's input and add each margin's counts to ``scores``."""
     source = read_events(pair.flare_path, settings.infer.read)
-    labels = read_event_column(pair.flare_path, "is_flare")
-    if labels is None or len(labels) != len(source):
-        raise InputError(pair.flare_path, "has no /events/is_flare labels (made by deflare synth)")
-    flare = labels.astype(bool)
+    flare = read_flare_labels(pair.flare_path, len(source))
     # Per window: preserve mode keeps each window's events inside it, so the kept masks of the
     # windows, in order, are the recording's (no copy of the whole output per margin).
     kept: dict[float, list[np.ndarray]] = {score.margin: [] for score in scores}

@@ -6,12 +6,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from conftest import flare_pair, write_deflare
 from test_calibrate import labelled_pairs
 from test_infer import SMALL, write_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from event_scores import event_scores, removed_at_kept, roc_auc  # noqa: E402
 
+from deflare_cli.errors import InputError  # noqa: E402
 from deflare_cli.io import read_events  # noqa: E402
 
 
@@ -46,3 +49,10 @@ def test_an_untrained_model_scores_nothing_and_a_remover_scores_every_event(
     # a cell's count can be fractional (events are split between neighbouring time bins) or
     # cancel to 0 (opposite events); a whole event's cell scores 1
     assert np.all(scores >= 0) and np.mean(np.isclose(scores, 1, atol=1e-6)) > 0.5
+
+
+def test_a_file_without_labels_is_an_error_naming_it(tmp_path: Path) -> None:
+    flare, _ = flare_pair()
+    path = write_deflare(tmp_path / "unlabelled.h5", flare)
+    with pytest.raises(InputError, match="unlabelled.h5.*is_flare"):
+        event_scores(write_checkpoint(tmp_path / "identity.pt"), path)

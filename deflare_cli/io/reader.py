@@ -326,6 +326,15 @@ def _read_block(
     return block
 
 
+def read_flare_labels(path: Path, count: int) -> np.ndarray:
+    """The per-event flare labels of a ``deflare synth`` input (bool), for ``count`` events;
+    an :class:`InputError` naming the file where they are missing or do not line up."""
+    labels = read_event_column(path, "is_flare")
+    if labels is None or len(labels) != count:
+        raise InputError(path, "has no /events/is_flare labels (made by deflare synth)")
+    return labels.astype(bool)
+
+
 def read_event_column(path: Path, name: str) -> np.ndarray | None:
     """A per-event dataset ``/events/NAME`` (e.g. ``is_flare`` from ``deflare synth``), or None.
 
