@@ -83,13 +83,7 @@ def restore_training(path: Path, state: TrainingState, model_settings: ModelSett
             "holds a model alone (as `deflare export` writes), not a training run: "
             "it cannot be resumed; start a new run instead",
         )
-    saved_model = checkpoint["settings"]["model"]
-    if saved_model != model_settings.model_dump(mode="json"):
-        raise InputError(
-            path,
-            f"its model settings {saved_model} differ from this run's; resume with the same "
-            "model settings",
-        )
+    _check_model_settings(path, checkpoint, model_settings, "resume")
     state.model.load_state_dict(checkpoint["model"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -101,6 +95,27 @@ def restore_training(path: Path, state: TrainingState, model_settings: ModelSett
         checkpoint["step_in_epoch"],
         checkpoint["best_metric"],
     )
+
+
+def load_weights(path: Path, model: torch.nn.Module, model_settings: ModelSettings) -> int:
+    """Load a checkpoint's weights alone into ``model`` (fine-tuning): a training checkpoint or an
+    exported model, whose model settings must equal ``model_settings``. Returns its step."""
+    checkpoint = load_checkpoint(path)
+    _check_model_settings(path, checkpoint, model_settings, "fine-tune")
+    model.load_state_dict(checkpoint["model"])
+    return int(checkpoint.get("step", 0))
+
+
+def _check_model_settings(
+    path: Path, checkpoint: dict[str, Any], model_settings: ModelSettings, verb: str
+) -> None:
+    saved_model = checkpoint["settings"]["model"]
+    if saved_model != model_settings.model_dump(mode="json"):
+        raise InputError(
+            path,
+            f"its model settings {saved_model} differ from this run's; {verb} with the same "
+            "model settings (f_maps, backbone, output, ...)",
+        )
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:

@@ -808,6 +808,14 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue from a checkpoint (RUN/last.pt).")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start from a checkpoint's weights with a fresh optimizer at step 0 "
+            "(fine-tuning); 'default': the shipped model (f_maps 16,32,64, --loss mask).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything [0].")] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after this many steps in total.")
@@ -875,6 +883,7 @@ def train(
                 "lr": lr,
                 "loss": loss,
                 "resume": resume,
+                "init_from": init_from,
                 "seed": seed,
                 "max_steps": max_steps,
                 "max_minutes": max_minutes,

@@ -277,6 +277,11 @@ class TrainSettings(Frozen):
     runtime: RuntimeSettings = RuntimeSettings()
     seed: int = Field(0, ge=0)
     resume: Path | None = Field(None, description="checkpoint to continue from")
+    init_from: Path | None = Field(
+        None,
+        description="start from this checkpoint's weights (a training run's or an exported "
+        "model such as the shipped default), with a fresh optimizer at step 0: fine-tuning",
+    )
     overwrite: bool = Field(
         False, description="start a fresh run in a run-dir that holds one (removes its files)"
     )

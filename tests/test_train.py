@@ -229,6 +229,46 @@ def test_resume_with_other_model_settings_is_refused(tmp_path: Path, pairs_dir: 
         train(other)
 
 
+def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimizer(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    first = train(settings_for(tmp_path / "a", pairs_dir, epochs=1))
+    source = _weights(first.last_checkpoint)
+    tuned = settings_for(tmp_path / "b", pairs_dir, epochs=1, init_from=first.last_checkpoint)
+    trainer = Trainer(tuned, start_cluster("cpu"))
+    assert trainer.position.step == 0 and not trainer.state.optimizer.state  # fresh
+    loaded = trainer.model.state_dict()
+    assert all(torch.equal(source[k], loaded[k]) for k in source)
+    scratch = Trainer(settings_for(tmp_path / "c", pairs_dir, epochs=1), start_cluster("cpu"))
+    assert not all(torch.equal(source[k], v) for k, v in scratch.model.state_dict().items())
+    result = train(tuned)
+    assert result.steps == first.steps  # counted from 0 again
+    changed = _weights(result.last_checkpoint)
+    assert not all(torch.equal(source[k], changed[k]) for k in source)  # and it trained on
+    other = settings_for(tmp_path / "d", pairs_dir, model=ModelSettings(f_maps=(8, 16, 32)),
+                         init_from=first.last_checkpoint)  # fmt: skip
+    with pytest.raises(DeflareError, match="last.pt.*model settings"):
+        train(other)
+    assert not (tmp_path / "d" / "last.pt").exists()
+
+
+def test_fine_tuning_the_shipped_model_from_the_command_line(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "--data-dir", str(pairs_dir), "--run-dir", str(run_dir), "--init-from",
+            "default", "--loss", "mask", "--f-maps", "16,32,64", "--max-steps", "1",
+            "--crop", "32x32", "--batch-size", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 1
+    wrong = [str(tmp_path / "w") if arg == str(run_dir) else arg for arg in args]
+    wrong[wrong.index("16,32,64")] = "8,16"
+    result = CliRunner().invoke(app, wrong)
+    assert result.exit_code == 1 and "default.pt" in result.output
+    assert "model settings" in result.output
+
+
 def test_debug_writes_the_seed_folders(tmp_path: Path, pairs_dir: Path) -> None:
     result = train(settings_for(tmp_path, pairs_dir, debug=True))
     folder = result.debug_dir

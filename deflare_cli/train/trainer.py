@@ -29,11 +29,13 @@ from ..checkpoint import (
     Position,
     TrainingState,
     build_checkpoint,
+    load_weights,
     restore_training,
     save_checkpoint,
 )
 from ..devices import Cluster, autocast, autocast_dtype
 from ..errors import DeflareError
+from ..infer import DEFAULT_CHECKPOINT
 from ..metrics import VOXEL_METRICS
 from ..model import TrueResidualUNet3D, count_parameters
 from ..progress import Progress, no_progress
@@ -113,6 +115,12 @@ class Trainer:
         if settings.resume is not None:
             self.position = restore_training(settings.resume, self.state, settings.model)
             log.info("resumed at epoch %d, step %d", self.position.epoch, self.position.step)
+        elif settings.init_from is not None:
+            source = (
+                DEFAULT_CHECKPOINT if str(settings.init_from) == "default" else settings.init_from
+            )
+            step = load_weights(source, self.model, settings.model)
+            log.info("starting from the weights of %s (its step %d)", source, step)
         if cluster.device.type == "cpu" and settings.batch_size == 1:
             log.warning("batch size 1 on CPU hits a ~10x slower Conv3d kernel: use 2 or more")
 
