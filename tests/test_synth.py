@@ -18,6 +18,7 @@ from deflare_cli.synth import draw_parameters, synthesise, synthesise_pair
 from deflare_cli.synth import sensor as sensor_module
 from deflare_cli.synth.mixing import mix
 from deflare_cli.synth.optics import flicker
+from deflare_cli.synth.scene import interpolate_frames
 from deflare_cli.synth.sensor import Photoreceptor, Sensor, emulate, sensor_noise
 
 SMALL = {"sensor_sizes": ((96, 128),), "duration_ms": 30, "dark_fraction": 0.0}
@@ -363,6 +364,15 @@ def test_a_scene_lit_by_mains_light_flickers_and_its_events_stay_in_the_target(
     )
     per_10_ms = np.bincount(dusk.flare_input.t // 10_000, minlength=10)[:10]
     assert per_10_ms[:2].max() <= 2 * np.median(per_10_ms[2:])
+
+
+def test_frames_between_the_rendered_ones_are_linear_and_held_outside() -> None:
+    frames = np.stack([np.full((2, 3), value, np.float32) for value in (1.0, 3.0, 7.0)])
+    frame_times = np.array([0, 10, 20])
+    times = np.array([-50, 0, 5, 10, 12, 20, 30])
+    out = interpolate_frames(frames, frame_times, times)
+    assert out.shape == (7, 2, 3) and out.dtype == np.float32
+    assert out[:, 0, 0].tolist() == pytest.approx([1.0, 1.0, 2.0, 3.0, 3.8, 7.0, 7.0])
 
 
 def test_scene_flicker_follows_a_mains_light_in_view_and_leaves_other_pairs_alone(

@@ -31,15 +31,16 @@ from .mixing import (
 )
 from .optics import flare_layers, flicker_gain, render_layers
 from .parameters import PairParameters, draw_parameters
-from .scene import Camera, make_texture, render_background
+from .scene import Camera, interpolate_frames, make_texture, render_background
 from .sensor import Sensor, emulate
 
 # Background frames per second: enough that the image moves at most about a pixel per frame,
 # within these bounds (the photoreceptor filter is exact at any step).
 BACKGROUND_RATE_HZ = (200, 1000)
-# A flickering scene starts its photoreceptors this long before the pair: they start at the
-# first frame's level, and a dim pixel's low-pass (a cutoff of a few Hz) would otherwise settle
-# from a flicker peak to the mean with a burst of one polarity, which a steady camera never shows.
+# A flickering scene starts its photoreceptors this long before the pair, the camera still: they
+# start at the first frame's level, and a dim pixel's low-pass (a cutoff of a few Hz) would
+# otherwise settle from a flicker peak to the mean with a burst of one polarity, which a steady
+# camera never shows.
 SCENE_FLICKER_WARMUP_US = 50_000
 MAX_FLARE_RATE_HZ = 4000  # caps the flicker sampling of kHz PWM lights (aliased above 333 Hz)
 
@@ -75,17 +76,17 @@ def synthesise_pair(
     else:
         rate = float(np.clip(camera.max_speed_px_per_s(), *BACKGROUND_RATE_HZ))
         lit = params.scene_flicker
-        if lit is None:
-            background_times = sample_times(duration_us, rate)
-        else:  # sampled as a flickering light's flare is, from a warm-up on (see below)
-            rate = max(rate, min(settings.samples_per_cycle * lit.frequency_hz, MAX_FLARE_RATE_HZ))
-            warm_us = SCENE_FLICKER_WARMUP_US
-            background_times = sample_times(duration_us + warm_us, rate) - warm_us
+        background_times = sample_times(duration_us, rate)
         margin = camera.margin
         shape = (params.height + 2 * margin, params.width + 2 * margin)
         texture = make_texture(shape, params, rng)
         background = render_background(texture, camera, background_times / 1e6, params.scene_level)
-        if lit is not None:
+        if lit is not None:  # sampled as a flickering light's flare is, from a still warm-up on
+            motion_times, warm_us = background_times, SCENE_FLICKER_WARMUP_US
+            flicker_rate = max(rate, min(settings.samples_per_cycle * lit.frequency_hz,
+                                         MAX_FLARE_RATE_HZ))  # fmt: skip
+            background_times = sample_times(duration_us + warm_us, flicker_rate) - warm_us
+            background = interpolate_frames(background, motion_times, background_times)
             gain = flicker_gain(lit.waveform, lit.frequency_hz, lit.depth, lit.phase,
                                 background_times / 1e6)  # fmt: skip
             background *= gain.astype(np.float32)[:, None, None]

@@ -179,6 +179,22 @@ def render_background(
     return frames
 
 
+def interpolate_frames(
+    frames: np.ndarray, frame_times: np.ndarray, times: np.ndarray
+) -> np.ndarray:
+    """(len(times), H, W) frames at ``times``: linear between the two ``frames`` around each, the
+    first or last frame outside ``frame_times``. A lit scene's flicker needs more samples than its
+    motion (and a warm-up before it): rendering them all cost 70% of such a pair."""
+    out = np.empty((len(times), *frames.shape[1:]), np.float32)
+    after = np.clip(np.searchsorted(frame_times, times), 1, len(frame_times) - 1)
+    span = (frame_times[after] - frame_times[after - 1]).astype(np.float64)
+    weights = np.clip((times - frame_times[after - 1]) / span, 0, 1).astype(np.float32)
+    source, target = torch.from_numpy(frames), torch.from_numpy(out)
+    for k, (index, weight) in enumerate(zip(after.tolist(), weights.tolist(), strict=True)):
+        torch.lerp(source[index - 1], source[index], weight, out=target[k])
+    return out
+
+
 def _normalised(affine: np.ndarray, camera: Camera, texture_shape: tuple[int, int]) -> np.ndarray:
     """The pixel affine map in grid_sample's [-1, 1] coordinates (align_corners=False): pixel
     x = ((u + 1) W - 1) / 2 on the image side, u = (2 tx + 1) / W_tex - 1 on the texture side."""
