@@ -112,7 +112,9 @@ def emulate(
     if len(lit) == frames.shape[1]:
         lit = None
     else:
-        frames, on, off = frames[:, lit], on[lit], off[lit]
+        # take, not frames[:, lit]: fancy indexing there lays the copy out pixel-major, and
+        # every step then gathers its frame across strides (40% of a lit 1280x720 pair)
+        frames, on, off = np.take(frames, lit, axis=1), on[lit], off[lit]
     below = -off  # the level an OFF event needs, relative to the reference
     photoreceptor = Photoreceptor(frames[0], sensor.cutoff_hz)
     reference = photoreceptor.level.copy()
