@@ -923,6 +923,7 @@ def _print_training(result) -> None:
         for name in ("mse", "pmse_4", "r_f1", "tp_f1"):
             model_score, raw_score = last[f"val_{name}"], last[f"raw_{name}"]
             table.add_row(f"val {name} (raw input)", f"{model_score:.5g} ({raw_score:.5g})")
+        table.add_row("val event AUC (chance 0.5)", f"{last['val_event_auc']:.3f}")
     table.add_row("best metric", f"{result.best_metric:.5g}")
     table.add_row("last checkpoint", str(result.last_checkpoint))
     table.add_row("best checkpoint", str(result.best_checkpoint or "-"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from deflare_cli.metrics import (
+    RemovalRanking,
     binary_f1,
     mean_metrics,
     pooled_mse,
@@ -71,3 +74,45 @@ def test_identical_voxels_score_perfectly() -> None:
 def test_mean_metrics() -> None:
     assert mean_metrics([{"a": 1.0}, {"a": 3.0}]) == {"a": 2.0}
     assert mean_metrics([]) == {}
+
+
+def _ranking_cells(sign: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four cells: 2 flare events at share 0.8, 1 other at 0.8, 3 others at 0.1, 1 flare at
+    0.1, as (input, output, target) voxels of shape (1, 1, 4)."""
+    source = torch.tensor([[[2.0, 1.0, 3.0, 1.0]]]) * sign
+    share = torch.tensor([[[0.8, 0.8, 0.1, 0.1]]])
+    target = torch.tensor([[[0.0, 1.0, 3.0, 0.0]]]) * sign
+    return source, source * (1 - share), target
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_removal_ranking_by_hand(sign: int) -> None:
+    ranking = RemovalRanking()
+    ranking.add(*_ranking_cells(sign))
+    # flare above other: 2 x (3 below + 1 tied / 2) + 1 x (3 tied / 2), over 3 x 4 pairs
+    assert ranking.auc() == pytest.approx((2 * 3.5 + 1.5) / 12)
+    assert ranking.flare_removed_at(0.97) == 0  # the top bin holds one of four other events
+    assert ranking.flare_removed_at(0.75) == pytest.approx(2 / 3)
+    # the same as ranking the seven events one by one (Mann-Whitney with mid-ranks)
+    flare_scores = [0.8, 0.8, 0.1]
+    other_scores = [0.8, 0.1, 0.1, 0.1]
+    wins = sum((f > o) + 0.5 * (f == o) for f in flare_scores for o in other_scores)
+    assert ranking.auc() == pytest.approx(wins / 12)
+
+
+def test_removal_ranking_of_a_perfect_and_of_an_idle_model() -> None:
+    source, _, target = _ranking_cells()
+    perfect = RemovalRanking()
+    perfect.add(source, target, target)  # removes exactly the flare
+    assert perfect.auc() == 1 and perfect.flare_removed_at(0.97) == 1
+    idle = RemovalRanking()
+    idle.add(source, source, target)  # removes nothing: every share 0, all tied
+    assert idle.auc() == 0.5 and idle.flare_removed_at(0.97) == 0
+    empty = RemovalRanking()
+    empty.add(torch.zeros(1, 1, 4), torch.zeros(1, 1, 4), torch.zeros(1, 1, 4))
+    assert math.isnan(empty.auc()) and math.isnan(empty.flare_removed_at())
+    # a residual model's output past the input, or of the other sign, is clamped to [0, 1]
+    wild = RemovalRanking()
+    wild.add(source, torch.tensor([[[5.0, -2.0, 3.0, 1.0]]]), target)
+    # shares 0, 1, 0, 0: the three flare events tie with three others and lose to one
+    assert wild.auc() == pytest.approx(3 * 1.5 / 12)

@@ -291,7 +291,11 @@ def test_train_command(tmp_path: Path, pairs_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "done" in result.output and (tmp_path / "run" / "last.pt").exists()
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"val_mse", "val_pmse_4", "val_r_f1", "raw_r_f1", "raw_tp_f1"} <= set(header)
+    assert {"val_mse", "val_pmse_4", "val_r_f1", "raw_r_f1", "raw_tp_f1", "val_event_auc",
+            "val_flare_at_97"} <= set(header)  # fmt: skip
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(0 <= float(row["val_event_auc"]) <= 1 for row in rows)
     never = tmp_path / "never"
     bad = runner.invoke(
         app, ["train", "--data-dir", str(tmp_path / "nope"), "--run-dir", str(never)]

@@ -17,6 +17,8 @@ METRIC_COLUMNS = [
     "train_loss",
     *(f"val_{name}" for name in VOXEL_METRICS),
     *(f"raw_{name}" for name in VOXEL_METRICS),  # the input itself scored: the bar to beat
+    "val_event_auc",  # how well the removal share ranks flare events first (0.5: chance)
+    "val_flare_at_97",  # flare removed at 97% of the other events kept, before any margin
     "lr",
     "seconds",
 ]

@@ -322,6 +322,8 @@ class Trainer:
                 "train_loss": train_loss,
                 **{f"val_{k}": scores.get(k, math.nan) for k in VOXEL_METRICS},
                 **{f"raw_{k}": raw_scores.get(k, math.nan) for k in VOXEL_METRICS},
+                "val_event_auc": scores.get("event_auc", math.nan),
+                "val_flare_at_97": scores.get("flare_at_97", math.nan),
                 "lr": self.lr,
                 "seconds": round(time.perf_counter() - started, 2),
             }

@@ -1,5 +1,6 @@
 """Validation during training: E-Deflare's voxel metrics of the model's output, and of the raw
-input as the bar to beat, against the targets (full frames)."""
+input as the bar to beat, against the targets (full frames); and how well the model's removal
+share ranks flare events above the others (:class:`~deflare_cli.metrics.RemovalRanking`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..devices import autocast
-from ..metrics import mean_metrics, segment_metrics
+from ..metrics import RemovalRanking, mean_metrics, segment_metrics
 from ..progress import Progress, no_progress
 from .data import EventVoxelDataset
 
@@ -20,26 +21,34 @@ def validate(
     dtype: torch.dtype | None,
     progress: Progress = no_progress,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """(model scores, raw input scores): means over the validation segments.
+    """(model scores, raw input scores): means over the validation segments, and for the model
+    ``event_auc`` and ``flare_at_97`` of its removal ranking over all of them.
 
-    The output is rounded first: rounded cells are exactly the voxels of the events that
-    decoding would emit, and unrounded near-zero residuals would count as events in the F1s.
+    The voxel metrics score the rounded output: rounded cells are exactly the voxels of the
+    events that decoding would emit, and unrounded near-zero residuals would count as events in
+    the F1s. The ranking scores the unrounded output (the removal share before any margin).
     The model is left in training mode.
     """
     device = next(model.parameters()).device
     model.eval()
     loader = DataLoader(dataset, batch_sampler=same_size_batches(dataset, batch_size))
     model_rows, raw_rows = [], []
+    ranking = RemovalRanking()
     for done, (inputs, targets) in enumerate(loader, start=1):
         batch = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, dtype):
-            outputs = model(batch).float().round().cpu()
+            outputs = model(batch).float().cpu()
+        ranking.add(inputs, outputs, targets)
+        outputs = outputs.round()
         for output, source, target in zip(outputs, inputs, targets, strict=True):
             model_rows.append(segment_metrics(output[0], target[0]))
             raw_rows.append(segment_metrics(source[0], target[0]))
         progress("validating", done, len(loader))
     model.train()
-    return mean_metrics(model_rows), mean_metrics(raw_rows)
+    scores = mean_metrics(model_rows)
+    if scores:
+        scores |= {"event_auc": ranking.auc(), "flare_at_97": ranking.flare_removed_at(0.97)}
+    return scores, mean_metrics(raw_rows)
 
 
 def same_size_batches(dataset: EventVoxelDataset, batch_size: int) -> list[list[int]]:
