@@ -19,7 +19,10 @@ from realdata import KEEP_TARGET, REALDATA, check  # noqa: E402
 
 from deflare_cli.settings import InferSettings, RuntimeSettings  # noqa: E402
 
-SETTINGS = InferSettings(runtime=RuntimeSettings(device="cpu"))
+# fp32 on every machine, as the README's figures: where a CPU computes bf16 (AMX, AVX512-BF16),
+# auto precision shifts removal shares by up to ~0.01, and the shipped model keeps the lamp
+# scene only 0.03 points above the target (97.03%), so bf16 could decide the outcome here.
+SETTINGS = InferSettings(runtime=RuntimeSettings(device="cpu", precision="fp32"))
 needs_realdata = pytest.mark.skipif(
     not REALDATA.is_dir(), reason=f"{REALDATA} is not on this machine"
 )
