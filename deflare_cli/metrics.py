@@ -108,7 +108,8 @@ class RemovalRanking:
         source, output, target = source.float(), output.float(), target.float()
         present = source != 0
         share = torch.zeros_like(source)
-        share[present] = (1 - output[present] / source[present]).clamp(0, 1)
+        # a diverged model's NaN counts as removing nothing: the trainer reports the divergence
+        share[present] = (1 - output[present] / source[present]).nan_to_num(0.0).clamp(0, 1)
         bins = (share * RANKING_BINS).long().clamp(max=RANKING_BINS - 1)
         for sign in (1, -1):
             count = (sign * source).clamp(min=0)

@@ -114,5 +114,8 @@ def test_removal_ranking_of_a_perfect_and_of_an_idle_model() -> None:
     # a residual model's output past the input, or of the other sign, is clamped to [0, 1]
     wild = RemovalRanking()
     wild.add(source, torch.tensor([[[5.0, -2.0, 3.0, 1.0]]]), target)
+    diverged = RemovalRanking()
+    diverged.add(source, torch.full_like(source, math.nan), target)  # no crash: share 0
+    assert diverged.auc() == 0.5
     # shares 0, 1, 0, 0: the three flare events tie with three others and lose to one
     assert wild.auc() == pytest.approx(3 * 1.5 / 12)
