@@ -280,7 +280,7 @@ class TrainSettings(Frozen):
     init_from: Path | None = Field(
         None,
         description="start from this checkpoint's weights (a training run's or an exported "
-        "model such as the shipped default), with a fresh optimizer at step 0: fine-tuning",
+        "model; 'default': the shipped one), with a fresh optimizer at step 0: fine-tuning",
     )
     overwrite: bool = Field(
         False, description="start a fresh run in a run-dir that holds one (removes its files)"
