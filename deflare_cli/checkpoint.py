@@ -97,13 +97,12 @@ def restore_training(path: Path, state: TrainingState, model_settings: ModelSett
     )
 
 
-def load_weights(path: Path, model: torch.nn.Module, model_settings: ModelSettings) -> int:
-    """Load a checkpoint's weights alone into ``model`` (fine-tuning): a training checkpoint or an
-    exported model, whose model settings must equal ``model_settings``. Returns its step."""
+def load_weights(path: Path, model_settings: ModelSettings) -> tuple[dict[str, Any], int]:
+    """A checkpoint's weights alone (fine-tuning) and its step: a training checkpoint or an
+    exported model, whose model settings must equal ``model_settings``."""
     checkpoint = load_checkpoint(path)
     _check_model_settings(path, checkpoint, model_settings, "fine-tune")
-    model.load_state_dict(checkpoint["model"])
-    return int(checkpoint.get("step", 0))
+    return checkpoint["model"], int(checkpoint.get("step", 0))
 
 
 def _check_model_settings(

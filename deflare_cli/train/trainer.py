@@ -90,6 +90,13 @@ class Trainer:
         self.log = RunLog(settings.run_dir)
         self.history: list[dict[str, float]] = []
         torch.manual_seed(settings.seed)
+        initial = None  # fine-tuning's weights, checked before minutes of encoding the pairs
+        if settings.init_from is not None and settings.resume is None:
+            source = (
+                DEFAULT_CHECKPOINT if str(settings.init_from) == "default" else settings.init_from
+            )
+            initial, step = load_weights(source, settings.model)
+            log.info("starting from the weights of %s (its step %d)", source, step)
         with self._main_first():  # rank 0 fills the voxel cache; the others then find it full
             datasets = load_datasets(settings, self.progress)
         self.train_set, self.val_set, self.skipped = datasets.train, datasets.val, datasets.skipped
@@ -115,12 +122,8 @@ class Trainer:
         if settings.resume is not None:
             self.position = restore_training(settings.resume, self.state, settings.model)
             log.info("resumed at epoch %d, step %d", self.position.epoch, self.position.step)
-        elif settings.init_from is not None:
-            source = (
-                DEFAULT_CHECKPOINT if str(settings.init_from) == "default" else settings.init_from
-            )
-            step = load_weights(source, self.model, settings.model)
-            log.info("starting from the weights of %s (its step %d)", source, step)
+        elif initial is not None:
+            self.model.load_state_dict(initial)
         if cluster.device.type == "cpu" and settings.batch_size == 1:
             log.warning("batch size 1 on CPU hits a ~10x slower Conv3d kernel: use 2 or more")
 
