@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: shipped model")
     parser.add_argument("--realdata", type=Path, default=REALDATA)
     parser.add_argument("--engine", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto: bf16 where the CPU has it")
     parser.add_argument("--device", default="cpu", help="cpu (the figures of the README), cuda")
     parser.add_argument("--tiling", default="auto")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
@@ -127,7 +128,7 @@ def main() -> int:
         return 1
     settings = InferSettings(
         checkpoint=args.checkpoint,
-        runtime=RuntimeSettings(device=args.device, engine=args.engine),
+        runtime=RuntimeSettings(device=args.device, engine=args.engine, precision=args.precision),
         tiles=TileSettings(mode=args.tiling),
     )
     rows = []

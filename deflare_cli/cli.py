@@ -159,6 +159,13 @@ EngineOption = Annotated[
         help="Inference engine; auto: OpenVINO on CPU when installed (deflare[fast]), else torch.",
     ),
 ]
+InferPrecisionOption = Annotated[
+    Precision | None,
+    typer.Option(
+        "--precision",
+        help="auto: bf16 where the GPU or CPU has it (AVX512-BF16, AMX), else fp32.",
+    ),
+]
 TilingOption = Annotated[
     Tiling | None,
     typer.Option(
@@ -296,6 +303,13 @@ def synth(
             "(scene events, kept in the target) [0].",
         ),
     ] = None,
+    scene_flicker_depth: Annotated[
+        tuple[float, float] | None,
+        typer.Option(
+            "--scene-flicker-depth",
+            help="LOW HIGH: range of that flicker's depth, drawn log-uniform [0.02 0.25].",
+        ),
+    ] = None,
     compression: CompressionOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a folder that holds pairs.")
@@ -318,6 +332,7 @@ def synth(
                 "runtime": {"workers": workers},
                 "background_dir": background_dir,
                 "scene_flicker": scene_flicker,
+                "scene_flicker_depth": scene_flicker_depth,
                 "write": {"compression": compression},
                 "overwrite": overwrite or None,
             },
@@ -348,13 +363,7 @@ def deflare_command(
         int | None,
         typer.Option("--batch-size", help="Segments per forward pass (more: faster on GPU) [1]."),
     ] = None,
-    precision: Annotated[
-        Precision | None,
-        typer.Option(
-            "--precision",
-            help="auto: bf16 where the GPU or CPU has it (AVX512-BF16, AMX), else fp32.",
-        ),
-    ] = None,
+    precision: InferPrecisionOption = None,
     engine: EngineOption = None,
     tiling: TilingOption = None,
     tile_size: Annotated[
@@ -603,6 +612,7 @@ def calibrate(
         typer.Option("--min-kept", help="Share of non-flare events to keep [0.97]."),
     ] = None,
     device: DeviceOption = None,
+    precision: InferPrecisionOption = None,
     engine: EngineOption = None,
     tiling: TilingOption = None,
     config: ConfigOption = None,
@@ -625,7 +635,7 @@ def calibrate(
                 "infer": {
                     "checkpoint": checkpoint,
                     "tiles": {"mode": tiling},
-                    "runtime": {"device": device, "engine": engine},
+                    "runtime": {"device": device, "precision": precision, "engine": engine},
                 },
             },
         )
@@ -682,6 +692,7 @@ def evaluate(
         float | None, typer.Option("--efr-f0", help="EFR notch frequency in Hz [50].")
     ] = None,
     device: DeviceOption = None,
+    precision: InferPrecisionOption = None,
     engine: EngineOption = None,
     tiling: TilingOption = None,
     sensor_size: SensorSizeOption = None,
@@ -702,7 +713,12 @@ def evaluate(
                 "methods": _method_list(methods),
                 "checkpoint": checkpoint,
                 "output": output,
-                "runtime": {"workers": workers, "device": device, "engine": engine},
+                "runtime": {
+                    "workers": workers,
+                    "device": device,
+                    "precision": precision,
+                    "engine": engine,
+                },
                 "tiles": {"mode": tiling},
                 "read": {"sensor_size": _parsed(parse_sensor_size, sensor_size)},
                 "baselines": {"efr_f0_hz": efr_f0},

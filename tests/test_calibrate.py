@@ -102,6 +102,23 @@ def test_calibration_reports_when_no_margin_is_enough(tmp_path: Path) -> None:
     assert not output.exists()
 
 
+def test_calibration_runs_at_the_precision_asked_for(tmp_path: Path, remover: Path) -> None:
+    # deflare runs bf16 where the hardware has it: calibrate can measure the margin there too
+    data = labelled_pairs(tmp_path / "val", 1)
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        outputs[precision] = tmp_path / f"{precision}.pt"
+        result = CliRunner().invoke(
+            app,
+            ["calibrate", str(remover), str(data), "-o", str(outputs[precision]),
+             "--min-kept", "0.9", "--engine", "torch", "--precision", precision],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert calibrated_margin(outputs[precision]) > 0
+    result = CliRunner().invoke(app, ["calibrate", str(remover), str(data), "--precision", "fp8"])
+    assert result.exit_code != 0 and "fp8" in result.output
+
+
 def test_calibration_needs_labels(tmp_path: Path, remover: Path) -> None:
     data = labelled_pairs(tmp_path / "val", 1)
     with h5py.File(next((data / "background_with_flare_events").glob("*.h5")), "a") as h5:

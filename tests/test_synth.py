@@ -390,3 +390,25 @@ def test_scene_flicker_follows_a_mains_light_in_view_and_leaves_other_pairs_alon
     a, _ = synthesise_pair(small_settings(tmp_path, seed=9), 1)
     b, _ = synthesise_pair(small_settings(tmp_path, seed=9, scene_flicker=0.0), 1)
     assert np.array_equal(a.flare_input.t, b.flare_input.t)
+
+
+def test_synth_command_takes_the_scene_flicker_share_and_depth(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deflare_cli.cli import app
+
+    out = tmp_path / "lit"
+    common = ["--num-files", "2", "--duration-ms", "20", "--sensor-size", "60x80"]
+    result = CliRunner().invoke(
+        app,
+        ["synth", str(out), *common, "--scene-flicker", "1", "--scene-flicker-depth", "0.3", "0.3"],
+    )
+    assert result.exit_code == 0, result.output
+    pairs = json.loads((out / "manifest.json").read_text())["pairs"]
+    assert [pair["parameters"]["scene_flicker"]["depth"] for pair in pairs] == [0.3, 0.3]
+    bad = tmp_path / "bad"
+    result = CliRunner().invoke(
+        app, ["synth", str(bad), *common, "--scene-flicker-depth", "0.5", "0.1"]
+    )
+    assert result.exit_code != 0 and "scene_flicker_depth" in result.output
+    assert not bad.exists()
