@@ -318,8 +318,11 @@ def engine_recording(name: str, folder: Path) -> Path:
     return path
 
 
-ENGINE_CONFIGS = [("torch", "frame"), ("torch", "auto"), ("openvino", "frame"),
-                  ("openvino", "auto")]  # fmt: skip
+# (engine, tiling, precision). The first is deflare 0.1's path, the baseline of every ratio: torch
+# fp32 on whole frames, also where the CPU computes bf16 (auto: bf16 there, fp32 elsewhere).
+ENGINE_CONFIGS = [("torch", "frame", "fp32"), ("torch", "auto", "auto"),
+                  ("openvino", "frame", "auto"), ("openvino", "auto", "fp32"),
+                  ("openvino", "auto", "auto")]  # fmt: skip
 RECORDING_NAMES = {
     "dense": "dense synthetic 640x480 (100 ms, 1.8 M events)",
     "night": "sparse 1280x720 night-like (first 200 ms: 15 k events)",
@@ -327,10 +330,10 @@ RECORDING_NAMES = {
 
 
 def bench_engine(
-    recording: str, engine: str, tiling: str, min_events: int | None = None
+    recording: str, engine: str, tiling: str, precision: str = "auto", min_events: int | None = None
 ) -> list[dict]:
-    """deflare with the shipped default model, one engine and tiling, on one recording
-    (``min_events``: the tiles' --tile-min-events, else the default)."""
+    """deflare with the shipped default model, one engine, tiling and precision, on one
+    recording (``min_events``: the tiles' --tile-min-events, else the default)."""
     from deflare_cli.infer import deflare, load_deflarer
     from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings
 
@@ -340,14 +343,16 @@ def bench_engine(
         # as deflare 0.1 ran them (the machine has the memory); the other rows keep the default
         memory = {"memory_gb": 8.0} if tiling == "frame" else {}
         tiles = TileSettings(mode=tiling, **({"min_events": min_events} if min_events else {}))
-        settings = InferSettings(runtime=RuntimeSettings(device="cpu", engine=engine),
-                                 tiles=tiles, **memory)  # fmt: skip
+        runtime = RuntimeSettings(device="cpu", engine=engine, precision=precision)
+        settings = InferSettings(runtime=runtime, tiles=tiles, **memory)
         load_deflarer(settings)  # converts (once per checkpoint) and compiles (once per process)
         reset_peak()
         [result] = deflare(source, Path(folder) / "out.h5", settings)
     return [{
         "name": f"{RECORDING_NAMES[recording]}: {engine}, {tiling}"
+        + (f", --precision {precision}" if precision != "auto" else "")
         + (f", --tile-min-events {min_events}" if min_events else ""),
+        "baseline": (engine, tiling, precision) == ENGINE_CONFIGS[0],
         "group": recording, "engine": result.engine, "tiling": tiling,
         "seconds": result.seconds, "realtime_factor": result.duration_s / result.seconds,
         "segment_seconds": result.seconds / result.segments,
@@ -409,15 +414,17 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "infer-preserve": lambda: bench_infer(1_000_000, "preserve"),
     "infer-resample": lambda: bench_infer(1_000_000, "resample"),
     **{
-        f"engine-{recording}-{engine}-{tiling}": (
-            lambda recording=recording, engine=engine, tiling=tiling: bench_engine(
-                recording, engine, tiling
+        f"engine-{recording}-{engine}-{tiling}-{precision}": (
+            lambda recording=recording, config=(engine, tiling, precision): bench_engine(
+                recording, *config
             )
         )
         for recording in RECORDING_NAMES
-        for engine, tiling in ENGINE_CONFIGS
+        for engine, tiling, precision in ENGINE_CONFIGS
     },
-    "engine-night-openvino-auto-min32": lambda: bench_engine("night", "openvino", "auto", 32),
+    "engine-night-openvino-auto-min32": lambda: bench_engine(
+        "night", "openvino", "auto", min_events=32
+    ),
     "stream-10min": lambda: bench_stream_memory(10, 0.4),
 }
 
@@ -507,10 +514,7 @@ def engine_table(rows: list[dict]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        base = next(
-            (r for r in rows if r["group"] == row["group"] and r["name"].endswith("torch, frame")),
-            row,
-        )
+        base = next((r for r in rows if r["group"] == row["group"] and r["baseline"]), row)
         lines.append(
             f"| {row['name']} | {row['engine']} | {row['segment_seconds']:.3f} | "
             f"{row['realtime_factor']:.4f} | {base['seconds'] / row['seconds']:.1f}x | "
