@@ -121,7 +121,8 @@ def test_cli_reports_the_engine(tmp_path: Path) -> None:
                                       "--checkpoint", str(checkpoint), "--engine", "torch",
                                       "--tiling", "frame"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "torch fp32" in result.output
+    # precision auto: bf16 on CPUs with AVX512-BF16 or AMX, else fp32
+    assert f"torch {'bf16' if engines.cpu_has_bf16() else 'fp32'} on CPU" in result.output
     odd_tiles = ["--checkpoint", str(checkpoint), "--tile-size", "31"]
     result = CliRunner().invoke(app, ["deflare", str(source), str(tmp_path / "o.h5"), *odd_tiles])
     assert result.exit_code == 1 and "multiples of 2" in result.output
