@@ -48,6 +48,11 @@ class MarginScore:
         """Mean over the pairs: each recording counts the same, as the do-no-harm check does."""
         return float(np.mean(self.others_kept)) if self.others_kept else float("nan")
 
+    def pairs_below(self, min_kept: float) -> int:
+        """Pairs that keep less than ``min_kept`` of their non-flare events: the mean can meet
+        the target while some recordings do not (a lit scene, say)."""
+        return sum(kept < min_kept for kept in self.others_kept)
+
 
 @dataclass
 class Calibration:

@@ -642,7 +642,8 @@ def calibrate(
         with progress_bar() as progress:
             result = run_calibration(settings, progress)
     table = Table(title=f"calibration on {result.pairs} pairs")
-    for column in ("margin", "flare removed", "non-flare kept"):
+    below = f"pairs keeping < {settings.min_kept:.0%}"
+    for column in ("margin", "flare removed", "non-flare kept", below):
         table.add_column(column, justify="right")
     for score in result.scores:
         chosen = " *" if score.margin == result.margin else ""
@@ -650,6 +651,7 @@ def calibrate(
             f"{score.margin:.2f}{chosen}",
             f"{score.flare_recall:.1%}",
             f"{score.non_flare_kept:.1%}",
+            f"{score.pairs_below(settings.min_kept)} of {len(score.others_kept)}",
         )
     _wide_console().print(table)
     if result.margin is None:

@@ -72,6 +72,9 @@ def test_calibration_picks_the_smallest_margin_that_keeps_enough(
     assert by_margin[result.margin].non_flare_kept >= 0.9
     below = MARGINS[MARGINS.index(result.margin) - 1]
     assert by_margin[below].non_flare_kept < 0.9
+    for score in result.scores:  # per pair, beside the mean
+        assert score.pairs_below(0.9) == sum(kept < 0.9 for kept in score.others_kept)
+    assert by_margin[0.0].pairs_below(0.9) >= 1 and by_margin[0.0].pairs_below(0.0) == 0
     assert calibrated_margin(output) == result.margin
     assert load_checkpoint(output)["notes"]["min_kept"] == 0.9
 
@@ -115,6 +118,7 @@ def test_calibration_runs_at_the_precision_asked_for(tmp_path: Path, remover: Pa
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         assert calibrated_margin(outputs[precision]) > 0
+        assert "pairs keeping < 90%" in result.output and " of 1 " in result.output
     result = CliRunner().invoke(app, ["calibrate", str(remover), str(data), "--precision", "fp8"])
     assert result.exit_code != 0 and "fp8" in result.output
 
