@@ -439,16 +439,16 @@ def run_isolated(name: str) -> list[dict]:
 
 def machine() -> str:
     """The CPU, its widest vector unit (figures differ between AVX2 and bf16 CPUs), versions."""
-    cpu, flags = platform.processor() or "unknown CPU", set()
+    from deflare_cli.engines import cpu_flags
+
+    cpu = platform.processor() or "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        fields = {}  # the first processor's
         for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-        cpu = fields.get("model name", cpu)
-        flags = set(fields.get("flags", "").split())
-    widest = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags, widest = cpu_flags(), ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
     units = [name.upper().replace("_", "-") for name in widest if name in flags]
     if units:
         cpu += f" ({', '.join(units)})"
