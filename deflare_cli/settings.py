@@ -354,6 +354,9 @@ class SynthSettings(Frozen):
         0.0, ge=0, le=1, description="pairs whose whole scene is lit by mains light and flickers"
     )
     scene_flicker_depth: Range = Field((0.02, 0.25), description="its depth (log-uniform)")
+    scene_flicker_depth_by_regime: dict[Regime, Range] = Field(
+        {}, description="the depth range per regime, where it differs from scene_flicker_depth"
+    )
     background_dir: Path | None = Field(None, description="real recordings as backgrounds")
     write: WriteSettings = WriteSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -367,6 +370,12 @@ class SynthSettings(Frozen):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"{name} must be a range [low, high] with 0 <= low <= high")
+        for regime, (low, high) in self.scene_flicker_depth_by_regime.items():
+            if not 0 <= low <= high:
+                raise ValueError(
+                    f"scene_flicker_depth_by_regime.{regime} must be a range [low, high] with "
+                    "0 <= low <= high"
+                )
         if self.threshold[0] <= 0:
             raise ValueError("contrast thresholds must be positive")
         for height, width in self.sensor_sizes:

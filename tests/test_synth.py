@@ -412,3 +412,27 @@ def test_synth_command_takes_the_scene_flicker_share_and_depth(tmp_path: Path) -
     )
     assert result.exit_code != 0 and "scene_flicker_depth" in result.output
     assert not bad.exists()
+
+
+def test_scene_flicker_depth_can_depend_on_the_regime() -> None:
+    """``scene_flicker_depth_by_regime``: a lamp is most of the light at night and little of it
+    by day, so each regime may have its own depth range; a regime without one takes
+    ``scene_flicker_depth``, and every other parameter of a pair stays as it was."""
+    common = {"out_dir": Path("x"), "seed": 3, "scene_flicker": 1.0,
+              "regimes": {"night": 1.0, "dusk": 1.0, "day": 1.0}}  # fmt: skip
+    by_regime = {"night": (0.5, 0.5), "day": (0.01, 0.01)}
+    plain = SynthSettings(**common, scene_flicker_depth=(0.2, 0.2))
+    varied = SynthSettings(**common, scene_flicker_depth=(0.2, 0.2),
+                           scene_flicker_depth_by_regime=by_regime)  # fmt: skip
+    expected = {"night": 0.5, "dusk": 0.2, "day": 0.01}
+    seen = set()
+    for index in range(12):
+        before, after = draw_parameters(plain, index), draw_parameters(varied, index)
+        assert after.scene_flicker.depth == pytest.approx(expected[after.regime])
+        assert before.scene_flicker.depth == pytest.approx(0.2)
+        before.scene_flicker = after.scene_flicker = None
+        assert before == after
+        seen.add(after.regime)
+    assert seen == {"night", "dusk", "day"}
+    with pytest.raises(ValueError, match="scene_flicker_depth_by_regime.dusk"):
+        SynthSettings(out_dir=Path("x"), scene_flicker_depth_by_regime={"dusk": (0.3, 0.1)})

@@ -179,9 +179,14 @@ def _draw_scene_flicker(
     settings: SynthSettings, params: PairParameters, rng: np.random.Generator
 ) -> SceneFlicker:
     """In step with a mains light in view, which then lights the scene; else a light out of
-    view. Depth (``scene_flicker_depth``): the lamp's own depth (incandescent 6-11%,
-    fluorescent 25-40%) times its share of the scene's light."""
-    depth = log_uniform(rng, *settings.scene_flicker_depth)
+    view. Depth (``scene_flicker_depth``, or ``scene_flicker_depth_by_regime`` for the pair's
+    regime): the lamp's own depth (incandescent 6-11%, fluorescent 25-40%, LEDs up to 100%)
+    times its share of the scene's light, which is largest at night, where the lamp is most of
+    the light, and smallest by day."""
+    depth_range = settings.scene_flicker_depth_by_regime.get(
+        params.regime, settings.scene_flicker_depth
+    )
+    depth = log_uniform(rng, *depth_range)
     mains = [light for light in params.lights if light.flicker in ("sine", "triangle")]
     if mains:
         light = mains[0]
