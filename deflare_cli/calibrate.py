@@ -7,8 +7,10 @@ scene events. The margin of :func:`deflare_cli.infer.removal_counts` asks for mo
 
 Calibration runs the model once over labelled synthetic pairs (``deflare synth`` writes which
 input events are flare), decodes the predictions with every margin of a grid, and picks the
-smallest margin that keeps at least ``min_kept`` of the non-flare events (mean over pairs, as
-each recording must pass the do-no-harm check on its own). The choice is written into an
+smallest margin that keeps at least ``min_kept`` of the non-flare events (mean over pairs, each
+pair counting the same). The mean can meet the target while some pairs do not; since a
+do-no-harm check judges each recording on its own, ``max_share_below`` can also bound the share
+of pairs that keep less than ``min_kept`` (1: no bound). The choice is written into an
 exported model, which ``deflare deflare`` then applies by default. Calibrate on validation
 pairs, never on the recordings you will judge the model by.
 """
@@ -71,16 +73,29 @@ def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> 
     for done, pair in enumerate(pairs, start=1):
         _score_pair(deflarer, pair, scores, settings)
         progress("calibrating", done, len(pairs))
-    good = [score.margin for score in scores if score.non_flare_kept >= settings.min_kept]
-    calibration = Calibration(scores, min(good) if good else None, len(pairs))
+    margin = choose_margin(scores, settings.min_kept, settings.max_share_below)
+    calibration = Calibration(scores, margin, len(pairs))
     if calibration.margin is not None and settings.output is not None:
+        notes = {"calibrated_on": str(settings.data_dir), "min_kept": settings.min_kept,
+                 "max_share_below": settings.max_share_below}  # fmt: skip
         export_checkpoint(
-            settings.infer.checkpoint,
-            settings.output,
-            notes={"calibrated_on": str(settings.data_dir), "min_kept": settings.min_kept},
-            margin=calibration.margin,
+            settings.infer.checkpoint, settings.output, notes=notes, margin=calibration.margin
         )
     return calibration
+
+
+def choose_margin(
+    scores: list[MarginScore], min_kept: float, max_share_below: float = 1.0
+) -> float | None:
+    """The smallest margin whose pairs keep ``min_kept`` of their non-flare events on average,
+    with at most ``max_share_below`` of them keeping less on their own; None if none does."""
+    good = [
+        score.margin
+        for score in scores
+        if score.non_flare_kept >= min_kept
+        and score.pairs_below(min_kept) <= max_share_below * len(score.others_kept)
+    ]
+    return min(good) if good else None
 
 
 def _score_pair(

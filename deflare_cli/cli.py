@@ -611,6 +611,14 @@ def calibrate(
         float | None,
         typer.Option("--min-kept", help="Share of non-flare events to keep [0.97]."),
     ] = None,
+    max_share_below: Annotated[
+        float | None,
+        typer.Option(
+            "--max-share-below",
+            help="Share of pairs that may keep less than --min-kept on their own, beside the "
+            "mean; 0: every pair must keep it [1: no bound].",
+        ),
+    ] = None,
     device: DeviceOption = None,
     precision: InferPrecisionOption = None,
     engine: EngineOption = None,
@@ -631,6 +639,7 @@ def calibrate(
             {
                 "data_dir": data_dir,
                 "min_kept": min_kept,
+                "max_share_below": max_share_below,
                 "output": target,
                 "infer": {
                     "checkpoint": checkpoint,
@@ -655,7 +664,14 @@ def calibrate(
         )
     _wide_console().print(table)
     if result.margin is None:
-        say(f"[red]error:[/] no margin keeps {settings.min_kept:.1%} of the non-flare events")
+        bound = (
+            f" with at most {settings.max_share_below:.0%} of the pairs below it"
+            if settings.max_share_below < 1
+            else ""
+        )
+        say(
+            f"[red]error:[/] no margin keeps {settings.min_kept:.1%} of the non-flare events{bound}"
+        )
         raise typer.Exit(1)
     say(f"[green]margin {result.margin:.2f}[/]: model written to {escape(str(target))}")
 

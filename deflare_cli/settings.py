@@ -507,6 +507,9 @@ class CalibrateSettings(Frozen):
 
     data_dir: Path = Field(description="labelled synthetic pairs (validation, not test)")
     min_kept: float = Field(0.97, gt=0, le=1, description="share of non-flare events to keep")
+    max_share_below: float = Field(
+        1.0, ge=0, le=1, description="share of pairs that may keep less than min_kept on their own"
+    )
     output: Path | None = Field(None, description="exported model with the chosen margin")
     infer: InferSettings = InferSettings()
 

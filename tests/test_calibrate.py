@@ -12,7 +12,7 @@ from conftest import flare_pair, write_deflare
 from test_infer import write_checkpoint
 from typer.testing import CliRunner
 
-from deflare_cli.calibrate import MARGINS, calibrate
+from deflare_cli.calibrate import MARGINS, MarginScore, calibrate, choose_margin
 from deflare_cli.checkpoint import calibrated_margin, export_checkpoint, load_checkpoint
 from deflare_cli.cli import app
 from deflare_cli.errors import InputError
@@ -90,6 +90,47 @@ def test_calibration_picks_the_smallest_margin_that_keeps_enough(
         scores = event_scores(read_events(source), labels, read_events(target))
         kept.append(scores["non_flare_kept"])
     assert np.mean(kept) == pytest.approx(by_margin[result.margin].non_flare_kept)
+
+
+def test_a_bound_on_the_pairs_below_the_target_asks_for_a_larger_margin() -> None:
+    """The mean of three pairs meets 97% at margin 0.1 while one pair keeps 93%: the mean alone
+    takes 0.1; allowing no pair below takes 0.2, where every pair keeps 97%; a third of the
+    pairs below is allowed at 0.1 again."""
+    scores = [
+        MarginScore(0.0, others_kept=[0.95, 0.95, 0.90]),
+        MarginScore(0.1, others_kept=[0.99, 0.99, 0.93]),
+        MarginScore(0.2, others_kept=[0.99, 0.99, 0.975]),
+    ]
+    assert choose_margin(scores, 0.97) == 0.1
+    assert choose_margin(scores, 0.97, max_share_below=0.0) == 0.2
+    assert choose_margin(scores, 0.97, max_share_below=0.34) == 0.1
+    assert choose_margin(scores, 0.98, max_share_below=0.0) is None
+
+
+def test_calibrate_command_takes_the_bound_and_stores_it(tmp_path: Path, remover: Path) -> None:
+    data = labelled_pairs(tmp_path / "val", 2)
+    scores = calibrate(CalibrateSettings(data_dir=data, infer=InferSettings(checkpoint=remover)))
+    # a target between the two pairs' shares at the first margin keeping over 90% on average:
+    # the mean meets it there, one pair does not
+    first = next(score for score in scores.scores if score.non_flare_kept > 0.9)
+    assert min(first.others_kept) < first.non_flare_kept
+    min_kept = (min(first.others_kept) + first.non_flare_kept) / 2
+    outputs = {}
+    for bound in ("1", "0"):
+        outputs[bound] = tmp_path / f"bound{bound}.pt"
+        result = CliRunner().invoke(
+            app,
+            ["calibrate", str(remover), str(data), "-o", str(outputs[bound]), "--min-kept",
+             str(min_kept), "--max-share-below", bound],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert load_checkpoint(outputs[bound])["notes"]["max_share_below"] == float(bound)
+    assert calibrated_margin(outputs["1"]) == first.margin
+    assert calibrated_margin(outputs["0"]) > first.margin
+    result = CliRunner().invoke(
+        app, ["calibrate", str(remover), str(data), "--max-share-below", "1.5"]
+    )
+    assert result.exit_code != 0 and "max_share_below" in result.output
 
 
 def test_calibration_reports_when_no_margin_is_enough(tmp_path: Path) -> None:
