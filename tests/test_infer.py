@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -132,6 +133,36 @@ def test_preserve_edits_cells_minimally() -> None:
     assert 2600 in output.t  # the original negative event is kept, two are added
     new = output.select((output.x == 0) & (output.y == 1))
     assert len(new) == 2 and np.all((new.t >= 12_500) & (new.t < 15_000))
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_preserve_edits_the_cells_the_prediction_changes_on_a_large_sensor(everywhere) -> None:
+    """At 1280x720, whether the prediction differs from the input in a few cells (a mask model,
+    or tiles: every other cell passes through) or by a little in every cell (a residual model):
+    the output's voxel is the prediction rounded, and no other event changes."""
+    events = random_events(count=3000, duration_us=20_000, size=(720, 1280), seed=4)
+    events = replace(events, span_us=(0, 20_000))
+    input_voxel = events_to_voxel(events).data[0]
+    rng = np.random.default_rng(1)
+    wanted = input_voxel.clone().flatten()
+    occupied = torch.nonzero(wanted).flatten().numpy()
+    wanted[rng.choice(occupied, 300, replace=False)] = 0  # their events go
+    empty = np.setdiff1d(rng.integers(0, len(wanted), 60), occupied)
+    wanted[empty] = -1.0  # one new negative event each
+    predicted = wanted.clone()
+    if everywhere:
+        predicted += torch.from_numpy(rng.uniform(-0.3, 0.3, len(wanted)).astype(np.float32))
+    shape = input_voxel.shape
+    output = preserve_events(
+        events, input_voxel, Voxels(predicted.view(shape)[None], 0, 20_000), rng
+    )
+    assert torch.equal(events_to_voxel(output).data[0], wanted.view(shape))
+    # the events of cells left alone are the input's own
+    untouched = input_voxel.flatten() == wanted
+    kept = {(int(t), int(x), int(y)) for t, x, y in zip(output.t, output.x, output.y, strict=True)}
+    cells = (events.t // 2_500) * (720 * 1280) + events.y.astype(np.int64) * 1280 + events.x
+    for index in np.flatnonzero(untouched.numpy()[cells]):
+        assert (int(events.t[index]), int(events.x[index]), int(events.y[index])) in kept
 
 
 def test_folder_mode_skips_existing_outputs_unless_overwrite(
