@@ -418,20 +418,23 @@ def preserve_events(
     """
     input_grid = input_voxel.flatten()
     predicted_grid = predicted.data[0].flatten()
-    cells = torch.nonzero(input_grid != predicted_grid).flatten()
-    if 4 * len(cells) > len(input_grid):  # most cells (a residual model): no gathering
-        cells = torch.arange(len(input_grid))
+    differs = input_grid != predicted_grid
+    cells = None  # all of them: a residual model's prediction differs a little everywhere
+    if 4 * int(differs.count_nonzero()) <= len(input_grid):
+        cells = torch.nonzero(differs).flatten()
+    if cells is None:
         excess_all = removal_counts(input_grid, predicted_grid, margin)
     else:
         excess_all = removal_counts(input_grid[cells], predicted_grid[cells], margin)
     edited = torch.nonzero(excess_all).flatten()
     if not len(edited):
         return events
-    index = cells[edited]
+    index = edited if cells is None else cells[edited]
     changed = index.numpy()  # ascending cell indices
     excess = excess_all[edited].numpy().astype(np.int64)
     net = input_grid[index].numpy().astype(np.int64)
-    event_slot = _slots(cell_index(events, predicted.t0_us, predicted.bin_us), changed)
+    event_cells = cell_index(events, predicted.t0_us, predicted.bin_us)
+    event_slot = _slots(event_cells, changed, len(input_grid))
     positive = events.p > 0
     count_positive = np.bincount(event_slot[positive & (event_slot >= 0)], minlength=len(changed))
     remove_positive = np.clip(excess, 0, count_positive)
@@ -443,8 +446,13 @@ def preserve_events(
     return concat_events([events.select(keep), _as_events(synthesised, events)], events)
 
 
-def _slots(cells: np.ndarray, changed: np.ndarray) -> np.ndarray:
-    """Index into ``changed`` (ascending) of each cell, -1 for cells not in it (int32)."""
+def _slots(cells: np.ndarray, changed: np.ndarray, grid_cells: int) -> np.ndarray:
+    """Index into ``changed`` (ascending) of each cell, -1 for cells not in it (int32): by a
+    table of the whole grid where much of it changed, else by binary search."""
+    if 4 * len(changed) > grid_cells:
+        table = np.full(grid_cells, -1, np.int32)
+        table[changed] = np.arange(len(changed), dtype=np.int32)
+        return table[cells]
     found = np.searchsorted(changed, cells).clip(max=len(changed) - 1)
     return np.where(changed[found] == cells, found, -1).astype(np.int32)
 

@@ -165,6 +165,18 @@ def test_preserve_edits_the_cells_the_prediction_changes_on_a_large_sensor(every
         assert (int(events.t[index]), int(events.x[index]), int(events.y[index])) in kept
 
 
+def test_preserve_takes_out_what_a_prediction_of_nothing_asks_for() -> None:
+    """Most cells of a small busy sensor change (the whole-grid lookup): the output's voxel is
+    empty, as predicted, and only cells whose events cancel keep them."""
+    events = random_events(count=4000, duration_us=20_000, size=(16, 16), seed=2)
+    events = replace(events, span_us=(0, 20_000))
+    input_voxel = events_to_voxel(events).data[0]
+    predicted = Voxels(torch.zeros_like(input_voxel)[None], 0, 20_000)
+    output = preserve_events(events, input_voxel, predicted, np.random.default_rng(0))
+    assert not events_to_voxel(output).data.any()
+    assert 0 < len(output) < len(events) / 2
+
+
 def test_folder_mode_skips_existing_outputs_unless_overwrite(
     tmp_path: Path, identity: Path
 ) -> None:
