@@ -414,17 +414,16 @@ def preserve_events(
     Only cells whose prediction differs from their input can change (cells outside the tiles
     that ran pass through as they were, and a mask model leaves empty cells at 0), so the grid is
     scanned once for those and everything after follows them and the events, not the sensor
-    size: at 1280x720 the whole-grid arithmetic cost tens of ms per segment.
+    size: at 1280x720 the whole-grid arithmetic cost ~20 ms per sparse segment.
     """
     input_grid = input_voxel.flatten()
     predicted_grid = predicted.data[0].flatten()
     differs = input_grid != predicted_grid
-    cells = None  # all of them: a residual model's prediction differs a little everywhere
-    if 4 * int(differs.count_nonzero()) <= len(input_grid):
-        cells = torch.nonzero(differs).flatten()
-    if cells is None:
+    if 4 * int(differs.count_nonzero()) > len(input_grid):  # a residual model: everywhere
+        cells = None
         excess_all = removal_counts(input_grid, predicted_grid, margin)
     else:
+        cells = torch.nonzero(differs).flatten()
         excess_all = removal_counts(input_grid[cells], predicted_grid[cells], margin)
     edited = torch.nonzero(excess_all).flatten()
     if not len(edited):

@@ -364,18 +364,16 @@ class SynthSettings(Frozen):
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthSettings:
-        for name in ("pwm_hz", "drift_px_per_ms", "vibration_hz", "vibration_px", "threshold",
-                     "threshold_sigma", "refractory_us", "shot_noise_hz", "leak_hz",
-                     "hot_pixels", "scene_flicker_depth"):  # fmt: skip
-            low, high = getattr(self, name)
+        names = ("pwm_hz", "drift_px_per_ms", "vibration_hz", "vibration_px", "threshold",
+                 "threshold_sigma", "refractory_us", "shot_noise_hz", "leak_hz", "hot_pixels",
+                 "scene_flicker_depth")  # fmt: skip
+        ranges = {name: getattr(self, name) for name in names} | {
+            f"scene_flicker_depth_by_regime.{regime}": depth
+            for regime, depth in self.scene_flicker_depth_by_regime.items()
+        }
+        for name, (low, high) in ranges.items():
             if not 0 <= low <= high:
                 raise ValueError(f"{name} must be a range [low, high] with 0 <= low <= high")
-        for regime, (low, high) in self.scene_flicker_depth_by_regime.items():
-            if not 0 <= low <= high:
-                raise ValueError(
-                    f"scene_flicker_depth_by_regime.{regime} must be a range [low, high] with "
-                    "0 <= low <= high"
-                )
         if self.threshold[0] <= 0:
             raise ValueError("contrast thresholds must be positive")
         for height, width in self.sensor_sizes:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from deflare_cli import infer
 from deflare_cli.checkpoint import CHECKPOINT_FORMAT
 from deflare_cli.cli import app
-from deflare_cli.codec import Voxels, events_to_voxel
+from deflare_cli.codec import Voxels, cell_index, events_to_voxel
 from deflare_cli.errors import DeflareError, InputError, OutputError
 from deflare_cli.events import make_events
 from deflare_cli.infer import deflare, preserve_events
@@ -160,7 +160,7 @@ def test_preserve_edits_the_cells_the_prediction_changes_on_a_large_sensor(every
     # the events of cells left alone are the input's own
     untouched = input_voxel.flatten() == wanted
     kept = {(int(t), int(x), int(y)) for t, x, y in zip(output.t, output.x, output.y, strict=True)}
-    cells = (events.t // 2_500) * (720 * 1280) + events.y.astype(np.int64) * 1280 + events.x
+    cells = cell_index(events, 0, 2_500)
     for index in np.flatnonzero(untouched.numpy()[cells]):
         assert (int(events.t[index]), int(events.x[index]), int(events.y[index])) in kept
 
