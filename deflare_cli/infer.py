@@ -59,9 +59,14 @@ from .io import (
 from .model import TrueResidualUNet3D
 from .progress import Progress, no_progress
 from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings
-from .tiles import run_network
+from .tiles import Core, TiledVoxels, encode_tiles, run_network, run_tiles
 
 log = logging.getLogger(__name__)
+
+# A window of segments as encoded (whole grids, or only the tiles' windows: see
+# :func:`~.tiles.encode_tiles`) and the model's output on it (whole grids, or the regions' cores).
+Encoded = Voxels | TiledVoxels
+Predicted = torch.Tensor | list[Core]
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "default.pt"
 STAGES = ("read", "encode", "model", "decode", "write")
@@ -224,10 +229,10 @@ def deflare_file(
         grid = segment_grid(reader.span_us, codec.segment_us)
         windows = segment_windows(reader.span_us, codec.segment_us, deflarer.settings.batch_size)
 
-        def load(window: tuple[int, int]) -> tuple[Events, Voxels]:
+        def load(window: tuple[int, int]) -> tuple[Events, Encoded]:
             with timer("read"):
                 events = reader.read(*window)
-            return events, _encode_window(deflarer, events, timer)
+            return events, _encode_window(deflarer, events, timer, tiles)
 
         # Inner blocks close first: on an error the threads finish before the writer closes.
         with (
@@ -236,7 +241,7 @@ def deflare_file(
             ThreadPoolExecutor(1, "deflare-write") as writing,
         ):
 
-            def store(events: Events, voxels: Voxels, predicted: torch.Tensor, first: int) -> None:
+            def store(events: Events, voxels: Encoded, predicted: Predicted, first: int) -> None:
                 output = _decode_window(deflarer, events, voxels, predicted, first, timer)
                 with timer("write"):
                     writer.append(output)
@@ -250,7 +255,7 @@ def deflare_file(
                 if done < len(windows):
                     loading = reading.submit(load, windows[done][1])
                 with timer("model"):
-                    predicted = run_model(deflarer, voxels.data, tiles)
+                    predicted = _predict_window(deflarer, voxels, tiles)
                 if storing is not None:
                     storing.result()
                 storing = writing.submit(store, events, voxels, predicted, first)
@@ -265,6 +270,14 @@ def deflare_file(
     result.segments = (grid[1] - grid[0]) // codec.segment_us
     result.duration_s = (end - start) / 1e6
     return result
+
+
+def _predict_window(deflarer: Deflarer, voxels: Encoded, tiles: TileSettings) -> Predicted:
+    """The model on one encoded window: the regions' cores where it was encoded on tiles,
+    else the whole (S, B, H, W) output."""
+    if isinstance(voxels, TiledVoxels):
+        return run_tiles(deflarer.engine.run, voxels)
+    return run_model(deflarer, voxels.data, tiles)
 
 
 def _tiles_within_budget(deflarer: Deflarer, reader: EventFileReader) -> TileSettings:
@@ -341,21 +354,32 @@ def decode_window(
     return _decode_window(deflarer, events, voxels, predicted, first_segment, timer)
 
 
-def _encode_window(deflarer: Deflarer, events: Events, timer: _StageTimer) -> Voxels:
-    """The voxels of a window of whole segments (``events.span_us``)."""
+def _encode_window(
+    deflarer: Deflarer, events: Events, timer: _StageTimer, tiles: TileSettings | None = None
+) -> Encoded:
+    """The voxels of a window of whole segments (``events.span_us``): only inside the tiles'
+    windows where ``tiles`` (given) run tiles and the output keeps the input's events
+    (:func:`~.tiles.encode_tiles`), else the whole grid."""
     with timer("encode"):
+        if tiles is not None and deflarer.settings.output_mode == "preserve":
+            tiled = encode_tiles(events, deflarer.codec, tiles)
+            if tiled is not None:
+                return tiled
         return events_to_voxel(events, deflarer.codec)
 
 
 def _decode_window(
     deflarer: Deflarer,
     events: Events,
-    voxels: Voxels,
-    predicted: torch.Tensor,
+    voxels: Encoded,
+    predicted: Predicted,
     first_segment: int,
     timer: _StageTimer,
 ) -> Events:
     """The output events of a window: the input edited (preserve) or new events (resample)."""
+    if isinstance(voxels, TiledVoxels):
+        with timer("decode"):
+            return _preserve_tiled(deflarer, events, voxels, predicted, first_segment)
     with timer("decode"):
         predicted_voxels = Voxels(predicted, voxels.t0_us, voxels.segment_us)
         pieces = []
@@ -420,20 +444,33 @@ def preserve_events(
     predicted_grid = predicted.data[0].flatten()
     differs = input_grid != predicted_grid
     if 4 * int(differs.count_nonzero()) > len(input_grid):  # a residual model: everywhere
-        cells = None
-        excess_all = removal_counts(input_grid, predicted_grid, margin)
-    else:
-        cells = torch.nonzero(differs).flatten()
-        excess_all = removal_counts(input_grid[cells], predicted_grid[cells], margin)
+        return _edit_cells(events, None, input_grid, predicted_grid, predicted, rng, margin)
+    cells = torch.nonzero(differs).flatten()
+    return _edit_cells(
+        events, cells, input_grid[cells], predicted_grid[cells], predicted, rng, margin
+    )
+
+
+def _edit_cells(
+    events: Events,
+    cells: torch.Tensor | None,
+    net_values: torch.Tensor,
+    predicted_values: torch.Tensor,
+    layout: Voxels,
+    rng: np.random.Generator,
+    margin: float,
+) -> Events:
+    """:func:`preserve_events` on the flat cells ``cells`` of the segment laid out as ``layout``
+    (ascending; ``None``: all of them), whose input and predicted values are given."""
+    excess_all = removal_counts(net_values, predicted_values, margin)
     edited = torch.nonzero(excess_all).flatten()
     if not len(edited):
         return events
-    index = edited if cells is None else cells[edited]
-    changed = index.numpy()  # ascending cell indices
+    changed = (edited if cells is None else cells[edited]).numpy()  # ascending cell indices
     excess = excess_all[edited].numpy().astype(np.int64)
-    net = input_grid[index].numpy().astype(np.int64)
-    event_cells = cell_index(events, predicted.t0_us, predicted.bin_us)
-    event_slot = _slots(event_cells, changed, len(input_grid))
+    net = net_values[edited].numpy().astype(np.int64)
+    event_cells = cell_index(events, layout.t0_us, layout.bin_us)
+    event_slot = _slots(event_cells, changed, layout.data[0].numel())
     positive = events.p > 0
     count_positive = np.bincount(event_slot[positive & (event_slot >= 0)], minlength=len(changed))
     remove_positive = np.clip(excess, 0, count_positive)
@@ -441,8 +478,54 @@ def preserve_events(
     keep = ~_choose_removed(event_slot, positive, remove_positive, remove_negative, rng)
     added = np.where(excess > 0, remove_positive - excess, -excess - remove_negative)
     new = np.flatnonzero(added)
-    synthesised = cells_to_events(changed[new], added[new], predicted.t0_us, predicted, rng)
+    synthesised = cells_to_events(changed[new], added[new], layout.t0_us, layout, rng)
     return concat_events([events.select(keep), _as_events(synthesised, events)], events)
+
+
+def _preserve_tiled(
+    deflarer: Deflarer,
+    events: Events,
+    tiled: TiledVoxels,
+    cores: list[Core],
+    first_segment: int,
+) -> Events:
+    """:func:`preserve_events` segment by segment, from the regions' cores alone (every other
+    cell passed through): the same events, bit for bit, as the whole grids would give."""
+    height, width = tiled.sensor_size
+    codec = deflarer.codec
+    by_segment: dict[int, list[Core]] = {}
+    for core in cores:
+        by_segment.setdefault(core.region.segment, []).append(core)
+    pieces = []
+    for index in range(tiled.num_segments):
+        start = tiled.t0_us + index * codec.segment_us
+        segment_events = events.time_slice(start, start + codec.segment_us)
+        rng = np.random.default_rng([deflarer.settings.seed, first_segment + index])
+        # the shape of one segment's grid without its memory: cells_to_events needs the layout
+        layout = Voxels(
+            torch.zeros(()).expand(1, codec.num_bins, height, width), start, codec.segment_us
+        )
+        cells, before, after = _differing_cells(by_segment.get(index, []), height, width)
+        pieces.append(
+            _edit_cells(segment_events, cells, before, after, layout, rng, deflarer.margin)
+        )
+    return concat_events(pieces, events)
+
+
+def _differing_cells(
+    cores: list[Core], height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The flat cells ``(bin * H + y) * W + x`` of one segment where a core's output differs
+    from its input, ascending, with their input and output values."""
+    cells, before, after = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0)], [torch.zeros(0)]
+    for core in cores:
+        bins, rows, cols = torch.nonzero(core.input != core.output, as_tuple=True)
+        cells.append((bins * height + rows + core.region.top) * width + cols + core.region.left)
+        before.append(core.input[bins, rows, cols])
+        after.append(core.output[bins, rows, cols])
+    flat = torch.cat(cells)
+    order = torch.argsort(flat)
+    return flat[order], torch.cat(before)[order], torch.cat(after)[order]
 
 
 def _slots(cells: np.ndarray, changed: np.ndarray, grid_cells: int) -> np.ndarray:

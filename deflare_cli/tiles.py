@@ -14,6 +14,12 @@ The halo defaults to the network's reach through its convolutions (24 px for the
 network, 52 px for E-DeflareNet's four levels: ``ModelSettings.reach_px``), so each core sees
 the context the whole frame would. GroupNorm's statistics are the one global part: over a
 window rather than a mostly empty frame.
+
+Two ways in: :func:`run_network` takes whole voxel grids (any caller), and :func:`encode_tiles`
+with :func:`run_tiles` builds the windows from the events themselves and hands back only the
+regions' cores, for ``deflare`` on sparse streams. Every pass over a whole 1280x720 grid costs
+milliseconds per segment on the host (a window of 16 segments is 472 MB of float32), which a
+GPU spends on the network itself, so the second way touches no whole grid at all.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .settings import TileSettings
+from .codec import count_segments
+from .events import Events
+from .settings import CodecSettings, TileSettings
 
 Network = Callable[[torch.Tensor], torch.Tensor]  # (N, B, h, w) -> (N, B, h, w)
+Window = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels
 
 # ``auto`` runs tiles only where their windows hold at most this share of the frames' pixels.
 # Windows change GroupNorm's statistics (on davis346_emlb_demo tiles at 93% of the pixels
@@ -66,10 +76,17 @@ def regions(voxels: torch.Tensor, settings: TileSettings) -> list[Region]:
     """The rectangles to run: every busy tile lies in exactly one, no two overlap, and no
     window (core and halo) exceeds ``pass_pixels``."""
     height, width = voxels.shape[-2:]
+    return busy_regions(busy_tiles(voxels, settings).tolist(), height, width, settings)
+
+
+def busy_regions(
+    busy: list[list[list[bool]]], height: int, width: int, settings: TileSettings
+) -> list[Region]:
+    """:func:`regions` of a (S, rows, cols) map of busy tiles on a ``height x width`` sensor."""
     size = settings.size
     found = []
-    for segment, busy in enumerate(busy_tiles(voxels, settings).tolist()):
-        for top, bottom, left, right in _merged(busy, settings):
+    for segment, busy_of_segment in enumerate(busy):
+        for top, bottom, left, right in _merged(busy_of_segment, settings):
             found.append(Region(segment, top * size, min(bottom * size, height),
                                 left * size, min(right * size, width)))  # fmt: skip
     return found
@@ -124,12 +141,20 @@ def _overlap(one: list[int], other: list[int]) -> bool:
 def windows_cost_less(voxels: torch.Tensor, found: list[Region], settings: TileSettings) -> bool:
     """Whether running these regions (with halos) touches at most ``AUTO_SHARE`` of the pixels
     of the whole frames."""
-    height, width = voxels.shape[-2:]
+    segments, _bins, height, width = voxels.shape
+    return _windows_cost_less((segments, height, width), found, settings)
+
+
+def _windows_cost_less(
+    frames: tuple[int, int, int], found: list[Region], settings: TileSettings
+) -> bool:
+    """:func:`windows_cost_less` for ``frames`` = (segments, height, width)."""
+    segments, height, width = frames
     pixels = 0
     for region in found:
         top, bottom, left, right = _window(region, settings.halo or 0, height, width)
         pixels += (bottom - top) * (right - left)
-    return pixels <= AUTO_SHARE * voxels.shape[0] * height * width
+    return pixels <= AUTO_SHARE * segments * height * width
 
 
 def run_regions(
@@ -146,28 +171,40 @@ def run_regions(
     """
     output = voxels.clone()
     height, width = voxels.shape[-2:]
-    groups: dict[tuple[int, int], list[tuple[Region, tuple[int, int, int, int]]]] = {}
+    for chunk in _passes(found, settings, height, width):
+        stacked = torch.stack([voxels[r.segment, :, w[0] : w[1], w[2] : w[3]] for r, w in chunk])
+        for (region, window), patch in zip(chunk, network(stacked), strict=True):
+            rows, cols = slice(region.top, region.bottom), slice(region.left, region.right)
+            output[region.segment, :, rows, cols] = _core(patch, region, window)
+    return output
+
+
+def _passes(
+    found: list[Region], settings: TileSettings, height: int, width: int
+) -> list[list[tuple[Region, Window]]]:
+    """The regions with their windows, grouped into forward passes: windows of one shape
+    together, at most ``pass_pixels`` per pass (one window at least)."""
+    groups: dict[tuple[int, int], list[tuple[Region, Window]]] = {}
     for region in found:
         window = _window(region, settings.halo or 0, height, width)
         groups.setdefault((window[1] - window[0], window[3] - window[2]), []).append(
             (region, window)
         )
+    passes = []
     for (window_height, window_width), members in groups.items():
         batch = max(settings.pass_pixels // (window_height * window_width), 1)
-        for first in range(0, len(members), batch):
-            chunk = members[first : first + batch]
-            stacked = torch.stack(
-                [voxels[r.segment, :, w[0] : w[1], w[2] : w[3]] for r, w in chunk]
-            )
-            for (region, window), patch in zip(chunk, network(stacked), strict=True):
-                rows, cols = slice(region.top, region.bottom), slice(region.left, region.right)
-                inside = (slice(rows.start - window[0], rows.stop - window[0]),
-                          slice(cols.start - window[2], cols.stop - window[2]))  # fmt: skip
-                output[region.segment, :, rows, cols] = patch[:, inside[0], inside[1]]
-    return output
+        passes.extend(members[first : first + batch] for first in range(0, len(members), batch))
+    return passes
 
 
-def _window(region: Region, halo: int, height: int, width: int) -> tuple[int, int, int, int]:
+def _core(patch: torch.Tensor, region: Region, window: Window) -> torch.Tensor:
+    """The (B, h, w) cells of ``region``'s core in the (B, window h, window w) ``patch``."""
+    top, left = region.top - window[0], region.left - window[2]
+    rows, cols = region.bottom - region.top, region.right - region.left
+    return patch[:, top : top + rows, left : left + cols]
+
+
+def _window(region: Region, halo: int, height: int, width: int) -> Window:
     """(top, bottom, left, right) of a region's core with its halo, cut at the sensor's edges."""
     return (max(region.top - halo, 0), min(region.bottom + halo, height),
             max(region.left - halo, 0), min(region.right + halo, width))  # fmt: skip
@@ -182,3 +219,115 @@ def run_network(network: Network, voxels: torch.Tensor, settings: TileSettings) 
     if settings.mode == "auto" and not windows_cost_less(voxels, found, settings):
         return network(voxels)
     return run_regions(network, voxels, found, settings)
+
+
+@dataclass(frozen=True)
+class TiledVoxels:
+    """A window of segments encoded only inside the windows the network runs on.
+
+    Attributes:
+        t0_us: start of segment 0 in microseconds.
+        num_segments: segments in the window.
+        sensor_size: (height, width) in pixels.
+        passes: per forward pass, the regions with their windows and the stacked input
+            (N, B, window height, window width) float32, as :func:`run_regions` would cut them
+            out of the whole grid.
+    """
+
+    t0_us: int
+    num_segments: int
+    sensor_size: tuple[int, int]
+    passes: list[tuple[list[tuple[Region, Window]], torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Core:
+    """One region's cells before and after the network, (B, h, w) float32 each."""
+
+    region: Region
+    input: torch.Tensor
+    output: torch.Tensor
+
+
+def encode_tiles(
+    events: Events, codec: CodecSettings, settings: TileSettings
+) -> TiledVoxels | None:
+    """The windows that :func:`run_network` would run on the voxels of ``events`` (whole
+    segments over ``events.time_span()``, as :func:`~.codec.events_to_voxel` encodes them),
+    built from the events alone; ``None`` where ``settings`` pick whole frames (``frame``, or
+    ``auto`` with windows over half the frames' pixels)."""
+    if settings.mode == "frame":
+        return None
+    t0, end = events.time_span()
+    num_segments = count_segments((t0, end), codec.segment_us)
+    height, width = events.sensor_size
+    bins = (events.t - t0) // codec.bin_us  # bins counted from t0 across segments
+    busy = _tile_counts(events, bins, num_segments, codec.num_bins, settings.size) >= max(
+        settings.min_events, 1
+    )
+    found = busy_regions(busy.tolist(), height, width, settings)
+    if settings.mode == "auto" and not _windows_cost_less(
+        (num_segments, height, width), found, settings
+    ):
+        return None
+    bounds = np.searchsorted(bins, np.arange(num_segments + 1) * codec.num_bins)
+    passes = [
+        (chunk, _window_voxels(events, bins, bounds, chunk, codec.num_bins))
+        for chunk in _passes(found, settings, height, width)
+    ]
+    return TiledVoxels(t0, num_segments, (height, width), passes)
+
+
+def _tile_counts(
+    events: Events, bins: np.ndarray, num_segments: int, num_bins: int, size: int
+) -> np.ndarray:
+    """(S, rows, cols) :func:`event_counts` of the events' voxels: per tile, the sum over its
+    cells of |net polarity|, so opposite events in one cell cancel as they do in the grid."""
+    height, width = events.sensor_size
+    rows, cols = -(-height // size), -(-width // size)
+    cells, inverse = np.unique(
+        bins * (height * width) + events.y.astype(np.int64) * width + events.x, return_inverse=True
+    )
+    net = np.abs(np.bincount(inverse, weights=events.p, minlength=len(cells)))
+    segment, pixel = cells // (num_bins * height * width), cells % (height * width)
+    y, x = np.divmod(pixel, width)
+    tile = (segment * rows + y // size) * cols + x // size
+    counts = np.bincount(tile, weights=net, minlength=num_segments * rows * cols)
+    return counts.reshape(num_segments, rows, cols)
+
+
+def _window_voxels(
+    events: Events,
+    bins: np.ndarray,
+    bounds: np.ndarray,
+    chunk: list[tuple[Region, Window]],
+    num_bins: int,
+) -> torch.Tensor:
+    """(N, B, h, w) voxels of one pass's windows (all of one shape) from the events of their
+    segments (``events[bounds[s]:bounds[s + 1]]`` for segment ``s``)."""
+    window_height, window_width = chunk[0][1][1] - chunk[0][1][0], chunk[0][1][3] - chunk[0][1][2]
+    cells, weights = [], []
+    for number, (region, (top, bottom, left, right)) in enumerate(chunk):
+        span = slice(bounds[region.segment], bounds[region.segment + 1])
+        y, x = events.y[span].astype(np.int64), events.x[span].astype(np.int64)
+        inside = (y >= top) & (y < bottom) & (x >= left) & (x < right)
+        bin_in_window = number * num_bins + bins[span][inside] - region.segment * num_bins
+        cells.append(
+            (bin_in_window * window_height + y[inside] - top) * window_width + x[inside] - left
+        )
+        weights.append(events.p[span][inside])
+    size = len(chunk) * num_bins * window_height * window_width
+    counts = np.bincount(np.concatenate(cells), np.concatenate(weights), minlength=size)
+    return torch.from_numpy(counts.astype(np.float32)).view(
+        len(chunk), num_bins, window_height, window_width
+    )
+
+
+def run_tiles(network: Network, tiled: TiledVoxels) -> list[Core]:
+    """The network on every pass of ``tiled``: each region's core before and after it (cells
+    outside every core pass through unchanged)."""
+    cores = []
+    for chunk, stacked in tiled.passes:
+        for (region, window), before, after in zip(chunk, stacked, network(stacked), strict=True):
+            cores.append(Core(region, _core(before, region, window), _core(after, region, window)))
+    return cores

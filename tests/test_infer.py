@@ -177,6 +177,35 @@ def test_preserve_takes_out_what_a_prediction_of_nothing_asks_for() -> None:
     assert 0 < len(output) < len(events) / 2
 
 
+def test_tiles_of_a_sparse_file_touch_no_whole_grid_and_give_the_same_events(
+    tmp_path: Path, perturbed: Path, monkeypatch
+) -> None:
+    """A file on tiles is encoded only inside the tiles' windows and decoded from their cores
+    (no whole 1280x720 grid per segment); its output is the in-memory path's, which runs the
+    network on the same windows cut out of whole grids, event for event."""
+    blobs = [random_events(count=400, duration_us=60_000, size=(24, 24), seed=seed)
+             for seed in range(3)]  # fmt: skip
+    noise = random_events(count=300, duration_us=60_000, size=(720, 1280), seed=5)
+    columns = [np.concatenate([noise.t, *(b.t for b in blobs)]),
+               np.concatenate([noise.x, *(b.x + 100 + 400 * i for i, b in enumerate(blobs))]),
+               np.concatenate([noise.y, *(b.y + 50 + 200 * i for i, b in enumerate(blobs))]),
+               np.concatenate([noise.p, *(b.p for b in blobs)])]  # fmt: skip
+    order = np.argsort(columns[0], kind="stable")
+    events = make_events(*(column[order] for column in columns), (720, 1280), (0, 60_000))
+    source = write_deflare(tmp_path / "sparse.h5", events)
+    settings = InferSettings(checkpoint=perturbed, tiles={"mode": "tiles", "min_events": 8})
+    in_memory = infer.deflare_events(infer.load_deflarer(settings), events)
+
+    def no_whole_grid(*args, **kwargs):
+        raise AssertionError("a whole grid was encoded")
+
+    monkeypatch.setattr(infer, "events_to_voxel", no_whole_grid)
+    deflare(source, tmp_path / "out.h5", settings)
+    output = read_events(tmp_path / "out.h5")
+    assert same_events(output, in_memory)
+    assert not same_events(output, events)  # the model did change things
+
+
 def test_folder_mode_skips_existing_outputs_unless_overwrite(
     tmp_path: Path, identity: Path
 ) -> None:

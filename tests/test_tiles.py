@@ -3,17 +3,22 @@ network's reach so that a tile's core sees what the whole frame would."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from deflare_cli.codec import events_to_voxel
+from deflare_cli.events import Events, make_events, sort_by_time
 from deflare_cli.model import TrueResidualUNet3D
-from deflare_cli.settings import ModelSettings, TileSettings
+from deflare_cli.settings import CodecSettings, ModelSettings, TileSettings
 from deflare_cli.tiles import (
     Region,
+    encode_tiles,
     event_counts,
     regions,
     run_network,
     run_regions,
+    run_tiles,
     windows_cost_less,
 )
 
@@ -137,3 +142,55 @@ def test_merged_windows_touch_fewer_pixels_than_tiles_apart() -> None:
     # the six tiles apart take 80 x 80 each, 38,400 in all, more than half
     assert windows_cost_less(voxels, merged, settings)
     assert not windows_cost_less(voxels, apart, settings)
+
+
+def clustered_events(size: tuple[int, int] = (100, 140), seed: int = 0) -> Events:
+    """Two 20 ms segments on a sensor with partial edge tiles: blobs of events, stray noise,
+    and in one otherwise empty tile 20 positive and 20 negative events in one cell, which
+    cancel in the grid (so that tile holds no events there)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    columns = []
+    for _ in range(6):  # blobs of 60 events, each in one segment
+        start = rng.integers(0, 2) * 20_000
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        columns.append((start + rng.integers(0, 20_000, 60),
+                        np.clip(cx + rng.normal(0, 4, 60), 0, width - 1),
+                        np.clip(cy + rng.normal(0, 4, 60), 0, height - 1),
+                        rng.choice([-1, 1], 60)))  # fmt: skip
+    columns.append((rng.integers(0, 40_000, 40), rng.integers(0, width, 40),
+                    rng.integers(0, height, 40), rng.choice([-1, 1], 40)))  # fmt: skip
+    columns.append((np.full(40, 1_000), np.full(40, 100), np.full(40, 97), np.repeat([1, -1], 20)))
+    t, x, y, p = (np.concatenate(column) for column in zip(*columns, strict=True))
+    return sort_by_time(make_events(t, x, y, p, size, span_us=(0, 40_000)))
+
+
+def test_tiles_encoded_from_events_are_those_of_the_grid() -> None:
+    events, codec = clustered_events(), CodecSettings()
+    voxels = events_to_voxel(events, codec).data
+    network = as_network(conv_only_network((8, 16)))
+    settings = TileSettings(mode="tiles", size=32, halo=16, min_events=8)
+    found = regions(voxels, settings)
+    assert len(found) >= 2 and event_counts(voxels, 32)[0, 3, 3] == 0  # the cancelling cell's
+    assert not any(r.segment == 0 and r.top <= 97 < r.bottom and r.left <= 100 < r.right
+                   for r in found)  # fmt: skip
+    tiled = encode_tiles(events, codec, settings)
+    assert tiled is not None and tiled.num_segments == 2 and tiled.t0_us == 0
+    whole = run_regions(network, voxels, found, settings)
+    cores = run_tiles(network, tiled)
+    assert {core.region for core in cores} == set(found) and len(cores) == len(found)
+    for core in cores:
+        cells = (core.region.segment, slice(None), slice(core.region.top, core.region.bottom),
+                 slice(core.region.left, core.region.right))  # fmt: skip
+        assert torch.equal(core.input, voxels[cells])
+        assert torch.equal(core.output, whole[cells])
+        assert not torch.equal(core.output, core.input)
+
+
+def test_tiles_from_events_leave_whole_frames_to_the_grid() -> None:
+    events, codec = clustered_events(), CodecSettings()
+    assert encode_tiles(events, codec, TileSettings(mode="frame")) is None
+    # every tile busy: windows cover the frames, so auto runs them whole
+    assert encode_tiles(events, codec, TileSettings(mode="auto", size=32, min_events=0)) is None
+    sparse = clustered_events(size=(256, 320))  # the same blobs on a larger sensor
+    assert encode_tiles(sparse, codec, TileSettings(mode="auto", size=32, halo=16)) is not None
