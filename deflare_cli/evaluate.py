@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import Pair, atomic_output, find_pairs, read_event_column, read_pair
+from .io import Pair, atomic_output, find_pairs, make_folder, read_event_column, read_pair
 from .methods import Method, resolve_methods
 from .metrics import (
     EVENT_METRICS,
@@ -66,6 +66,8 @@ def evaluate(settings: EvaluateSettings, progress: Progress = no_progress) -> Re
     """Score the methods (or the outputs in ``pred_dir``) on every pair; write the report files."""
     resolve_methods(settings.methods)  # unknown names fail before any work
     pairs = find_pairs(*settings.paired_dirs())
+    if settings.output is not None:  # so is a report that could not be written (minutes later)
+        make_folder(settings.output.parent)
     jobs = [(settings, pair) for pair in pairs]
     per_file = map_jobs(_evaluate_job, jobs, settings.runtime.workers, "evaluating", progress)
     report = summarise([row for file_rows in per_file for row in file_rows])

@@ -12,7 +12,9 @@ from conftest import write_deflare, write_pairs
 from test_infer import write_checkpoint
 from typer.testing import CliRunner
 
+from deflare_cli import evaluate as evaluate_module
 from deflare_cli.cli import app
+from deflare_cli.errors import OutputError
 from deflare_cli.evaluate import evaluate
 from deflare_cli.events import make_events
 from deflare_cli.methods import CLASSIC_FILTERS as BASELINES
@@ -155,6 +157,24 @@ def test_evaluate_command_writes_the_report(tmp_path: Path) -> None:
     assert len(content["files"]) == 6
     assert report.with_suffix(".csv").read_text().startswith("method,chamfer")
     assert (tmp_path / "report_files.csv").exists()
+
+
+def test_report_folder_is_made_and_a_bad_one_fails_before_scoring(
+    tmp_path: Path, monkeypatch
+) -> None:
+    data = write_pairs(tmp_path / "data", 1)
+    report = evaluate(EvaluateSettings(data_dir=data, methods=("raw",),
+                                       output=tmp_path / "new" / "deeper" / "report"))  # fmt: skip
+    assert report.methods["raw"] and (tmp_path / "new" / "deeper" / "report.json").exists()
+    (tmp_path / "a_file").write_text("")
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the report's folder was checked")
+
+    monkeypatch.setattr(evaluate_module, "evaluate_pair", no_scoring)
+    with pytest.raises(OutputError, match="a_file"):
+        evaluate(EvaluateSettings(data_dir=data, methods=("raw",),
+                                  output=tmp_path / "a_file" / "report"))  # fmt: skip
 
 
 def test_scoring_outputs_made_elsewhere(tmp_path: Path) -> None:
