@@ -40,8 +40,20 @@ def voxel_bytes(segments: int, num_bins: int, sensor_size: tuple[int, int]) -> f
 def activation_bytes(
     model: ModelSettings, batch: int, num_bins: int, height: int, width: int
 ) -> float:
-    """Bytes of the first level's float32 activations for ``batch`` inputs of (bins, H, W)."""
-    return model.f_maps[0] * voxel_bytes(batch, num_bins, (height, width))
+    """Bytes of the first level's float32 activations for ``batch`` inputs of (bins, H, W),
+    scaled up for a network that pools space alone (its deeper levels keep every bin: the
+    factors above were measured with time halved too)."""
+    first = model.f_maps[0] * voxel_bytes(batch, num_bins, (height, width))
+    return first * _all_levels(model, model.pooling == "xyt") / _all_levels(model, True)
+
+
+def _all_levels(model: ModelSettings, halve_time: bool) -> float:
+    """Activations of every level over the first's: each level down has its own features
+    (``f_maps``) on a quarter of the pixels, and half the bins where time is halved."""
+    return sum(
+        features / model.f_maps[0] / 4**level / (2**level if halve_time else 1)
+        for level, features in enumerate(model.f_maps)
+    )
 
 
 def deflare_bytes(

@@ -52,6 +52,7 @@ from .settings import (
     InferSettings,
     Loss,
     OutputMode,
+    Pooling,
     Precision,
     ReadSettings,
     SynthSettings,
@@ -834,6 +835,14 @@ def train(
     backbone: Annotated[
         Backbone | None, typer.Option("--backbone", help="pytorch-3dunet backbone.")
     ] = None,
+    pooling: Annotated[
+        Pooling | None,
+        typer.Option(
+            "--pooling",
+            help="xyt: halve bins and space per level [default]; xy: space alone, so 5+ levels "
+            "fit 8 bins and the network sees further (5 levels: 108 px).",
+        ),
+    ] = None,
     device: DeviceOption = None,
     precision: Annotated[
         Precision | None,
@@ -910,6 +919,7 @@ def train(
                 "model": {
                     "f_maps": parse_int_list(f_maps) if f_maps else None,
                     "backbone": backbone,
+                    "pooling": pooling,
                     "output": "mask" if loss == "mask" else None,
                 },
                 "epochs": epochs,

@@ -122,7 +122,7 @@ def _converted_backbone(core, model: TrueResidualUNet3D, path: Path):
         return core.read_model(path)
     log.info("converting the model for OpenVINO (once per checkpoint): %s", path)
     multiple = model.settings.size_multiple
-    example = torch.zeros(1, 1, multiple, 4 * multiple, 4 * multiple)
+    example = torch.zeros(1, 1, max(model.settings.bin_multiple, 2), 4 * multiple, 4 * multiple)
     converted = ov.convert_model(
         model.backbone.eval(), example_input=example, input=[ov.PartialShape([-1, 1, -1, -1, -1])]
     )

@@ -59,10 +59,12 @@ class TrueResidualUNet3D(nn.Module):
 def backbone_input(voxels: torch.Tensor, settings: ModelSettings) -> torch.Tensor:
     """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels (``residual``) or
     ``sign(v) log(1 + |v|)`` (``mask``), zero-padded at the end of bins, height and width to
-    a multiple of ``settings.size_multiple``. Every engine feeds its backbone this."""
+    a multiple of ``settings.bin_multiple`` and ``settings.size_multiple``. Every engine feeds
+    its backbone this."""
     if settings.output == "mask":
         voxels = torch.sign(voxels) * torch.log1p(voxels.abs())
-    padding = [(-size) % settings.size_multiple for size in voxels.shape[-3:]]
+    multiples = (settings.bin_multiple, settings.size_multiple, settings.size_multiple)
+    padding = [(-size) % step for size, step in zip(voxels.shape[-3:], multiples, strict=True)]
     return F.pad(voxels, (0, padding[2], 0, padding[1], 0, padding[0]))
 
 
@@ -91,7 +93,7 @@ def build_backbone(settings: ModelSettings) -> nn.Module:
             "pip install --no-deps pytorch3dunet==1.9.6 (see README, Install)"
         ) from None
     backbone_class = ResidualUNet3D if settings.backbone == "ResidualUNet3D" else UNet3D
-    return backbone_class(
+    backbone = backbone_class(
         in_channels=1,
         out_channels=1,
         final_sigmoid=False,
@@ -101,6 +103,27 @@ def build_backbone(settings: ModelSettings) -> nn.Module:
         is_segmentation=False,
         dropout_prob=settings.dropout,
     )
+    if settings.pooling == "xy":
+        _pool_space_only(backbone)
+    return backbone
+
+
+def _pool_space_only(backbone: nn.Module) -> None:
+    """Make every level down halve height and width but keep the time bins: a (1, 2, 2)
+    pooling kernel, and transposed convolutions of stride (1, 2, 2) on the way up.
+    pytorch-3dunet's UNet3D and ResidualUNet3D take ``pool_kernel_size`` but do not pass it
+    on (pytorch-3dunet 1.9.6), so the layers are replaced after construction."""
+    for encoder in backbone.encoders:
+        if isinstance(encoder.pooling, nn.MaxPool3d | nn.AvgPool3d):
+            encoder.pooling = type(encoder.pooling)(kernel_size=(1, 2, 2))
+    for decoder in backbone.decoders:
+        upsample = decoder.upsampling.upsample
+        old = getattr(upsample, "conv_transposed", None)
+        if isinstance(old, nn.ConvTranspose3d):
+            upsample.conv_transposed = nn.ConvTranspose3d(
+                old.in_channels, old.out_channels, old.kernel_size, stride=(1, 2, 2),
+                padding=old.padding, bias=old.bias is not None,
+            )  # fmt: skip
 
 
 def count_parameters(model: nn.Module) -> int:

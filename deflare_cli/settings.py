@@ -146,6 +146,10 @@ class DecodeSettings(Frozen):
 Backbone = Literal["ResidualUNet3D", "UNet3D"]
 Loss = Literal["mse", "balanced", "mask"]
 ModelOutput = Literal["residual", "mask"]
+# Pooling between U-Net levels: over time bins and space (pytorch-3dunet's default), or space
+# alone (a (1, 2, 2) kernel), which keeps the 8 bins at every level so the network can be deeper
+# than the bins allow, and see further.
+Pooling = Literal["xyt", "xy"]
 
 
 class ModelSettings(Frozen):
@@ -166,6 +170,11 @@ class ModelSettings(Frozen):
         "residual",
         description="residual: input + correction; mask: input x (1 - removal share), "
         "a classifier of events (model.py)",
+    )
+    pooling: Pooling = Field(
+        "xyt",
+        description="xyt: halve time bins and space per level down; xy: space alone, so more "
+        "levels fit 8 bins and the network reaches further (5 levels: 108 px)",
     )
 
     @model_validator(mode="after")
@@ -193,8 +202,13 @@ class ModelSettings(Frozen):
 
     @property
     def size_multiple(self) -> int:
-        """Time bins, height and width are halved depth-1 times: they must divide by this."""
+        """Height and width are halved depth-1 times: they must divide by this."""
         return 2 ** (self.depth - 1)
+
+    @property
+    def bin_multiple(self) -> int:
+        """Time bins must divide by this: halved depth-1 times (``xyt``) or never (``xy``)."""
+        return self.size_multiple if self.pooling == "xyt" else 1
 
 
 class DataSettings(Frozen):
@@ -296,11 +310,11 @@ class TrainSettings(Frozen):
     @model_validator(mode="after")
     def _sizes_fit_network(self) -> TrainSettings:
         multiple = self.model.size_multiple
-        if self.codec.num_bins % multiple:
+        if self.codec.num_bins % self.model.bin_multiple:
             raise ValueError(
                 f"a U-Net of depth {self.model.depth} halves time {self.model.depth - 1} times: "
-                f"num_bins ({self.codec.num_bins}) must be a multiple of {multiple}; "
-                "use fewer f_maps levels"
+                f"num_bins ({self.codec.num_bins}) must be a multiple of "
+                f"{self.model.bin_multiple}; use fewer f_maps levels or pooling xy"
             )
         crop = self.data.crop
         if crop != "full" and (crop[0] % multiple or crop[1] % multiple):

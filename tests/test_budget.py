@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deflare_cli.budget import GB, check_encode, deflare_bytes, fit_tiling
+from deflare_cli.budget import GB, activation_bytes, check_encode, deflare_bytes, fit_tiling
 from deflare_cli.errors import InputError
 from deflare_cli.settings import ModelSettings, TileSettings
 
@@ -49,3 +49,15 @@ def test_encoding_a_long_recording_at_once_is_refused() -> None:
     check_encode("rec.h5", 50, 8, (480, 640), 2.0)  # one second
     with pytest.raises(InputError, match=r"3,000 segments .*\(--time-window\)"):
         check_encode("rec.h5", 3_000, 8, (480, 640), 2.0)  # a minute: 29 GB of voxels
+
+
+def test_a_network_that_pools_space_alone_is_counted_with_its_deeper_levels() -> None:
+    """Its deeper levels keep all 8 bins: (16, 32, 64) holds 1 + 1/2 + 1/4 of its first
+    level's activations instead of 1 + 1/4 + 1/16, so its forward pass weighs 4/3 as much."""
+    space = DEFAULT.model_copy(update={"pooling": "xy"})
+    frames = [activation_bytes(model, 1, 8, 480, 640) for model in (DEFAULT, space)]
+    assert frames[0] == 16 * 4 * 8 * 480 * 640  # unchanged for the networks measured
+    assert frames[1] / frames[0] == pytest.approx(4 / 3)
+    budget = deflare_bytes(DEFAULT, 8, (480, 640), 1, None) / GB + 0.05
+    assert fit((480, 640), budget=budget) == AUTO  # whole frames fit the default network...
+    assert fit((480, 640), model=space, budget=budget).mode == "tiles"  # ...but not this one

@@ -23,9 +23,12 @@ CPU = torch.device("cpu")
 pytest.importorskip("openvino", reason="make install installs it (the 'fast' extra)")
 
 
-def trained_like(f_maps: tuple[int, ...] = (8, 16), output: str = "residual") -> TrueResidualUNet3D:
+def trained_like(
+    f_maps: tuple[int, ...] = (8, 16), output: str = "residual", pooling: str = "xyt"
+) -> TrueResidualUNet3D:
     torch.manual_seed(0)
-    model = TrueResidualUNet3D(ModelSettings(f_maps=f_maps, output=output)).eval()
+    settings = ModelSettings(f_maps=f_maps, output=output, pooling=pooling)
+    model = TrueResidualUNet3D(settings).eval()
     torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.3)
     return model
 
@@ -42,6 +45,17 @@ def test_openvino_computes_what_torch_computes(shape: tuple[int, ...], output: s
     output = converted.run(voxels)
     assert output.shape == voxels.shape and output.dtype == torch.float32
     assert (output - reference).abs().max() < 1e-3  # far below the 0.5 rounding step
+
+
+def test_openvino_runs_a_network_that_pools_space_alone() -> None:
+    """Five levels on 8 bins (pooling xy) convert and compute what torch computes, on a size
+    that needs padding (a DAVIS346 crop)."""
+    model = trained_like((8, 8, 8, 8, 8), "mask", "xy")
+    shape = (2, 8, 52, 70)
+    voxels = (torch.rand(*shape) < 0.2).float() * torch.randint(-3, 4, shape)
+    reference = engines.TorchEngine(model, CPU, None).run(voxels)
+    converted = engines.make_engine(model, "openvino", "fp32", CPU, "test-parity-xy")
+    assert (converted.run(voxels) - reference).abs().max() < 1e-3
 
 
 def test_the_converted_model_is_cached_per_checkpoint(monkeypatch) -> None:

@@ -80,8 +80,27 @@ def _train_settings(**overrides) -> TrainSettings:
 
 def test_depth_must_fit_the_time_bins() -> None:
     _train_settings(model=ModelSettings(f_maps=(8, 16, 32, 64)))  # 8 bins hold 4 levels
-    with pytest.raises(ValidationError, match="num_bins"):
+    with pytest.raises(ValidationError, match="num_bins.*pooling xy"):
         _train_settings(model=ModelSettings(f_maps=(8, 16, 32, 64, 128)))
+
+
+def test_pooling_space_alone_keeps_the_bins_and_lets_the_network_go_deeper() -> None:
+    settings = ModelSettings(f_maps=(8, 8, 8, 8, 8), pooling="xy", output="mask")
+    _train_settings(model=settings, loss="mask")  # 5 levels on 8 bins: time is never halved
+    model = TrueResidualUNet3D(settings).eval()
+    shapes = []
+    hooks = [encoder.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape))
+             for encoder in model.backbone.encoders]  # fmt: skip
+    voxels = torch.zeros(1, 1, 8, 26, 35)
+    voxels[0, 0, 2, 10, 10] = 3
+    with torch.no_grad():
+        output = model(voxels)
+    for hook in hooks:
+        hook.remove()
+    assert [shape[2] for shape in shapes] == [8] * 5  # every level keeps 8 bins
+    assert [shape[3] for shape in shapes] == [32, 16, 8, 4, 2]  # padded 26 -> 32, then halved
+    assert output.shape == voxels.shape and float(output[0, 0, 2, 10, 10]) > 2.9  # ~identity
+    assert settings.reach_px == 108 and settings.bin_multiple == 1
 
 
 def test_crop_must_fit_the_depth() -> None:

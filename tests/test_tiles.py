@@ -23,10 +23,11 @@ from deflare_cli.tiles import (
 )
 
 
-def conv_only_network(f_maps: tuple[int, ...]) -> TrueResidualUNet3D:
+def conv_only_network(f_maps: tuple[int, ...], pooling: str = "xyt") -> TrueResidualUNet3D:
     """Convolutions and ReLUs without GroupNorm: nothing reaches further than the kernels."""
     torch.manual_seed(0)
-    model = TrueResidualUNet3D(ModelSettings(f_maps=f_maps, layer_order="cr")).eval()
+    settings = ModelSettings(f_maps=f_maps, layer_order="cr", pooling=pooling)
+    model = TrueResidualUNet3D(settings).eval()
     torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.1)
     return model
 
@@ -39,18 +40,21 @@ def as_network(model: TrueResidualUNet3D):
     return network
 
 
-@pytest.mark.parametrize("f_maps", [(8, 16), (16, 32, 64)])
-def test_reach_is_what_the_network_reaches(f_maps: tuple[int, ...]) -> None:
-    model = conv_only_network(f_maps)
-    voxels = torch.zeros(1, 1, 8, 160, 160)
+@pytest.mark.parametrize(
+    ("f_maps", "pooling"), [((8, 16), "xyt"), ((16, 32, 64), "xyt"), ((8, 8, 8, 8, 8), "xy")]
+)
+def test_reach_is_what_the_network_reaches(f_maps: tuple[int, ...], pooling: str) -> None:
+    model = conv_only_network(f_maps, pooling)
+    size = 256  # room for 5 levels' 108 px on each side
+    centre = size // 2
+    voxels = torch.zeros(1, 1, 8, size, size)
     with torch.no_grad():
         before = model(voxels)
-        voxels[0, 0, :, 80, 80] = 1
+        voxels[0, 0, :, centre, centre] = 1
         changed = (model(voxels) - before).abs().amax(dim=(0, 1, 2)) > 0
     rows, cols = torch.nonzero(changed, as_tuple=True)
-    reach = max(
-        80 - int(rows.min()), int(rows.max()) - 80, 80 - int(cols.min()), int(cols.max()) - 80
-    )
+    reach = max(centre - int(rows.min()), int(rows.max()) - centre,
+                centre - int(cols.min()), int(cols.max()) - centre)  # fmt: skip
     assert reach == model.settings.reach_px
 
 

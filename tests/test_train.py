@@ -335,6 +335,25 @@ def test_train_command_with_the_mask_loss_makes_a_mask_model(
     assert out.exists()
 
 
+def test_a_network_pooling_space_alone_trains_and_deflares(tmp_path: Path, pairs_dir: Path) -> None:
+    """--pooling xy: five levels on 8 bins train, the checkpoint keeps the pooling, and
+    deflare (on this machine's default engine) rebuilds and runs it."""
+    run_dir = tmp_path / "run"
+    args = ["train", "--data-dir", str(pairs_dir), "--run-dir", str(run_dir), "--loss", "mask",
+            "--max-steps", "2", "--crop", "32x32", "--f-maps", "8,8,8,8,8", "--pooling", "xy",
+            "--batch-size", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_checkpoint(run_dir / "last.pt")["settings"]["model"]
+    assert model["pooling"] == "xy" and len(model["f_maps"]) == 5
+    source = pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"
+    result = CliRunner().invoke(app, ["deflare", str(source), str(tmp_path / "out.h5"),
+                                      "--checkpoint", str(run_dir / "last.pt")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(app, [*args[:-4], "--batch-size", "2"])  # 5 levels, time halved
+    assert bad.exit_code == 1 and "pooling xy" in bad.output
+
+
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
     """torchrun with gloo: both ranks hold identical weights; only rank 0 writes checkpoints."""
     worker = Path(__file__).parent / "ddp_worker.py"
