@@ -116,11 +116,15 @@ def _merged(busy: list[list[bool]], settings: TileSettings) -> list[list[int]]:
             else:
                 runs.append([col, col + 1])
         still_open = []
-        for left, right in runs:
+        for number, (left, right) in enumerate(runs):
             run = [row, row + 1, left, right]
+            # the row's runs still to come count too: a joint that reached over one of them
+            # would overlap it (two regions editing the same cells)
+            coming = [[row, row + 1, *later] for later in runs[number + 1 :]]
             for rect in open_:
                 joint = [rect[0], row + 1, min(rect[2], left), max(rect[3], right)]
                 others = [other for other in done + open_ + still_open if other is not rect]
+                others += coming
                 if (left < rect[3] and rect[2] < right
                         and window(joint) <= min(window(rect) + window(run), settings.pass_pixels)
                         and not any(_overlap(joint, other) for other in others)):  # fmt: skip

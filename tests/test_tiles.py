@@ -136,6 +136,33 @@ def test_neighbouring_busy_tiles_share_one_window() -> None:
     assert len(cut) > 2
 
 
+def covered_once(voxels: torch.Tensor, found: list[Region]) -> bool:
+    """Whether the regions cover every busy tile and no cell twice."""
+    covered = torch.zeros(voxels.shape[0], *voxels.shape[-2:], dtype=torch.int64)
+    for r in found:
+        covered[r.segment, r.top : r.bottom, r.left : r.right] += 1
+    busy = voxels.abs().sum(dim=1) > 0
+    return int(covered.max()) <= 1 and bool((covered[busy] == 1).all())
+
+
+def test_a_joint_window_never_reaches_over_a_later_run_of_its_row() -> None:
+    """Row 1's first run joins the wide rectangle above; the joint then spans the gap to the
+    row's second run, which must not become a region of its own over the same cells (it did:
+    on gen3_sparklers_night two regions overlapped, and the tiled decoder edited their shared
+    cells twice)."""
+    voxels = busy_map(["xxxxxx", "xx..xx"])
+    found = regions(voxels, TileSettings(size=32, halo=24, min_events=8))
+    assert covered_once(voxels, found)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # random busy maps: every busy tile in exactly one region
+        rows = ["".join(rng.choice([".", "x"], 9, p=[0.6, 0.4])) for _ in range(7)]
+        voxels = busy_map(rows)
+        halo = int(rng.choice([0, 8, 24, 56]))
+        assert covered_once(
+            voxels, regions(voxels, TileSettings(size=32, halo=halo, min_events=8))
+        ), rows
+
+
 def test_merged_windows_touch_fewer_pixels_than_tiles_apart() -> None:
     voxels = busy_map(["......", ".xxx..", ".xxx..", "......", "......", "......"])
     merged = regions(voxels, TileSettings(size=32, halo=24, min_events=8))
