@@ -1,0 +1,142 @@
+"""How much context tells sparse flare events from the rest (issue 12, item 7: the evidence).
+
+    python benchmarks/context_probe.py PAIRS_DIR [--checkpoint CKPT] [--device cpu|cuda]
+
+PAIRS_DIR holds labelled pairs from ``deflare synth`` (inputs with ``/events/is_flare``), e.g.
+``configs/night_point_light.yaml``'s 1280x720 steady point lights. Every input event gets box
+densities (events per pixel) around it: of its own and the opposite polarity within 1-24 px in
+its 20 ms segment (what the shipped 3-level network can see: it reaches 24 px), of all events
+within 64 and 160 px in that segment (wide), and within 3-160 px over the whole pair (long);
+with ``--checkpoint``, also the network's removal share (``event_scores.py``). A gradient-
+boosted classifier per feature set is trained on the even pairs and scored on the odd ones,
+then the other way round, and the table gives both halves' ROC AUC and the flare removed at
+97% of the other events kept. Needs scikit-learn (in the dev install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from deflare_cli.events import Events
+from deflare_cli.io import find_pairs, read_events, read_flare_labels
+from deflare_cli.settings import paired_dirs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from event_scores import event_scores, removed_at_kept, roc_auc  # noqa: E402
+
+SEGMENT_US = 20_000
+LOCAL_PX = (1, 3, 8, 24)  # within the shipped network's reach
+WIDE_PX = (64, 160)
+LONG_PX = (3, 24, 160)
+LOCAL = [f"{kind}{r}" for kind in ("same", "opposite") for r in LOCAL_PX]
+FEATURE_SETS = {
+    "local (20 ms, up to 24 px)": LOCAL,
+    "local + wide (64, 160 px)": LOCAL + [f"all{r}" for r in WIDE_PX],
+    "local + long (whole pair)": LOCAL + [f"long{r}" for r in LONG_PX],
+    "local + wide + long": LOCAL + [f"all{r}" for r in WIDE_PX] + [f"long{r}" for r in LONG_PX],
+}
+
+
+def box_density(counts: np.ndarray, y: np.ndarray, x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of the (H, W) ``counts`` over the box of half-width ``radius`` around each (y, x),
+    cut at the sensor's edges (an integral image: the same cost for any radius)."""
+    height, width = counts.shape
+    integral = np.zeros((height + 1, width + 1))
+    integral[1:, 1:] = counts.cumsum(0).cumsum(1)
+    top, bottom = np.clip(y - radius, 0, height), np.clip(y + radius + 1, 0, height)
+    left, right = np.clip(x - radius, 0, width), np.clip(x + radius + 1, 0, width)
+    total = integral[bottom, right] - integral[top, right] - integral[bottom, left]
+    return (total + integral[top, left]) / ((bottom - top) * (right - left))
+
+
+def _count_map(events: Events, chosen: np.ndarray) -> np.ndarray:
+    height, width = events.sensor_size
+    pixels = events.y[chosen].astype(np.int64) * width + events.x[chosen]
+    return np.bincount(pixels, minlength=height * width).reshape(height, width).astype(float)
+
+
+def event_features(events: Events) -> dict[str, np.ndarray]:
+    """The feature columns of every event (see the module's docstring)."""
+    y, x = events.y.astype(np.int64), events.x.astype(np.int64)
+    segment = (events.t - events.time_span()[0]) // SEGMENT_US
+    columns = {name: np.zeros(len(events)) for names in FEATURE_SETS.values() for name in names}
+    for index in np.unique(segment):
+        inside = segment == index
+        on, off = (
+            _count_map(events, inside & (events.p > 0)),
+            _count_map(events, inside & (events.p < 0)),
+        )
+        positive = events.p[inside] > 0
+        for radius in LOCAL_PX:
+            of_on = box_density(on, y[inside], x[inside], radius)
+            of_off = box_density(off, y[inside], x[inside], radius)
+            columns[f"same{radius}"][inside] = np.where(positive, of_on, of_off)
+            columns[f"opposite{radius}"][inside] = np.where(positive, of_off, of_on)
+        for radius in WIDE_PX:
+            columns[f"all{radius}"][inside] = box_density(on + off, y[inside], x[inside], radius)
+    every = _count_map(events, np.ones(len(events), bool))
+    for radius in LONG_PX:
+        columns[f"long{radius}"] = box_density(every, y, x, radius)
+    return columns
+
+
+def probe(
+    pairs_dir: Path, checkpoint: Path | None = None, device: str = "cpu"
+) -> list[tuple[str, list[float], list[float]]]:
+    """(feature set, AUC per half, flare removed at 97% kept per half) for every feature set,
+    and each with the network's removal share where ``checkpoint`` is given."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    files = []
+    for pair in find_pairs(*paired_dirs(pairs_dir)):
+        events = read_events(pair.flare_path)
+        columns = event_features(events)
+        if checkpoint is not None:
+            columns["share"], _ = event_scores(checkpoint, pair.flare_path, device)
+        files.append((columns, read_flare_labels(pair.flare_path, len(events)).astype(bool)))
+    if len(files) < 2:
+        raise SystemExit(f"{pairs_dir}: needs at least 2 labelled pairs, found {len(files)}")
+    sets = dict(FEATURE_SETS)
+    if checkpoint is not None:
+        sets = {"network share alone": ["share"]} | {
+            f"share + {name}": ["share", *keys] for name, keys in FEATURE_SETS.items()
+        }
+    rows = []
+    for name, keys in sets.items():
+        aucs, removed = [], []
+        for half in (0, 1):
+            train = [f for number, f in enumerate(files) if number % 2 == half]
+            test = [f for number, f in enumerate(files) if number % 2 != half]
+            classifier = HistGradientBoostingClassifier(max_iter=200, random_state=0)
+            classifier.fit(_matrix(train, keys), np.concatenate([labels for _, labels in train]))
+            scores = classifier.predict_proba(_matrix(test, keys))[:, 1]
+            labels = np.concatenate([labels for _, labels in test])
+            aucs.append(roc_auc(scores, labels))
+            removed.append(removed_at_kept(scores, labels))
+        rows.append((name, aucs, removed))
+    return rows
+
+
+def _matrix(files: list[tuple[dict[str, np.ndarray], np.ndarray]], keys: list[str]) -> np.ndarray:
+    return np.concatenate([np.column_stack([columns[key] for key in keys]) for columns, _ in files])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pairs_dir", type=Path, help="labelled pairs (deflare synth)")
+    parser.add_argument("--checkpoint", type=Path, help="add this model's removal share")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    args = parser.parse_args()
+    print(f"| features ({args.pairs_dir}) | ROC AUC (two halves) | flare removed at 97% kept |")
+    print("|---|---:|---:|")
+    for name, aucs, removed in probe(args.pairs_dir, args.checkpoint, args.device):
+        print(f"| {name} | {aucs[0]:.3f} / {aucs[1]:.3f} | {removed[0]:.1%} / {removed[1]:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
