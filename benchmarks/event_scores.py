@@ -10,7 +10,8 @@ model exactly its removal). Pooled over the pairs, it prints the ROC AUC of that
 better than chance) and the share of the flare events that ranking by it removes while keeping
 97% of the other events. Unlike ``deflare calibrate``, which decodes with a margin per cell,
 this ranks events directly: it measures what the network knows, not what a margin makes of it.
-Whole frames, the checkpoint's engine settings otherwise (torch on CPU here).
+Whole frames, the checkpoint's engine settings otherwise (on the CPU unless `--device` says
+otherwise).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def removed_at_kept(scores: np.ndarray, labels: np.ndarray, kept: float = KEPT) 
     return float((scores[labels] > threshold).mean())
 
 
-def event_scores(checkpoint: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def event_scores(
+    checkpoint: Path, path: Path, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """(removal share, is_flare) of every input event of one labelled file."""
     settings = InferSettings(checkpoint=checkpoint, margin=0.0, tiles=TileSettings(mode="frame"),
-                             runtime=RuntimeSettings(device="cpu"), memory_gb=16.0)  # fmt: skip
+                             runtime=RuntimeSettings(device=device), memory_gb=16.0)  # fmt: skip
     deflarer = load_deflarer(settings)
     events = read_events(path)
     labels = read_flare_labels(path, len(events))
@@ -72,6 +75,7 @@ def main() -> int:
     """Prints the table; a missing folder, pair or label is an error naming the file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints, then PAIRS_DIR")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = parser.parse_args()
     *checkpoints, pairs_dir = args.checkpoints
     pairs = find_pairs(*paired_dirs(pairs_dir))
@@ -81,7 +85,7 @@ def main() -> int:
     for checkpoint in checkpoints:
         results = []
         for done, pair in enumerate(pairs, start=1):  # minutes per checkpoint on a CPU
-            results.append(event_scores(checkpoint, pair.flare_path))
+            results.append(event_scores(checkpoint, pair.flare_path, args.device))
             print(f"  {checkpoint.name}: {done}/{len(pairs)} pairs", file=sys.stderr, flush=True)
         scores = np.concatenate([s for s, _ in results])
         labels = np.concatenate([y for _, y in results])

@@ -11,7 +11,11 @@
 # 555), CHECKS (1: calibrate each model and check it on the test set and, where DEFLARE_REALDATA
 # names the real recordings, on them; ~200 s of the budget), BENCH (1: time inference at
 # 1280x720 with benchmarks/gpu.py; ~160 s), SCENE_FLICKER (share of training, validation and
-# calibration pairs whose scene is lit by mains light, 0.3; README). Training gets what the
+# calibration pairs whose scene is lit by mains light, 0.3; README), SYNTH_CONFIG (the data
+# recipe, configs/synth.yaml), CALIB_PAIRS (32: eight proved too few to set a margin, README),
+# TEST_PAIRS (12, the held-out set of seed 202). With CHECKS, each model is also scored per
+# event (benchmarks/event_scores.py) on NIGHT_PAIRS (8) pairs like the kept night recording
+# (configs/night_point_light.yaml, seed 606): a 1280x720 steady point light. Training gets what the
 # data leave of the budget, less 120 s (the trainers' start and final validation, packing) and
 # what CHECKS and BENCH take; a step that would run past the budget is cut short. The slim
 # weights (best.pt and last.pt of each model) and metrics go to $OUT/weights.tgz.* as soon as
@@ -37,18 +41,25 @@ WORKERS=${WORKERS:-$(nproc)}
 DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-555}
 SCENE_FLICKER=${SCENE_FLICKER:-0.3}
+SYNTH_CONFIG=${SYNTH_CONFIG:-configs/synth.yaml}
+CALIB_PAIRS=${CALIB_PAIRS:-32}
+TEST_PAIRS=${TEST_PAIRS:-12}
+NIGHT_PAIRS=${NIGHT_PAIRS:-8}
 CHECKS=${CHECKS:-0}
 BENCH=${BENCH:-0}
-MODELS=${MODELS:-"small small-mask deep deep-mask"}
+MODELS=${MODELS:-"small-mask wide-mask deep-mask"}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$WORK/session.log") 2>&1
 say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
-# name -> "f_maps lr batch loss" (loss: the recipe's balanced, or mask: a mask model, README).
-# The default candidates are sizes a CPU runs, as the shipped default must; E-DeflareNet's size
-# costs ~16x the shipped one per segment (and two would not fit the 64 MiB that $OUT brings back).
+# name -> "f_maps lr batch loss [pooling]" (loss: the recipe's balanced, or mask: a mask model;
+# pooling: xyt, or xy for space alone, README). The default candidates are sizes a CPU runs,
+# as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment (and
+# two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
+# levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
+# go at 97% of the rest kept (README, "Known limitations").
 declare -A RECIPE=(
     [small]="16,32,64 0.0007 16 balanced"           # the shipped size: fast on CPU
     [deep]="16,32,64,128 0.0007 16 balanced"        # one more level: twice the reach
@@ -56,6 +67,8 @@ declare -A RECIPE=(
     [edeflare]="32,64,128,256 0.0003 16 balanced"   # E-DeflareNet's size: GPU only
     [small-mask]="16,32,64 0.0007 16 mask"          # classifies events (slow to learn on CPU)
     [edeflare-mask]="32,64,128,256 0.0003 16 mask"
+    [wide-mask]="16,32,64,64,64 0.0007 16 mask xy"  # 5 levels on 8 bins: 108 px, 1.5 M
+    [wide-mask-big]="16,32,64,128,128 0.0005 16 mask xy"  # the same reach, 4.0 M: 32 MB of weights
 )
 
 if [ -d .whl ] && ! $PY -c "import pydantic, pytorch3dunet" 2>/dev/null; then
@@ -83,11 +96,13 @@ say "synthesising $PAIRS training pairs and the val/calib/test sets"
 # the test set stays the recipe's, comparable with the README's figures; the others get the
 # scenes lit by mains light (the shipped model took a real lamp-lit scene's edges for flare
 # when trained longer without them)
-synth() { local flicker=$SCENE_FLICKER; [ "$1" = test ] && flicker=0
-    $DEFLARE synth "$WORK/$1" --config configs/synth.yaml --num-files "$2" --seed "$3" \
+synth() { local flicker=$SCENE_FLICKER config=$SYNTH_CONFIG; [ "$1" = test ] && flicker=0
+    [ "$1" = night ] && { flicker=0; config=configs/night_point_light.yaml; }
+    $DEFLARE synth "$WORK/$1" --config "$config" --num-files "$2" --seed "$3" \
     --workers "$4" --scene-flicker "$flicker" --overwrite > "$WORK/synth_$1.log" 2>&1; }
 # (bare `wait` would also wait for the tee above: wait for the jobs by their PIDs)
-jobs=(); for set in "val 4 303 4" "calib 8 404 4" "test 12 202 4"; do synth $set & jobs+=($!); done
+jobs=(); for set in "val 4 303 2" "calib $CALIB_PAIRS 404 4" "test $TEST_PAIRS 202 4" \
+    "night $NIGHT_PAIRS 606 2"; do synth $set & jobs+=($!); done
 synth train "$PAIRS" 101 "$WORKERS" || { say "synth failed"; tail "$WORK/synth_train.log"; exit 1; }
 wait "${jobs[@]}" || { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
 say "filling the voxel cache"
@@ -100,10 +115,10 @@ MINUTES=$($PY -c "import sys; print(round(min(float(sys.argv[1]), int(sys.argv[2
     "$MINUTES" "$(left $((120 + 200 * CHECKS + 160 * BENCH)))")
 say "training: $MODELS, $MINUTES min each, side by side"
 jobs=(); for name in $MODELS; do
-    read -r f_maps lr batch loss <<< "${RECIPE[$name]}"
+    read -r f_maps lr batch loss pooling <<< "${RECIPE[$name]}"
     $DEFLARE train --run-dir "$WORK/runs/$name" --data-dir "$WORK/train" --val-dir "$WORK/val" \
         --config configs/default_model.yaml --f-maps "$f_maps" --lr "$lr" --batch-size "$batch" \
-        --loss "$loss" \
+        --loss "$loss" --pooling "${pooling:-xyt}" \
         --epochs 10000 --max-minutes "$MINUTES" --val-every 400 --device "$DEVICE" \
         --num-workers 3 --cache-dir "$WORK/cache" > "$WORK/train_$name.log" 2>&1 &
     jobs+=($!)
@@ -135,6 +150,9 @@ check() {
     timeout "$(left 100)" $DEFLARE evaluate --data-dir "$WORK/test" --methods raw,model \
         --checkpoint "$model" --device "$DEVICE" -o "$WORK/evaluate_$name" \
         > "$WORK/evaluate_$name.log" 2>&1 || say "evaluating $name failed or was cut short"
+    timeout "$(left 100)" $PY benchmarks/event_scores.py --device "$DEVICE" "$model" "$WORK/night" \
+        > "$WORK/night_scores_$name.md" 2> "$WORK/night_scores_$name.log" \
+        || say "scoring $name on the night point light pairs failed or was cut short"
     if [ -d "${DEFLARE_REALDATA:-/nonexistent}" ]; then
         timeout "$(left 100)" $PY benchmarks/realdata.py --checkpoint "$model" \
             --device "$DEVICE" --output "$WORK/realdata_$name.md" > "$WORK/realdata_$name.log" \
