@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from . import __version__
 from .errors import InputError
@@ -109,11 +110,17 @@ def _check_model_settings(
     path: Path, checkpoint: dict[str, Any], model_settings: ModelSettings, verb: str
 ) -> None:
     saved_model = checkpoint["settings"]["model"]
-    if saved_model != model_settings.model_dump(mode="json"):
+    # compared as settings, not as stored dicts: a field added since the checkpoint was written
+    # (``pooling``) takes its default, which is what the checkpoint's network was built with
+    try:
+        saved = ModelSettings.model_validate(saved_model)
+    except ValidationError:
+        saved = None
+    if saved != model_settings:
         raise InputError(
             path,
             f"its model settings {saved_model} differ from this run's; {verb} with the same "
-            "model settings (f_maps, backbone, output, ...)",
+            "model settings (f_maps, backbone, output, pooling, ...)",
         )
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_pairs
+from test_infer import SMALL, write_checkpoint
 from typer.testing import CliRunner
 
-from deflare_cli.checkpoint import load_checkpoint
+from deflare_cli.checkpoint import load_checkpoint, load_weights
 from deflare_cli.cli import app
 from deflare_cli.devices import start_cluster
-from deflare_cli.errors import DeflareError
+from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
@@ -425,3 +426,17 @@ def test_fresh_training_into_a_used_run_dir_needs_overwrite(
     assert _logged_steps(tmp_path) == [again.steps]  # one run's rows only
     resumed = train(settings_for(tmp_path, pairs_dir, epochs=2, resume=tmp_path / "last.pt"))
     assert resumed.steps == 2 * again.steps  # resuming in place needs no --overwrite
+
+
+def test_checkpoints_written_before_a_model_field_existed_still_match(tmp_path: Path) -> None:
+    """A checkpoint's model settings are compared as settings, so a field added later
+    (``pooling``) takes its default: the shipped model's checkpoint has none, and fine-tuning
+    or resuming it must still work; another pooling is still refused."""
+    path = write_checkpoint(tmp_path / "old.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["settings"]["model"]["pooling"]
+    torch.save(checkpoint, path)
+    weights, _ = load_weights(path, SMALL)
+    assert set(weights) == set(TrueResidualUNet3D(SMALL).state_dict())
+    with pytest.raises(InputError, match="pooling"):
+        load_weights(path, SMALL.model_copy(update={"pooling": "xy"}))
