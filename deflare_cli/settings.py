@@ -196,8 +196,8 @@ class ModelSettings(Frozen):
     def reach_px(self) -> int:
         """How far (pixels) an input cell can change an output cell through the convolutions:
         three 3x3x3 convolutions per level and encoder block, doubling per level down; measured
-        10, 24 and 52 px for 2, 3 and 4 levels (``tests/test_tiles.py``). GroupNorm's statistics
-        reach further, but only by a little."""
+        10, 24 and 52 px for 2, 3 and 4 levels, 108 px for 5 (``pooling`` xy)
+        (``tests/test_tiles.py``). GroupNorm's statistics reach further, but only by a little."""
         return 7 * 2 ** (self.depth - 1) - 4
 
     @property
