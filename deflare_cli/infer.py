@@ -386,7 +386,7 @@ def _decode_window(
         for index in range(voxels.num_segments):
             single = predicted_voxels.segment(index)
             segment_events = events.time_slice(*single.span_us)
-            rng = np.random.default_rng([deflarer.settings.seed, first_segment + index])
+            rng = _segment_rng(deflarer, first_segment + index)
             if deflarer.settings.output_mode == "preserve":
                 pieces.append(
                     preserve_events(
@@ -500,7 +500,7 @@ def _preserve_tiled(
     for index in range(tiled.num_segments):
         start = tiled.t0_us + index * codec.segment_us
         segment_events = events.time_slice(start, start + codec.segment_us)
-        rng = np.random.default_rng([deflarer.settings.seed, first_segment + index])
+        rng = _segment_rng(deflarer, first_segment + index)
         # the shape of one segment's grid without its memory: cells_to_events needs the layout
         layout = Voxels(
             torch.zeros(()).expand(1, codec.num_bins, height, width), start, codec.segment_us
@@ -510,6 +510,12 @@ def _preserve_tiled(
             _edit_cells(segment_events, cells, before, after, layout, rng, deflarer.margin)
         )
     return concat_events(pieces, events)
+
+
+def _segment_rng(deflarer: Deflarer, segment: int) -> np.random.Generator:
+    """The generator that decodes segment ``segment`` of a recording (counted from its first):
+    one rule for the whole-grid and the tiled decoders, so that both give the same events."""
+    return np.random.default_rng([deflarer.settings.seed, segment])
 
 
 def _differing_cells(
