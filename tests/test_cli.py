@@ -285,7 +285,9 @@ def test_bad_flags_are_clear(tmp_path: Path, deflare_file: Path) -> None:
 CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "synth.yaml": SynthSettings, "night_point_light.yaml": SynthSettings,
                    "train.yaml": TrainSettings, "default_model.yaml": TrainSettings,
-                   "default_model_finetune.yaml": TrainSettings}  # fmt: skip
+                   "default_model_finetune.yaml": TrainSettings,
+                   "synth_sparse.yaml": SynthSettings,
+                   "default_model_sparse.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))

@@ -1,0 +1,58 @@
+"""Merge folders of paired recordings into one training folder, without copying them.
+
+`deflare train` reads one folder of pairs. A training mix of several recipes (README, "The
+recipe": the default model's third stage trains on configs/synth.yaml and
+configs/synth_sparse.yaml pairs) is made of several `deflare synth` folders whose pair IDs
+collide, since every folder numbers its pairs from 0. This links each pair into OUT under an ID
+prefixed by its folder's position (folder 2's pair 00042 becomes 200042), so the files are
+neither copied nor modified.
+
+    python scripts/merge_pairs.py OUT SOURCE [SOURCE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from deflare_cli.errors import DeflareError, InputError
+from deflare_cli.io.pairs import find_pairs
+
+FLARE_DIR = "background_with_flare_events"
+CLEAN_DIR = "background_with_light_events"
+
+
+def merge_pairs(out_dir: Path, sources: list[Path]) -> int:
+    """Link every pair of ``sources`` into ``out_dir``; returns the number of pairs linked."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(out_dir, "exists and is not empty; merge into a new folder")
+    plans = []
+    for position, source in enumerate(sources, start=1):
+        for pair in find_pairs(source / FLARE_DIR, source / CLEAN_DIR):
+            merged_id = f"{position}{pair.pair_id}"
+            plans.append((pair.flare_path, FLARE_DIR, f"composed_{merged_id}_bg_flare"))
+            plans.append((pair.clean_path, CLEAN_DIR, f"composed_{merged_id}_bg_light"))
+    for folder in (FLARE_DIR, CLEAN_DIR):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    for path, folder, stem in plans:
+        (out_dir / folder / f"{stem}{path.suffix}").symlink_to(path.resolve())
+    return len(plans) // 2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("sources", type=Path, nargs="+")
+    arguments = parser.parse_args()
+    try:
+        count = merge_pairs(arguments.out_dir, arguments.sources)
+    except DeflareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"linked {count} pairs from {len(arguments.sources)} folders into {arguments.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
