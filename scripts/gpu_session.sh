@@ -13,7 +13,10 @@
 # 1280x720 with benchmarks/gpu.py; ~160 s), SCENE_FLICKER (share of training, validation and
 # calibration pairs whose scene is lit by mains light, 0.3; README), SYNTH_CONFIG (the data
 # recipe, configs/synth.yaml), CALIB_PAIRS (32: eight proved too few to set a margin, README),
-# TEST_PAIRS (12, the held-out set of seed 202). With CHECKS, each model is also scored per
+# TEST_PAIRS (12, the held-out set of seed 202), TRAIN_MIX and VAL_MIX (the training and
+# validation data as entries CONFIG:PAIRS:SEED:SCENE_FLICKER; several entries are made one by one
+# and linked into one folder by scripts/merge_pairs.py; default: SYNTH_CONFIG alone, PAIRS of
+# seed 101 and 4 of seed 303). The calibration, test and night sets are made only with CHECKS. With CHECKS, each model is also scored per
 # event (benchmarks/event_scores.py) on NIGHT_PAIRS (8) pairs like the kept night recording
 # (configs/night_point_light.yaml, seed 606): a 1280x720 steady point light. Training gets what the
 # data leave of the budget, less 120 s (the trainers' start and final validation, packing) and
@@ -45,6 +48,8 @@ SYNTH_CONFIG=${SYNTH_CONFIG:-configs/synth.yaml}
 CALIB_PAIRS=${CALIB_PAIRS:-32}
 TEST_PAIRS=${TEST_PAIRS:-12}
 NIGHT_PAIRS=${NIGHT_PAIRS:-8}
+TRAIN_MIX=${TRAIN_MIX:-"$SYNTH_CONFIG:$PAIRS:101:$SCENE_FLICKER"}
+VAL_MIX=${VAL_MIX:-"$SYNTH_CONFIG:4:303:$SCENE_FLICKER"}
 CHECKS=${CHECKS:-0}
 BENCH=${BENCH:-0}
 MODELS=${MODELS:-"small-mask wide-mask deep-mask"}
@@ -54,8 +59,9 @@ mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$WORK/session.log") 2>&1
 say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
-# name -> "f_maps lr batch loss [pooling]" (loss: the recipe's balanced, or mask: a mask model;
-# pooling: xyt, or xy for space alone, README). The default candidates are sizes a CPU runs,
+# name -> "f_maps lr batch loss [pooling [crop [init]]]" (loss: the recipe's balanced, or mask: a
+# mask model; pooling: xyt, or xy for space alone, README; crop: HxW, 128x128 by default; init: a
+# checkpoint to start from, e.g. the shipped default model). The default candidates are sizes a CPU runs,
 # as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment (and
 # two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
 # levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
@@ -69,6 +75,10 @@ declare -A RECIPE=(
     [edeflare-mask]="32,64,128,256 0.0003 16 mask"
     [wide-mask]="16,32,64,64,64 0.0007 16 mask xy"  # 5 levels on 8 bins: 108 px, 1.5 M
     [wide-mask-big]="16,32,64,128,128 0.0005 16 mask xy"  # the same reach, 4.0 M: 32 MB of weights
+    # the wide model on crops that hold its reach (a 128 px crop cuts most of a 108 px context off)
+    [wide-mask-256]="16,32,64,64,64 0.0007 8 mask xy 256x256"
+    # the shipped model fine-tuned on the training mix (the third stage of configs/default_model_sparse.yaml)
+    [shipped-ft]="16,32,64 0.0003 16 mask xyt 128x128 deflare_cli/weights/default.pt"
 )
 
 if [ -d .whl ] && ! $PY -c "import pydantic, pytorch3dunet" 2>/dev/null; then
@@ -92,18 +102,32 @@ DEFLARE="$PY -m deflare_cli"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 
-say "synthesising $PAIRS training pairs and the val/calib/test sets"
-# the test set stays the recipe's, comparable with the README's figures; the others get the
-# scenes lit by mains light (the shipped model took a real lamp-lit scene's edges for flare
+say "synthesising the training mix ($TRAIN_MIX) and the validation mix ($VAL_MIX)"
+# the test set stays the recipe's, comparable with the README's figures; the calibration set gets
+# the scenes lit by mains light (the shipped model took a real lamp-lit scene's edges for flare
 # when trained longer without them)
-synth() { local flicker=$SCENE_FLICKER config=$SYNTH_CONFIG; [ "$1" = test ] && flicker=0
+synth() { local flicker=${5:-$SCENE_FLICKER} config=${6:-$SYNTH_CONFIG}
+    [ "$1" = test ] && flicker=0
     [ "$1" = night ] && { flicker=0; config=configs/night_point_light.yaml; }
     $DEFLARE synth "$WORK/$1" --config "$config" --num-files "$2" --seed "$3" \
-    --workers "$4" --scene-flicker "$flicker" --overwrite > "$WORK/synth_$1.log" 2>&1; }
+    --workers "$4" --scene-flicker "$flicker" --overwrite > "$WORK/synth_${1//\//_}.log" 2>&1; }
+# make_mix NAME WORKERS ENTRY...: each CONFIG:PAIRS:SEED:FLICKER entry into $WORK/NAME_parts/K,
+# linked into $WORK/NAME (one entry: made there directly)
+make_mix() { local name=$1 workers=$2; shift 2
+    if [ $# = 1 ]; then IFS=: read -r config pairs seed flicker <<< "$1"
+        synth "$name" "$pairs" "$seed" "$workers" "$flicker" "$config"; return; fi
+    local k=0 parts=(); rm -rf "$WORK/$name" "$WORK/${name}_parts"
+    for entry in "$@"; do IFS=: read -r config pairs seed flicker <<< "$entry"; k=$((k + 1))
+        synth "${name}_parts/$k" "$pairs" "$seed" "$workers" "$flicker" "$config" || return 1
+        parts+=("$WORK/${name}_parts/$k"); done
+    $PY scripts/merge_pairs.py "$WORK/$name" "${parts[@]}"; }
 # (bare `wait` would also wait for the tee above: wait for the jobs by their PIDs)
-jobs=(); for set in "val 4 303 2" "calib $CALIB_PAIRS 404 4" "test $TEST_PAIRS 202 4" \
-    "night $NIGHT_PAIRS 606 2"; do synth $set & jobs+=($!); done
-synth train "$PAIRS" 101 "$WORKERS" || { say "synth failed"; tail "$WORK/synth_train.log"; exit 1; }
+jobs=(); make_mix val 2 $VAL_MIX & jobs+=($!)
+if [ "$CHECKS" = 1 ]; then
+    for set in "calib $CALIB_PAIRS 404 4" "test $TEST_PAIRS 202 4" "night $NIGHT_PAIRS 606 2"; do
+        synth $set & jobs+=($!); done
+fi
+make_mix train "$WORKERS" $TRAIN_MIX || { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
 wait "${jobs[@]}" || { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
 say "filling the voxel cache"
 $PY scripts/prefill_cache.py configs/default_model.yaml "$WORK/train" "$WORK/val" "$WORK/cache" \
@@ -115,10 +139,11 @@ MINUTES=$($PY -c "import sys; print(round(min(float(sys.argv[1]), int(sys.argv[2
     "$MINUTES" "$(left $((120 + 200 * CHECKS + 160 * BENCH)))")
 say "training: $MODELS, $MINUTES min each, side by side"
 jobs=(); for name in $MODELS; do
-    read -r f_maps lr batch loss pooling <<< "${RECIPE[$name]}"
+    read -r f_maps lr batch loss pooling crop init <<< "${RECIPE[$name]}"
     $DEFLARE train --run-dir "$WORK/runs/$name" --data-dir "$WORK/train" --val-dir "$WORK/val" \
         --config configs/default_model.yaml --f-maps "$f_maps" --lr "$lr" --batch-size "$batch" \
-        --loss "$loss" --pooling "${pooling:-xyt}" \
+        --loss "$loss" --pooling "${pooling:-xyt}" --crop "${crop:-128x128}" \
+        ${init:+--init-from "$init"} \
         --epochs 10000 --max-minutes "$MINUTES" --val-every 400 --device "$DEVICE" \
         --num-workers 3 --cache-dir "$WORK/cache" > "$WORK/train_$name.log" 2>&1 &
     jobs+=($!)
