@@ -1,6 +1,6 @@
 """How well a model tells flare events from the rest, before any margin (issue 12).
 
-    python benchmarks/event_scores.py CHECKPOINT PAIRS_DIR [CHECKPOINT ...]
+    python benchmarks/event_scores.py CHECKPOINT [CHECKPOINT ...] PAIRS_DIR
 
 PAIRS_DIR holds labelled pairs from ``deflare synth`` (inputs with ``/events/is_flare``): use
 calibration or validation pairs to choose between models, and the test set once, at the end.
