@@ -356,6 +356,11 @@ class SynthSettings(Frozen):
     vibration_hz: Range = Field((2.0, 15.0), description="camera shake frequency")
     vibration_px: Range = Field((0.5, 5.0), description="camera shake amplitude (at 640x480)")
     max_objects: int = Field(3, ge=0, le=20, description="independently moving objects")
+    object_texture: float = Field(
+        0.0, ge=0, le=1, description="moving objects with a textured surface (else plain)"
+    )
+    object_radius_px: Range = Field((4.0, 40.0), description="their size (log-uniform, 640x480)")
+    object_speed_px_per_ms: Range = Field((0.02, 1.0), description="their speed (log-uniform)")
     threshold: Range = Field((0.15, 0.3), description="contrast threshold range")
     threshold_sigma: Range = Field((0.02, 0.06), description="per-pixel threshold spread")
     cutoff_hz: float = Field(300.0, gt=0, description="photoreceptor cutoff in bright light")
@@ -380,7 +385,7 @@ class SynthSettings(Frozen):
     def _ranges(self) -> SynthSettings:
         names = ("pwm_hz", "drift_px_per_ms", "vibration_hz", "vibration_px", "threshold",
                  "threshold_sigma", "refractory_us", "shot_noise_hz", "leak_hz", "hot_pixels",
-                 "scene_flicker_depth")  # fmt: skip
+                 "scene_flicker_depth", "object_radius_px", "object_speed_px_per_ms")  # fmt: skip
         ranges = {name: getattr(self, name) for name in names} | {
             f"scene_flicker_depth_by_regime.{regime}": depth
             for regime, depth in self.scene_flicker_depth_by_regime.items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -18,7 +19,8 @@ from deflare_cli.synth import draw_parameters, synthesise, synthesise_pair
 from deflare_cli.synth import sensor as sensor_module
 from deflare_cli.synth.mixing import mix
 from deflare_cli.synth.optics import flicker
-from deflare_cli.synth.scene import interpolate_frames
+from deflare_cli.synth.parameters import MovingObject
+from deflare_cli.synth.scene import draw_object, interpolate_frames
 from deflare_cli.synth.sensor import Photoreceptor, Sensor, emulate, sensor_noise
 
 SMALL = {"sensor_sizes": ((96, 128),), "duration_ms": 30, "dark_fraction": 0.0}
@@ -436,3 +438,45 @@ def test_scene_flicker_depth_can_depend_on_the_regime() -> None:
     assert seen == {"night", "dusk", "day"}
     with pytest.raises(ValueError, match="scene_flicker_depth_by_regime.dusk"):
         SynthSettings(out_dir=Path("x"), scene_flicker_depth_by_regime={"dusk": (0.3, 0.1)})
+
+
+def test_a_textured_object_fires_inside_its_outline_as_it_moves() -> None:
+    """A plain object changes the light of its outline alone; a textured one (``object_texture``)
+    changes its inside too, and its texture moves with it, not with the frame."""
+    frames = {}
+    for seed in (None, 7):
+        moving = MovingObject(
+            x=40.0, y=30.0, velocity_px_per_ms=(1.0, 0.0), radius_px=20.0,
+            aspect=1.0, disc=False, reflectance=2.0, texture_seed=seed,
+        )  # fmt: skip
+        shots = [np.full((60, 90), 0.1, np.float32) for _ in range(2)]
+        draw_object(shots[0], moving, 0.0, 1.0)
+        draw_object(shots[1], moving, 0.003, 1.0)  # 3 px to the right
+        frames[seed] = shots
+    inside = (slice(16, 45), slice(28, 56))  # 4+ px from the outline at both times
+    plain, textured = frames[None], frames[7]
+    assert np.array_equal(plain[0][inside], plain[1][inside])
+    assert np.abs(np.log(textured[1][inside] / textured[0][inside])).max() > 0.2
+    # the same surface, 3 px further on
+    assert np.allclose(textured[1][20:40, 35:50], textured[0][20:40, 32:47], rtol=1e-4)
+
+
+def test_the_object_texture_share_changes_nothing_else(tmp_path: Path) -> None:
+    plain = draw_parameters(small_settings(tmp_path, max_objects=6), 2)
+    textured = draw_parameters(small_settings(tmp_path, max_objects=6, object_texture=1.0), 2)
+    assert plain.objects and all(o.texture_seed is None for o in plain.objects)
+    assert all(o.texture_seed is not None for o in textured.objects)
+    untextured = [replace(o, texture_seed=None) for o in textured.objects]
+    assert untextured == plain.objects and textured.lights == plain.lights
+
+
+def test_objects_take_their_size_and_speed_ranges(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path, max_objects=8, object_radius_px=(30.0, 60.0),
+                              object_speed_px_per_ms=(0.5, 0.5))  # fmt: skip
+    for index in range(4):
+        params = draw_parameters(settings, index)
+        for moving in params.objects:
+            assert 30 * params.scale <= moving.radius_px <= 60 * params.scale
+            assert math.hypot(*moving.velocity_px_per_ms) == pytest.approx(0.5 * params.scale)
+    with pytest.raises(ValueError, match="object_radius_px"):
+        small_settings(tmp_path, object_radius_px=(40.0, 4.0))

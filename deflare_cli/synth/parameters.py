@@ -70,6 +70,10 @@ class MovingObject:
     aspect: float
     disc: bool
     reflectance: float  # relative to the scene's mean
+    # None: one plain surface (events on its outline alone); else the seed of a dead-leaves
+    # texture printed on it, so that its inside fires too as it moves (real moving objects,
+    # people, cars, boxes, are rarely plain)
+    texture_seed: int | None = None
 
 
 @dataclass
@@ -158,7 +162,13 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
         lights=[],
     )
     num_objects = int(rng.integers(0, settings.max_objects + 1))
-    params.objects = [_draw_object(params, rng) for _ in range(num_objects)]
+    params.objects = [_draw_object(settings, params, rng) for _ in range(num_objects)]
+    # Which objects are textured: their own stream, so that the rest of a seed's pairs does not
+    # depend on the share (and a share of 0 makes the pairs of versions before it).
+    textures = np.random.default_rng([settings.seed, index, 5])
+    for moving in params.objects:
+        if textures.random() < settings.object_texture:
+            moving.texture_seed = int(textures.integers(2**31))
     num_lights = int(rng.integers(1, settings.max_lights + 1))
     params.lights = [_draw_light(settings, params, rng) for _ in range(num_lights)]
     # A share of scenes has no bright light at all: there the target is the input, which teaches
@@ -208,14 +218,16 @@ def _draw_vibration(settings: SynthSettings, rng: np.random.Generator, scale: fl
     )
 
 
-def _draw_object(params: PairParameters, rng: np.random.Generator) -> MovingObject:
-    speed = log_uniform(rng, 0.02, 1.0) * params.scale
+def _draw_object(
+    settings: SynthSettings, params: PairParameters, rng: np.random.Generator
+) -> MovingObject:
+    speed = log_uniform(rng, *settings.object_speed_px_per_ms) * params.scale
     angle = rng.uniform(0, 2 * math.pi)
     return MovingObject(
         x=float(rng.uniform(0, params.width)),
         y=float(rng.uniform(0, params.height)),
         velocity_px_per_ms=(speed * math.cos(angle), speed * math.sin(angle)),
-        radius_px=log_uniform(rng, 4, 40) * params.scale,
+        radius_px=log_uniform(rng, *settings.object_radius_px) * params.scale,
         aspect=float(rng.uniform(0.4, 2.5)),
         disc=bool(rng.random() < 0.5),
         reflectance=log_uniform(rng, 0.2, 5.0),

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from .parameters import MovingObject, PairParameters
 
@@ -227,6 +228,31 @@ def draw_object(frame: np.ndarray, moving: MovingObject, t_s: float, level: floa
     else:
         inside = np.minimum(ry - np.abs(dy), rx - np.abs(dx))
     cover = np.clip(inside + 0.5, 0, 1)
+    surface = moving.reflectance * level
+    if moving.texture_seed is not None:  # the texture moves with the object (bilinear)
+        texture = object_texture(moving.texture_seed, math.ceil(ry) + 3, math.ceil(rx) + 3)
+        rows = np.broadcast_to(dy + (texture.shape[0] - 1) / 2, cover.shape)
+        cols = np.broadcast_to(dx + (texture.shape[1] - 1) / 2, cover.shape)
+        surface = surface * map_coordinates(texture, [rows, cols], order=1, mode="nearest")
     patch = frame[y0:y1, x0:x1]
     patch *= 1 - cover
-    patch += cover * (moving.reflectance * level)
+    patch += cover * surface
+
+
+# Objects' surfaces are finer than the scene's (leaves from 1.5 px) and of the scene's mid
+# contrast; one texture per object, made once and reused for each of the pair's ~100 frames.
+OBJECT_LEAF_MIN_PX = 1.5
+OBJECT_CONTRAST = 0.6
+
+
+@lru_cache(maxsize=64)
+def object_texture(seed: int, half_height: int, half_width: int) -> np.ndarray:
+    """(2 half_height + 1, 2 half_width + 1) reflectance of a textured object's surface, mean
+    1: dead leaves (clutter 3, so that they cover most of it) blurred by the lens."""
+    shape = (2 * half_height + 1, 2 * half_width + 1)
+    rng = np.random.default_rng(seed)
+    leaves = dead_leaves(shape, OBJECT_CONTRAST, 3.0, OBJECT_LEAF_MIN_PX / 8, rng)
+    texture = gaussian_filter(leaves, OPTICS_BLUR_PX)
+    texture /= texture.mean()
+    texture.flags.writeable = False  # shared by every frame (and cached)
+    return texture
