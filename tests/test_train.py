@@ -207,7 +207,8 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path: Path, pairs_dir: Path, si
 
 def test_time_budget_stops_validated_and_saved(tmp_path: Path, pairs_dir: Path) -> None:
     result = train(settings_for(tmp_path, pairs_dir, epochs=100_000, max_minutes=0.02))
-    assert 0 < result.epochs_completed < 100_000 and not result.interrupted
+    # (steps, not epochs: on a loaded machine 1.2 s may end before the first epoch does)
+    assert result.steps > 0 and result.epochs_completed < 100_000 and not result.interrupted
     assert load_checkpoint(tmp_path / "last.pt")["step"] == result.steps
     assert _logged_steps(tmp_path)[-1] == result.steps  # the budget's end is validated
 
