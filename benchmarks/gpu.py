@@ -36,7 +36,7 @@ from deflare_cli.settings import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NIGHT_SENSOR, REALDATA, machine, night_stream, write_stream  # noqa: E402
+from run import NIGHT_SENSOR, NIGHT_SOURCE, machine, night_stream, write_stream  # noqa: E402
 
 E_DEFLARENET = (32, 64, 128, 256)
 # whole 1280x720 frames need ~5 GB of host memory per batch, over the 2 GB default budget (set
@@ -126,13 +126,14 @@ def main() -> int:
         # holds enough events to run (the model share is then 0%): name which one was timed
         night = (
             "sparse night, 0.17 M ev/s"
-            if (REALDATA / "evt3_dim_indoor.h5").exists()
+            if NIGHT_SOURCE.exists()
             else "noise alone, 0.17 M ev/s (no real recording here)"
         )
-        streams = {night: night_stream(args.seconds),
-                   "dense noise, 10 M ev/s": dense_stream(args.seconds)}  # fmt: skip
-        if args.streams != "both":  # (generators: the one left out is never made)
-            streams = dict([list(streams.items())[args.streams == "dense"]])
+        streams = {}  # generators: a stream left out is never made
+        if args.streams in ("both", "sparse"):
+            streams[night] = night_stream(args.seconds)
+        if args.streams in ("both", "dense"):
+            streams["dense noise, 10 M ev/s"] = dense_stream(args.seconds)
         for name, stream in streams.items():
             source = folder / f"{name.split(',')[0].replace(' ', '_')}.h5"
             write_stream(source, stream, NIGHT_SENSOR)

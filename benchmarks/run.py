@@ -267,6 +267,7 @@ REALDATA = Path(
     os.environ.get("DEFLARE_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata")
 )
 NIGHT_SENSOR = (720, 1280)
+NIGHT_SOURCE = REALDATA / "evt3_dim_indoor.h5"  # the real part of night_stream, where present
 NIGHT_NOISE_PER_S = 3_000  # stray events over the frame: ~65% of 128 px tiles get one per 20 ms
 
 
@@ -276,8 +277,7 @@ def night_stream(seconds: float, seed: int = 0) -> Iterator[Events]:
     placed in the middle of a 1280x720 frame, plus stray noise over the whole frame. Without
     ../shared/realdata, noise alone at the same rate."""
     rng = np.random.default_rng(seed)
-    source = REALDATA / "evt3_dim_indoor.h5"
-    real = read_events(source) if source.exists() else None
+    real = read_events(NIGHT_SOURCE) if NIGHT_SOURCE.exists() else None
     for start in range(0, round(seconds * 1e6), 2_000_000):
         length = min(2_000_000, round(seconds * 1e6) - start)
         parts = []

@@ -16,16 +16,17 @@
 # TEST_PAIRS (12, the held-out set of seed 202), TRAIN_MIX and VAL_MIX (the training and
 # validation data as entries CONFIG:PAIRS:SEED:SCENE_FLICKER; several entries are made one by one
 # and linked into one folder by scripts/merge_pairs.py; default: SYNTH_CONFIG alone, PAIRS of
-# seed 101 and 4 of seed 303). The calibration, test and night sets are made only with CHECKS. With CHECKS, each model is also scored per
-# event (benchmarks/event_scores.py) on NIGHT_PAIRS (8) pairs like the kept night recording
-# (configs/night_point_light.yaml, seed 606): a 1280x720 steady point light. Training gets what the
-# data leave of the budget, less 120 s (the trainers' start and final validation, packing) and
-# what CHECKS and BENCH take; a step that would run past the budget is cut short. The slim
-# weights (best.pt and last.pt of each model) and metrics go to $OUT/weights.tgz.* as soon as
-# training ends, so a late failure loses only checks. Without CHECKS, calibrate here afterwards
-# (`deflare calibrate`, minutes on a CPU). Measured on an H200 (2026-11-28): 240 pairs made and
-# encoded in 138 s, 4 models side by side at ~7 steps/s each, calibration over 100 s per model.
-# The data recipe is configs/synth.yaml with the seeds of configs/default_model.yaml.
+# seed 101 and 4 of seed 303). The calibration, test and night sets are made only with CHECKS.
+# With CHECKS, each model is also scored per event (benchmarks/event_scores.py) on NIGHT_PAIRS (8)
+# pairs like the kept night recording (configs/night_point_light.yaml, seed 606): a 1280x720
+# steady point light. Training gets what the data leave of the budget, less 120 s (the trainers'
+# start and final validation, packing) and what CHECKS and BENCH take; a step that would run
+# past the budget is cut short. The slim weights (best.pt and last.pt of each model) and metrics
+# go to $OUT/weights.tgz.* as soon as training ends, so a late failure loses only checks.
+# Without CHECKS, calibrate here afterwards (`deflare calibrate`, minutes on a CPU). Measured on
+# an H200 (2026-11-28): 240 pairs made and encoded in 138 s, 4 models side by side at ~7 steps/s
+# each, calibration over 100 s per model; 2026-12-04: 280 pairs in 156 s, 3 models. The default
+# data recipe is configs/synth.yaml with the seeds of configs/default_model.yaml.
 # On the device machine, packages missing from its image travel as wheels in .whl/ (see
 # /work/.library/device/README.md; git-ignored, carried): for Python 3.12, manylinux x86_64,
 # --no-deps: pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
@@ -61,9 +62,9 @@ say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
 # name -> "f_maps lr batch loss [pooling [crop [init]]]" (loss: the recipe's balanced, or mask: a
 # mask model; pooling: xyt, or xy for space alone, README; crop: HxW, 128x128 by default; init: a
-# checkpoint to start from, e.g. the shipped default model). The default candidates are sizes a CPU runs,
-# as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment (and
-# two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
+# checkpoint to start from, e.g. the shipped default model). The default candidates are sizes a
+# CPU runs, as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment
+# (and two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
 # levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
 # go at 97% of the rest kept (README, "Known limitations").
 declare -A RECIPE=(
@@ -77,7 +78,7 @@ declare -A RECIPE=(
     [wide-mask-big]="16,32,64,128,128 0.0005 16 mask xy"  # the same reach, 4.0 M: 32 MB of weights
     # the wide model on crops that hold its reach (a 128 px crop cuts most of a 108 px context off)
     [wide-mask-256]="16,32,64,64,64 0.0007 8 mask xy 256x256"
-    # the shipped model fine-tuned on the training mix (the third stage of configs/default_model_sparse.yaml)
+    # the shipped model fine-tuned on the training mix (as configs/default_model_sparse.yaml does)
     [shipped-ft]="16,32,64 0.0003 16 mask xyt 128x128 deflare_cli/weights/default.pt"
 )
 
@@ -127,8 +128,9 @@ if [ "$CHECKS" = 1 ]; then
     for set in "calib $CALIB_PAIRS 404 4" "test $TEST_PAIRS 202 4" "night $NIGHT_PAIRS 606 2"; do
         synth $set & jobs+=($!); done
 fi
-make_mix train "$WORKERS" $TRAIN_MIX || { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
-wait "${jobs[@]}" || { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
+synth_failed() { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
+make_mix train "$WORKERS" $TRAIN_MIX || synth_failed
+wait "${jobs[@]}" || synth_failed
 say "filling the voxel cache"
 $PY scripts/prefill_cache.py configs/default_model.yaml "$WORK/train" "$WORK/val" "$WORK/cache" \
     "$WORKERS" || exit 1

@@ -22,6 +22,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from .parameters import MovingObject, PairParameters
 
 LEAF_EXPONENT = 3.0  # p(r) ~ r^-3: scale-invariant sizes, as natural images have
+LEAF_MIN_PX = 8.0  # the smallest leaf of a scene at 640x480 (times the sensor's scale)
 OPTICS_BLUR_PX = 0.7  # the lens's own blur: edges one or two pixels wide
 
 
@@ -45,7 +46,7 @@ def dead_leaves(
     a night road), 19% at 1 and 46% at 3 (measured), so large plain areas remain, as in real
     scenes, where the classic model covers everything."""
     height, width = shape
-    r_min, r_max = 8.0 * scale, min(shape) / 2
+    r_min, r_max = LEAF_MIN_PX * scale, min(shape) / 2
     count = int(min(clutter * height * width / (math.pi * r_min * r_max), 60_000))
     # Inverse-CDF sampling of p(r) ~ r^-(a+1) on [r_min, r_max].
     a = LEAF_EXPONENT - 1
@@ -251,7 +252,7 @@ def object_texture(seed: int, half_height: int, half_width: int) -> np.ndarray:
     1: dead leaves (clutter 3, so that they cover most of it) blurred by the lens."""
     shape = (2 * half_height + 1, 2 * half_width + 1)
     rng = np.random.default_rng(seed)
-    leaves = dead_leaves(shape, OBJECT_CONTRAST, 3.0, OBJECT_LEAF_MIN_PX / 8, rng)
+    leaves = dead_leaves(shape, OBJECT_CONTRAST, 3.0, OBJECT_LEAF_MIN_PX / LEAF_MIN_PX, rng)
     texture = gaussian_filter(leaves, OPTICS_BLUR_PX)
     texture /= texture.mean()
     texture.flags.writeable = False  # shared by every frame (and cached)
