@@ -18,8 +18,8 @@ from deflare_cli.settings import RuntimeSettings, SynthSettings
 from deflare_cli.synth import draw_parameters, synthesise, synthesise_pair
 from deflare_cli.synth import sensor as sensor_module
 from deflare_cli.synth.mixing import mix
-from deflare_cli.synth.optics import flicker
-from deflare_cli.synth.parameters import MovingObject
+from deflare_cli.synth.optics import flicker, light_templates
+from deflare_cli.synth.parameters import LightSource, MovingObject
 from deflare_cli.synth.scene import draw_object, interpolate_frames
 from deflare_cli.synth.sensor import Photoreceptor, Sensor, emulate, sensor_noise
 
@@ -480,3 +480,17 @@ def test_objects_take_their_size_and_speed_ranges(tmp_path: Path) -> None:
             assert math.hypot(*moving.velocity_px_per_ms) == pytest.approx(0.5 * params.scale)
     with pytest.raises(ValueError, match="object_radius_px"):
         small_settings(tmp_path, object_radius_px=(40.0, 4.0))
+
+
+def test_a_bright_lights_glare_fades_to_zero_before_its_template_ends() -> None:
+    # Cut off at the template's square edge, a bright halo and its rays left a hard-edged square
+    # of flare whose sides fired as straight lines while the camera shook.
+    light = LightSource(
+        x=0, y=0, kind="point", radius_px=4, aspect=1, peak=3000.0, flicker="steady",
+        frequency_hz=100, depth=0, phase=0, halo_radius_px=30, halo_strength=1, num_rays=6,
+        ray_angle=0.3, ray_length_px=160, ray_width=2, ray_strength=1,
+    )  # fmt: skip
+    floor = 0.05  # below this the flare moves a pixel's log intensity by under 5%
+    _core, with_glare = light_templates(light, floor)
+    edges = np.concatenate([with_glare[0], with_glare[-1], with_glare[:, 0], with_glare[:, -1]])
+    assert with_glare.max() > 1000 and edges.max() < floor
