@@ -24,6 +24,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from deflare_cli.codec import cell_index
+from deflare_cli.events import Events
 from deflare_cli.infer import load_deflarer, predict_windows
 from deflare_cli.io import find_pairs, read_events, read_flare_labels
 from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings, paired_dirs
@@ -50,25 +51,30 @@ def removed_at_kept(scores: np.ndarray, labels: np.ndarray, kept: float = KEPT) 
     return float((scores[labels] > threshold).mean())
 
 
-def event_scores(
-    checkpoint: Path, path: Path, device: str = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(removal share, is_flare) of every input event of one labelled file."""
+def removal_shares(checkpoint: Path, events: Events, device: str = "cpu") -> np.ndarray:
+    """The removal share of every event's cell (whole frames, margin 0), in the events' order."""
     settings = InferSettings(checkpoint=checkpoint, margin=0.0, tiles=TileSettings(mode="frame"),
                              runtime=RuntimeSettings(device=device), memory_gb=16.0)  # fmt: skip
     deflarer = load_deflarer(settings)
-    events = read_events(path)
-    labels = read_flare_labels(path, len(events))
     pieces = []  # windows are consecutive time slices of the (time-sorted) events
     for window, voxels, predicted, _first in predict_windows(deflarer, events, events.time_span()):
         cells = cell_index(window, voxels.t0_us, voxels.bin_us)
         net = voxels.data.flatten().numpy()[cells].astype(np.float64)
         out = predicted.flatten().float().numpy()[cells].astype(np.float64)
         pieces.append(np.sign(net) * (net - out) / np.maximum(np.abs(net), 1))
-    scores = np.concatenate(pieces) if pieces else np.empty(0)
-    if len(scores) != len(events):
-        raise RuntimeError(f"{path}: scored {len(scores)} of {len(events)} events")
-    return scores, labels
+    shares = np.concatenate(pieces) if pieces else np.empty(0)
+    if len(shares) != len(events):
+        raise RuntimeError(f"scored {len(shares)} of {len(events)} events")
+    return shares
+
+
+def event_scores(
+    checkpoint: Path, path: Path, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(removal share, is_flare) of every input event of one labelled file."""
+    events = read_events(path)
+    labels = read_flare_labels(path, len(events))
+    return removal_shares(checkpoint, events, device), labels
 
 
 def main() -> int:
