@@ -360,6 +360,9 @@ class SynthSettings(Frozen):
         0.0, ge=0, le=1, description="moving objects with a textured surface (else plain)"
     )
     object_radius_px: Range = Field((4.0, 40.0), description="their size (log-uniform, 640x480)")
+    surface_texture: float = Field(
+        0.0, ge=0, le=1, description="scenes whose surfaces carry fine texture (else flat)"
+    )
     object_speed_px_per_ms: Range = Field((0.02, 1.0), description="their speed (log-uniform)")
     threshold: Range = Field((0.15, 0.3), description="contrast threshold range")
     threshold_sigma: Range = Field((0.02, 0.06), description="per-pixel threshold spread")

@@ -20,7 +20,7 @@ from deflare_cli.synth import sensor as sensor_module
 from deflare_cli.synth.mixing import mix
 from deflare_cli.synth.optics import flicker, light_templates
 from deflare_cli.synth.parameters import LightSource, MovingObject
-from deflare_cli.synth.scene import draw_object, interpolate_frames
+from deflare_cli.synth.scene import dead_leaves, draw_object, interpolate_frames, surface_texture
 from deflare_cli.synth.sensor import Photoreceptor, Sensor, emulate, sensor_noise
 
 SMALL = {"sensor_sizes": ((96, 128),), "duration_ms": 30, "dark_fraction": 0.0}
@@ -494,3 +494,35 @@ def test_a_bright_lights_glare_fades_to_zero_before_its_template_ends() -> None:
     _core, with_glare = light_templates(light, floor)
     edges = np.concatenate([with_glare[0], with_glare[-1], with_glare[:, 0], with_glare[:, -1]])
     assert with_glare.max() > 1000 and edges.max() < floor
+
+
+def test_surface_texture_covers_half_the_leaves_and_leaves_the_ground_flat(tmp_path: Path) -> None:
+    """Real surfaces are textured, so a moving one fires inside its outline too; walls, roads
+    and sky stay plain. ``surface_texture`` multiplies a share of the leaves by fine log-normal
+    noise and nothing else."""
+    params = replace(draw_parameters(small_settings(tmp_path), 0), texture_contrast=0.5,
+                     texture_grain_px=2.0)  # fmt: skip
+    image, leaves = dead_leaves((120, 160), 0.5, 3.0, 0.5, np.random.default_rng(1), True)
+    assert np.array_equal(image, dead_leaves((120, 160), 0.5, 3.0, 0.5, np.random.default_rng(1)))
+    assert len(np.unique(image[leaves == -1])) == 1  # the plain ground
+    texture = surface_texture(leaves, params)
+    assert np.all(texture[leaves == -1] == 1)
+    large = [k for k in np.unique(leaves) if k >= 0 and (leaves == k).sum() >= 50]
+    spreads = np.array([np.log(texture[leaves == k]).std() for k in large])
+    textured = spreads > 0
+    assert len(large) > 10 and 0.25 < textured.mean() < 0.75
+    assert np.median(spreads[textured]) > 0.3  # the others: exactly 1 everywhere
+
+
+def test_the_surface_texture_share_changes_nothing_else(tmp_path: Path) -> None:
+    plain = draw_parameters(small_settings(tmp_path), 1)
+    textured = draw_parameters(small_settings(tmp_path, surface_texture=1.0), 1)
+    assert plain.texture_contrast == 0 and textured.texture_contrast > 0
+    assert replace(textured, texture_contrast=0.0, texture_grain_px=0.0) == plain
+
+
+def test_a_textured_scene_fires_inside_its_surfaces(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path, regimes={"dusk": 1.0}, dark_fraction=1.0)
+    plain, _ = synthesise_pair(settings, 0)
+    textured, _ = synthesise_pair(settings.model_copy(update={"surface_texture": 1.0}), 0)
+    assert textured.counts["target_events"] > 1.3 * plain.counts["target_events"]

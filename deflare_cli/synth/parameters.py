@@ -17,6 +17,10 @@ from ..settings import SynthSettings
 # Every pixel adds this dark current to its light: it caps the contrast a dim scene can show,
 # which is what makes night recordings sparse.
 DARK_LEVEL = 0.02
+# Fine surface texture of a textured scene: spread of its log reflectance, and its grain in
+# pixels at 640x480 (log-uniform).
+TEXTURE_CONTRAST = (0.1, 0.5)
+TEXTURE_GRAIN_PX = (1.0, 4.0)
 # Mean background intensity of each regime: three decades from night to day.
 REGIME_LEVELS = {"night": (0.002, 0.02), "dusk": (0.02, 0.2), "day": (0.2, 2.0)}
 # Shot noise grows as light falls (v2e, DVS-Voltmeter): night rates as drawn, dusk 1/10, day 1/100.
@@ -114,6 +118,10 @@ class PairParameters:
     hot_pixels: int
     lights: list[LightSource]
     scene_flicker: SceneFlicker | None = None  # mains light on the whole scene, if any
+    # fine texture on every surface (scene.surface_texture): spread of its log reflectance and
+    # grain in pixels; 0: flat surfaces, whose events lie on their outlines alone
+    texture_contrast: float = 0.0
+    texture_grain_px: float = 0.0
 
     @property
     def scale(self) -> float:
@@ -182,6 +190,14 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
     lit = np.random.default_rng([settings.seed, index, 4])
     if lit.random() < settings.scene_flicker:
         params.scene_flicker = _draw_scene_flicker(settings, params, lit)
+    # A share of scenes has finely textured surfaces (fabric, hair, print, foliage): moving, they
+    # fire inside their outlines too, in interleaved ON and OFF events, as every real recording
+    # in ../shared/realdata does; flat leaves fire on their outlines alone, and a model trained
+    # on them alone scored real scene events like flare (README, "Known limitations").
+    textured = np.random.default_rng([settings.seed, index, 6])
+    if textured.random() < settings.surface_texture:
+        params.texture_contrast = float(textured.uniform(*TEXTURE_CONTRAST))
+        params.texture_grain_px = log_uniform(textured, *TEXTURE_GRAIN_PX) * params.scale
     return params
 
 

@@ -24,6 +24,7 @@ from .parameters import MovingObject, PairParameters
 LEAF_EXPONENT = 3.0  # p(r) ~ r^-3: scale-invariant sizes, as natural images have
 LEAF_MIN_PX = 8.0  # the smallest leaf of a scene at 640x480 (times the sensor's scale)
 OPTICS_BLUR_PX = 0.7  # the lens's own blur: edges one or two pixels wide
+TEXTURED_LEAVES = 0.5  # share of a textured scene's leaves that carry its fine texture
 
 
 def make_texture(
@@ -31,15 +32,38 @@ def make_texture(
 ) -> np.ndarray:
     """(h, w) scene intensity: dead leaves times a smooth illumination field, mean about
     ``params.scene_level``."""
-    reflectance = dead_leaves(shape, params.contrast, params.clutter, params.scale, rng)
+    reflectance, leaves = dead_leaves(
+        shape, params.contrast, params.clutter, params.scale, rng, with_leaves=True
+    )
+    if params.texture_contrast > 0:
+        reflectance *= surface_texture(leaves, params)
     illumination = np.exp(0.5 * params.contrast * smooth_noise(shape, 120 * params.scale, rng))
     image = gaussian_filter(reflectance * illumination, OPTICS_BLUR_PX)
     return (image * (params.scene_level / image.mean())).astype(np.float32)
 
 
+def surface_texture(leaves: np.ndarray, params: PairParameters) -> np.ndarray:
+    """(h, w) fine texture of the scene's surfaces, mean about 1, from a map of which leaf
+    covers each pixel (-1: the plain ground): a share of the leaves (``TEXTURED_LEAVES``)
+    carries log-normal noise of spread ``params.texture_contrast`` and grain
+    ``params.texture_grain_px``; the ground and the other leaves stay flat, as walls, roads and
+    sky do. Its own random stream, so that the rest of the scene is the one the pair would have
+    without it."""
+    rng = np.random.default_rng([*params.seed, 6])
+    textured = np.append(rng.random(int(leaves.max()) + 1) < TEXTURED_LEAVES, False)
+    grain = smooth_noise(leaves.shape, params.texture_grain_px, rng)
+    texture = np.exp(params.texture_contrast * grain - params.texture_contrast**2 / 2)
+    return np.where(textured[leaves], texture, np.float32(1))  # index -1: the ground, flat
+
+
 def dead_leaves(
-    shape: tuple[int, int], contrast: float, clutter: float, scale: float, rng: np.random.Generator
-) -> np.ndarray:
+    shape: tuple[int, int],
+    contrast: float,
+    clutter: float,
+    scale: float,
+    rng: np.random.Generator,
+    with_leaves: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Occluding discs and rectangles, radii drawn from r^-3 between 8 px and half the
     canvas, painted back to front on a plain ground. There are ``clutter * H * W / (pi r_min
     r_max)`` of them: at 640x480 they cover about 3% of the view at clutter 0.3 (bare ground, as
@@ -54,12 +78,14 @@ def dead_leaves(
     radii = (r_min**-a - u * (r_min**-a - r_max**-a)) ** (-1 / a)
     values = np.exp(contrast * rng.standard_normal(count)).astype(np.float32)
     centres_y, centres_x = rng.uniform(0, height, count), rng.uniform(0, width, count)
-    image = np.full(shape, float(np.exp(contrast * rng.standard_normal())), np.float32)
+    ground = np.float32(np.exp(contrast * rng.standard_normal()))
     discs = rng.random(count) < 0.6
     aspects = np.exp(rng.uniform(-0.7, 0.7, count))
+    leaves = np.full(shape, -1, np.int32)  # which leaf covers each pixel; -1: the ground
     for k in np.argsort(-radii, kind="stable"):  # large leaves first, small ones on top
-        _paint_leaf(image, centres_y[k], centres_x[k], radii[k], aspects[k], discs[k], values[k])
-    return image
+        _paint_leaf(leaves, centres_y[k], centres_x[k], radii[k], aspects[k], discs[k], k)
+    image = np.append(values, ground)[leaves]  # index -1: the ground
+    return (image, leaves) if with_leaves else image
 
 
 def _paint_leaf(
