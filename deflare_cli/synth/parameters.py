@@ -171,22 +171,28 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
     )
     num_objects = int(rng.integers(0, settings.max_objects + 1))
     params.objects = [_draw_object(settings, params, rng) for _ in range(num_objects)]
-    # Which objects are textured: their own stream, so that the rest of a seed's pairs does not
-    # depend on the share (and a share of 0 makes the pairs of versions before it).
+    num_lights = int(rng.integers(1, settings.max_lights + 1))
+    params.lights = [_draw_light(settings, params, rng) for _ in range(num_lights)]
+    _draw_own_streams(settings, params)
+    return params
+
+
+def _draw_own_streams(settings: SynthSettings, params: PairParameters) -> None:
+    """The choices that each draw from a stream of their own (textured objects, no light, a
+    lit scene, textured surfaces), so that a share of 0 makes the pairs of versions before it
+    and the other pairs of a seed do not depend on the share."""
+    index = params.index
     textures = np.random.default_rng([settings.seed, index, 5])
     for moving in params.objects:
         if textures.random() < settings.object_texture:
             moving.texture_seed = int(textures.integers(2**31))
-    num_lights = int(rng.integers(1, settings.max_lights + 1))
-    params.lights = [_draw_light(settings, params, rng) for _ in range(num_lights)]
     # A share of scenes has no bright light at all: there the target is the input, which teaches
-    # the model to leave real scenes without flare alone (issue 12: do no harm). Its own random
-    # stream, so that the other pairs of a seed do not depend on the share.
+    # the model to leave real scenes without flare alone (issue 12: do no harm).
     if np.random.default_rng([settings.seed, index, 3]).random() < settings.dark_fraction:
         params.lights = []
     # A share of scenes is lit by mains light and flickers with it: the scene's edges then fire
     # at 100/120 Hz, and those events are scene, not flare (a model trained without such scenes
-    # took a real lamp-lit scene's edges for flare). Its own stream as well.
+    # took a real lamp-lit scene's edges for flare).
     lit = np.random.default_rng([settings.seed, index, 4])
     if lit.random() < settings.scene_flicker:
         params.scene_flicker = _draw_scene_flicker(settings, params, lit)
@@ -198,7 +204,6 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
     if textured.random() < settings.surface_texture:
         params.texture_contrast = float(textured.uniform(*TEXTURE_CONTRAST))
         params.texture_grain_px = log_uniform(textured, *TEXTURE_GRAIN_PX) * params.scale
-    return params
 
 
 def _draw_scene_flicker(
