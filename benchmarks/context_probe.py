@@ -11,6 +11,15 @@ with ``--checkpoint``, also the network's removal share (``event_scores.py``). A
 boosted classifier per feature set is trained on the even pairs and scored on the odd ones,
 then the other way round, and the table gives both halves' ROC AUC and the flare removed at
 97% of the other events kept. Needs scikit-learn (in the dev install).
+
+    python benchmarks/context_probe.py CHECK_DIR --train-dir DIR [DIR ...] --recordings REC ...
+
+asks whether what a classifier learns from one synthetic recipe carries over to real scenes:
+one classifier per feature set (local, local + wide; no network) is trained on the pairs of
+the ``--train-dir`` folders, its threshold is set where 97% of CHECK_DIR's non-flare events
+lie at or below it, and each recording (real, without bright lights: scene alone) gets the
+share of its events at or below that threshold (as ``share_gap.py`` does for a network). A
+recording without its sensor size in the file is given as ``PATH:HxW``.
 """
 
 from __future__ import annotations
@@ -21,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deflare_cli.events import Events
+from deflare_cli.events import Events, sort_by_time
 from deflare_cli.io import find_pairs, read_events, read_flare_labels
-from deflare_cli.settings import paired_dirs
+from deflare_cli.settings import ReadSettings, paired_dirs, parse_sensor_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from event_scores import event_scores, removed_at_kept, roc_auc  # noqa: E402
+from event_scores import KEPT, event_scores, removed_at_kept, roc_auc  # noqa: E402
 
 SEGMENT_US = 20_000
 LOCAL_PX = (1, 3, 8, 24)  # within the shipped network's reach
@@ -39,6 +48,8 @@ FEATURE_SETS = {
     "local + long (whole pair)": LOCAL + [f"long{r}" for r in LONG_PX],
     "local + wide + long": LOCAL + [f"all{r}" for r in WIDE_PX] + [f"long{r}" for r in LONG_PX],
 }
+TRANSFER_SETS = {name: FEATURE_SETS[name] for name in list(FEATURE_SETS)[:2]}
+LabelledFile = tuple[dict[str, np.ndarray], np.ndarray]
 
 
 def box_density(counts: np.ndarray, y: np.ndarray, x: np.ndarray, radius: int) -> np.ndarray:
@@ -91,13 +102,7 @@ def probe(
     and each with the network's removal share where ``checkpoint`` is given."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    files = []
-    for pair in find_pairs(*paired_dirs(pairs_dir)):
-        events = read_events(pair.flare_path)
-        columns = event_features(events)
-        if checkpoint is not None:
-            columns["share"], _ = event_scores(checkpoint, pair.flare_path, device)
-        files.append((columns, read_flare_labels(pair.flare_path, len(events)).astype(bool)))
+    files = labelled_features(pairs_dir, checkpoint, device)
     if len(files) < 2:
         raise SystemExit(f"{pairs_dir}: needs at least 2 labelled pairs, found {len(files)}")
     sets = dict(FEATURE_SETS)
@@ -121,8 +126,61 @@ def probe(
     return rows
 
 
-def _matrix(files: list[tuple[dict[str, np.ndarray], np.ndarray]], keys: list[str]) -> np.ndarray:
-    return np.concatenate([np.column_stack([columns[key] for key in keys]) for columns, _ in files])
+def labelled_features(
+    pairs_dir: Path, checkpoint: Path | None = None, device: str = "cpu"
+) -> list[LabelledFile]:
+    """(feature columns, is_flare) of every labelled pair's input in ``pairs_dir``."""
+    files = []
+    for pair in find_pairs(*paired_dirs(pairs_dir)):
+        events = read_events(pair.flare_path)
+        columns = event_features(events)
+        if checkpoint is not None:
+            columns["share"], _ = event_scores(checkpoint, pair.flare_path, device)
+        files.append((columns, read_flare_labels(pair.flare_path, len(events)).astype(bool)))
+    return files
+
+
+def transfer(
+    train_dirs: list[Path], check_dir: Path, recordings: dict[str, Events]
+) -> list[tuple[str, float, float, dict[str, float]]]:
+    """(feature set, ROC AUC on the check pairs, their flare removed at 97% of the rest kept,
+    {recording: share of its events at or below that threshold}) per feature set, for a
+    classifier trained on the pairs of ``train_dirs`` alone."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    train = [file for folder in train_dirs for file in labelled_features(folder)]
+    check = labelled_features(check_dir)
+    if not train or not check:
+        raise SystemExit(f"no labelled pairs in {train_dirs if not train else check_dir}")
+    scene = {name: event_features(sort_by_time(events)) for name, events in recordings.items()}
+    labels = np.concatenate([labels for _, labels in check])
+    rows = []
+    for name, keys in TRANSFER_SETS.items():
+        classifier = HistGradientBoostingClassifier(max_iter=200, random_state=0)
+        classifier.fit(_matrix(train, keys), np.concatenate([labels for _, labels in train]))
+        scores = classifier.predict_proba(_matrix(check, keys))[:, 1]
+        threshold = np.quantile(scores[~labels], KEPT)
+        kept = {}
+        for recording, columns in scene.items():
+            recording_scores = classifier.predict_proba(_columns(columns, keys))[:, 1]
+            kept[recording] = float((recording_scores <= threshold).mean())
+        rows.append((name, roc_auc(scores, labels), removed_at_kept(scores, labels), kept))
+    return rows
+
+
+def read_recording(spec: str) -> tuple[str, Events]:
+    """``PATH`` or ``PATH:HxW`` (for files that do not say their sensor size): (name, events)."""
+    path, _, size = spec.partition(":")
+    settings = ReadSettings(sensor_size=parse_sensor_size(size)) if size else ReadSettings()
+    return Path(path).name, read_events(Path(path), settings)
+
+
+def _columns(columns: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    return np.column_stack([columns[key] for key in keys])
+
+
+def _matrix(files: list[LabelledFile], keys: list[str]) -> np.ndarray:
+    return np.concatenate([_columns(columns, keys) for columns, _ in files])
 
 
 def main() -> int:
@@ -130,11 +188,28 @@ def main() -> int:
     parser.add_argument("pairs_dir", type=Path, help="labelled pairs (deflare synth)")
     parser.add_argument("--checkpoint", type=Path, help="add this model's removal share")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--train-dir", type=Path, nargs="+", help="train here, check on pairs_dir")
+    parser.add_argument("--recordings", nargs="+", default=[], help="PATH or PATH:HxW")
     args = parser.parse_args()
+    if args.train_dir:
+        return print_transfer(args.train_dir, args.pairs_dir, args.recordings)
     print(f"| features ({args.pairs_dir}) | ROC AUC (two halves) | flare removed at 97% kept |")
     print("|---|---:|---:|")
     for name, aucs, removed in probe(args.pairs_dir, args.checkpoint, args.device):
         print(f"| {name} | {aucs[0]:.3f} / {aucs[1]:.3f} | {removed[0]:.1%} / {removed[1]:.1%} |")
+    return 0
+
+
+def print_transfer(train_dirs: list[Path], check_dir: Path, specs: list[str]) -> int:
+    """The transfer table (see the module's docstring)."""
+    recordings = dict(read_recording(spec) for spec in specs)
+    print(f"Trained on {', '.join(map(str, train_dirs))}; threshold: 97% of {check_dir}'s "
+          "non-flare events kept; recordings: share of their events at or below it")  # fmt: skip
+    print("| features | ROC AUC | flare removed at 97% kept | " + " | ".join(recordings) + " |")
+    print("|---|---:|---:|" + "---:|" * len(recordings))
+    for name, auc, removed, kept in transfer(train_dirs, check_dir, recordings):
+        shares = " | ".join(f"{kept[recording]:.1%}" for recording in recordings)
+        print(f"| {name} | {auc:.3f} | {removed:.1%} | {shares} |")
     return 0
 
 

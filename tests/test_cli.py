@@ -287,6 +287,7 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "train.yaml": TrainSettings, "default_model.yaml": TrainSettings,
                    "default_model_finetune.yaml": TrainSettings,
                    "synth_sparse.yaml": SynthSettings,
+                   "synth_sparse_textured.yaml": SynthSettings,
                    "default_model_sparse.yaml": TrainSettings}  # fmt: skip
 
 

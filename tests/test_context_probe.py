@@ -9,8 +9,17 @@ import numpy as np
 from test_calibrate import labelled_pairs
 from test_infer import write_checkpoint
 
+from deflare_cli.io import read_events, read_flare_labels
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from context_probe import FEATURE_SETS, box_density, probe  # noqa: E402
+from context_probe import (  # noqa: E402
+    FEATURE_SETS,
+    TRANSFER_SETS,
+    box_density,
+    probe,
+    read_recording,
+    transfer,
+)
 
 
 def test_box_density_counts_the_box_cut_at_the_edges() -> None:
@@ -35,3 +44,26 @@ def test_the_probe_scores_every_feature_set_on_both_halves(tmp_path: Path) -> No
     with_model = probe(pairs, write_checkpoint(tmp_path / "identity.pt"))
     assert with_model[0][0] == "network share alone" and len(with_model) == len(FEATURE_SETS) + 1
     assert with_model[0][1] == [0.5, 0.5]  # the identity model removes nothing: no ranking
+
+
+def test_transfer_checks_a_recording_against_the_check_pairs_threshold(tmp_path: Path) -> None:
+    train = labelled_pairs(tmp_path / "train", 3)
+    check = labelled_pairs(tmp_path / "check", 1)
+    pair = next((check / "background_with_flare_events").iterdir())
+    events = read_events(pair)
+    flare = read_flare_labels(pair, len(events)).astype(bool)
+    rows = transfer([train], check, {"the check pair": events})
+    assert [name for name, *_ in rows] == list(TRANSFER_SETS)
+    for _, auc, removed, kept in rows:
+        assert 0 <= auc <= 1 and 0 <= removed <= 1
+        # the check pair's own events: 97% of its non-flare ones and the flare left in lie at
+        # or below its threshold, so the recording's share must fall between these bounds
+        rest, left = (~flare).sum(), (1 - removed) * flare.sum()
+        assert (0.97 * rest + left) / len(events) - 1e-9 <= kept["the check pair"]
+        assert kept["the check pair"] <= (rest + left) / len(events) + 1e-9
+
+
+def test_a_recording_without_its_sensor_size_is_given_one(tmp_path: Path) -> None:
+    pair = next((labelled_pairs(tmp_path, 1) / "background_with_flare_events").iterdir())
+    name, events = read_recording(f"{pair}:600x700")
+    assert name == pair.name and events.sensor_size == (600, 700)
