@@ -30,12 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from deflare_cli.events import Events, sort_by_time
+from deflare_cli.events import Events
 from deflare_cli.io import find_pairs, read_events, read_flare_labels
-from deflare_cli.settings import ReadSettings, paired_dirs, parse_sensor_size
+from deflare_cli.settings import paired_dirs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from event_scores import KEPT, event_scores, removed_at_kept, roc_auc  # noqa: E402
+from event_scores import (  # noqa: E402
+    KEPT,
+    event_scores,
+    read_recording,
+    removed_at_kept,
+    roc_auc,
+)
 
 SEGMENT_US = 20_000
 LOCAL_PX = (1, 3, 8, 24)  # within the shipped network's reach
@@ -131,7 +137,9 @@ def labelled_features(
 ) -> list[LabelledFile]:
     """(feature columns, is_flare) of every labelled pair's input in ``pairs_dir``."""
     files = []
-    for pair in find_pairs(*paired_dirs(pairs_dir)):
+    pairs = find_pairs(*paired_dirs(pairs_dir))
+    print(f"features of {len(pairs)} pairs in {pairs_dir}", file=sys.stderr, flush=True)
+    for pair in pairs:
         events = read_events(pair.flare_path)
         columns = event_features(events)
         if checkpoint is not None:
@@ -145,14 +153,14 @@ def transfer(
 ) -> list[tuple[str, float, float, dict[str, float]]]:
     """(feature set, ROC AUC on the check pairs, their flare removed at 97% of the rest kept,
     {recording: share of its events at or below that threshold}) per feature set, for a
-    classifier trained on the pairs of ``train_dirs`` alone."""
+    classifier trained on the pairs of ``train_dirs`` alone; ``recordings`` time-sorted."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     train = [file for folder in train_dirs for file in labelled_features(folder)]
     check = labelled_features(check_dir)
     if not train or not check:
         raise SystemExit(f"no labelled pairs in {train_dirs if not train else check_dir}")
-    scene = {name: event_features(sort_by_time(events)) for name, events in recordings.items()}
+    scene = {name: event_features(events) for name, events in recordings.items()}
     labels = np.concatenate([labels for _, labels in check])
     rows = []
     for name, keys in TRANSFER_SETS.items():
@@ -166,13 +174,6 @@ def transfer(
             kept[recording] = float((recording_scores <= threshold).mean())
         rows.append((name, roc_auc(scores, labels), removed_at_kept(scores, labels), kept))
     return rows
-
-
-def read_recording(spec: str) -> tuple[str, Events]:
-    """``PATH`` or ``PATH:HxW`` (for files that do not say their sensor size): (name, events)."""
-    path, _, size = spec.partition(":")
-    settings = ReadSettings(sensor_size=parse_sensor_size(size)) if size else ReadSettings()
-    return Path(path).name, read_events(Path(path), settings)
 
 
 def _columns(columns: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:

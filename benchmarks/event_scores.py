@@ -17,6 +17,7 @@ otherwise).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -24,10 +25,17 @@ import numpy as np
 from scipy.stats import rankdata
 
 from deflare_cli.codec import cell_index
-from deflare_cli.events import Events
+from deflare_cli.events import Events, sort_by_time
 from deflare_cli.infer import load_deflarer, predict_windows
 from deflare_cli.io import find_pairs, read_events, read_flare_labels
-from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings, paired_dirs
+from deflare_cli.settings import (
+    InferSettings,
+    ReadSettings,
+    RuntimeSettings,
+    TileSettings,
+    paired_dirs,
+    parse_sensor_size,
+)
 
 KEPT = 0.97
 
@@ -49,6 +57,17 @@ def removed_at_kept(scores: np.ndarray, labels: np.ndarray, kept: float = KEPT) 
     labels = labels.astype(bool)
     threshold = np.quantile(scores[~labels], kept)
     return float((scores[labels] > threshold).mean())
+
+
+def read_recording(spec: str) -> tuple[str, Events]:
+    """(file name, time-sorted events) of ``PATH``, or of ``PATH:HxW`` for a file that does not
+    say its sensor size (a camera's ``.raw`` without geometry); a path with a colon of its own
+    is read whole unless what follows its last colon reads as HxW."""
+    path, colon, size = spec.rpartition(":")
+    if not colon or not re.fullmatch(r"\d+[xX]\d+", size):
+        path, size = spec, ""
+    settings = ReadSettings(sensor_size=parse_sensor_size(size)) if size else ReadSettings()
+    return Path(path).name, sort_by_time(read_events(Path(path), settings))
 
 
 def removal_shares(checkpoint: Path, events: Events, device: str = "cpu") -> np.ndarray:

@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from event_scores import KEPT, event_scores, removal_shares
+from event_scores import KEPT, event_scores, read_recording, removal_shares
 
-from deflare_cli.events import sort_by_time
-from deflare_cli.io import find_pairs, read_events
+from deflare_cli.io import find_pairs
 from deflare_cli.settings import paired_dirs
 
 QUANTILES = (0.5, 0.9, 0.97, 0.99)
@@ -40,7 +39,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("pairs_dir", type=Path, help="labelled pairs from deflare synth")
-    parser.add_argument("recordings", type=Path, nargs="+")
+    parser.add_argument(
+        "recordings", nargs="+", help="PATH, or PATH:HxW for a file without its size"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = parser.parse_args()
     pairs = find_pairs(*paired_dirs(args.pairs_dir))
@@ -55,9 +56,8 @@ def main() -> int:
     print("|---|---:|---:|" + "---:|" * len(QUANTILES) + "---:|")
     print(row("synthetic flare", shares[flare], threshold))
     print(row("synthetic, the rest", shares[~flare], threshold))
-    for path in args.recordings:
-        events = sort_by_time(read_events(path))
-        print(row(path.name, removal_shares(args.checkpoint, events, args.device), threshold))
+    for name, events in map(read_recording, args.recordings):
+        print(row(name, removal_shares(args.checkpoint, events, args.device), threshold))
     return 0
 
 

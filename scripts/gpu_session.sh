@@ -19,9 +19,10 @@
 # seed 101 and 4 of seed 303). The calibration, test and night sets are made only with CHECKS.
 # With CHECKS, each model is also scored per event (benchmarks/event_scores.py) on NIGHT_PAIRS (8)
 # pairs like the kept night recording (configs/night_point_light.yaml, seed 606): a 1280x720
-# steady point light, and where the real recordings are there, by its share gap
-# on them (benchmarks/share_gap.py). Issue 12's next run trains on textured scenes:
-# TRAIN_MIX="configs/synth.yaml:140:105:0.3 configs/synth_sparse_textured.yaml:140:111:0". Training gets what the data leave of the budget, less 120 s (the trainers'
+# steady point light, and where the real recordings are there, by its share gap on them
+# (benchmarks/share_gap.py). Issue 12's next run trains on textured scenes:
+# TRAIN_MIX="configs/synth.yaml:140:105:0.3 configs/synth_sparse_textured.yaml:140:111:0".
+# Training gets what the data leave of the budget, less 120 s (the trainers'
 # start and final validation, packing) and what CHECKS and BENCH take; a step that would run
 # past the budget is cut short. The slim weights (best.pt and last.pt of each model) and metrics
 # go to $OUT/weights.tgz.* as soon as training ends, so a late failure loses only checks.

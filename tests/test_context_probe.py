@@ -17,9 +17,9 @@ from context_probe import (  # noqa: E402
     TRANSFER_SETS,
     box_density,
     probe,
-    read_recording,
     transfer,
 )
+from event_scores import read_recording  # noqa: E402
 
 
 def test_box_density_counts_the_box_cut_at_the_edges() -> None:
@@ -67,3 +67,10 @@ def test_a_recording_without_its_sensor_size_is_given_one(tmp_path: Path) -> Non
     pair = next((labelled_pairs(tmp_path, 1) / "background_with_flare_events").iterdir())
     name, events = read_recording(f"{pair}:600x700")
     assert name == pair.name and events.sensor_size == (600, 700)
+
+
+def test_a_path_with_a_colon_of_its_own_is_read_whole(tmp_path: Path) -> None:
+    pairs = labelled_pairs(tmp_path / "night:seed 7", 1)
+    pair = next((pairs / "background_with_flare_events").iterdir())
+    name, events = read_recording(str(pair))
+    assert name == pair.name and len(events) == len(read_events(pair))
