@@ -39,6 +39,7 @@ from . import __version__
 from .errors import DeflareError, InputError
 from .io import check_distinct, decode_file, encode_file
 from .methods import METHODS, resolve_methods
+from .progress import ProgressLines
 from .settings import (
     Backbone,
     CalibrateSettings,
@@ -993,7 +994,14 @@ def reporting_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def progress_bar() -> Iterator[object]:
-    """A rich progress display on stderr; yields the library's ``progress(stage, done, total)``."""
+    """A rich progress display on stderr; yields the library's ``progress(stage, done, total)``.
+    Where stderr is no terminal (``nohup``, a batch job), a line now and then instead: hours of
+    training in silence look like a hang."""
+    if not err_console.is_terminal:
+        yield ProgressLines(
+            lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        )
+        return
     bar = ProgressBar(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -1004,7 +1012,6 @@ def progress_bar() -> Iterator[object]:
         TextColumn("{task.fields[detail]}"),
         console=err_console,
         transient=True,
-        disable=not err_console.is_terminal,
     )
     tasks: dict[str, TaskID] = {}
 

@@ -301,6 +301,11 @@ class Trainer:
     def _report(self, losses: list[float]) -> None:
         detail = f"epoch {self.position.epoch + 1}/{self.settings.epochs} "
         detail += f"loss {losses[-1]:.4g} lr {self.lr:.2g}"
+        last = self.history[-1] if self.history else {}
+        if not math.isnan(last.get("val_mse", math.nan)):  # e.g. "val@200 mse 0.00514 auc 0.570"
+            detail += f"; val@{last['step']:.0f} mse {last['val_mse']:.3g}"
+            if not math.isnan(last.get("val_event_auc", math.nan)):
+                detail += f" auc {last['val_event_auc']:.3f}"
         self.progress("training", self.position.step, self.total_steps, detail)
 
     # -- validation and metrics
