@@ -69,7 +69,7 @@ say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 # CPU runs, as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment
 # (and two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
 # levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
-# go at 97% of the rest kept (README, "Known limitations").
+# go at 97% of the rest kept (docs/experiments.md).
 declare -A RECIPE=(
     [small]="16,32,64 0.0007 16 balanced"           # the shipped size: fast on CPU
     [deep]="16,32,64,128 0.0007 16 balanced"        # one more level: twice the reach

@@ -199,7 +199,7 @@ def _draw_own_streams(settings: SynthSettings, params: PairParameters) -> None:
     # A share of scenes has finely textured surfaces (fabric, hair, print, foliage): moving, they
     # fire inside their outlines too, in interleaved ON and OFF events, as every real recording
     # in ../shared/realdata does; flat leaves fire on their outlines alone, and a model trained
-    # on them alone scored real scene events like flare (README, "Known limitations").
+    # on them alone scored real scene events like flare (docs/experiments.md).
     textured = np.random.default_rng([settings.seed, index, 6])
     if textured.random() < settings.surface_texture:
         params.texture_contrast = float(textured.uniform(*TEXTURE_CONTRAST))
