@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
-from contextlib import AbstractContextManager, nullcontext
+import platform
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -89,3 +92,45 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextmanager
+def freed_memory_kept(device: torch.device) -> Iterator[bool]:
+    """While training on a CPU, glibc's malloc keeps freed memory for the next step instead of
+    handing it back to the kernel; yields whether it could (glibc alone has ``mallopt``).
+
+    A training step frees and allocates activations of up to ~130 MB per layer (batch 16 of
+    128x128 crops). glibc serves every block over its mmap threshold (32 MB at most) with fresh
+    pages, which the kernel maps and zeroes at each step: 2 M page faults and 7 s of system
+    time per step of the default model, 12.6-13.3 s per step in all. Served from a heap that
+    keeps them, 0.1-1.1 s of system time and 7.4-9.4 s per step, for 1.3 GB more peak memory
+    (AMD EPYC with AVX2, 2 cores, 2026-12-05). Flushing denormals changed nothing there.
+    Not used for inference: OpenVINO reuses its own buffers. glibc's defaults come back
+    afterwards (its mmap threshold stays at 128 kB, no longer adjusted on the fly).
+    """
+    libc = _glibc() if device.type == "cpu" else None
+    if libc is None:
+        yield False
+        return
+    for option, value in _KEEP_FREED.items():
+        libc.mallopt(option, value)
+    try:
+        yield True
+    finally:
+        for option, value in _GLIBC_DEFAULTS.items():
+            libc.mallopt(option, value)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+# mallopt's options (malloc.h): M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_THRESHOLD -3,
+# M_MMAP_MAX -4
+_KEEP_FREED = {-4: 0, -1: 1 << 30, -2: 64 << 20}  # no mmap; trim past 1 GB free; grow by 64 MB
+_GLIBC_DEFAULTS = {-4: 65536, -1: 128 << 10, -2: 128 << 10, -3: 128 << 10}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 
 from deflare_cli.checkpoint import load_checkpoint, load_weights
 from deflare_cli.cli import app
-from deflare_cli.devices import start_cluster
+from deflare_cli.devices import freed_memory_kept, start_cluster
 from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
@@ -441,3 +443,38 @@ def test_checkpoints_written_before_a_model_field_existed_still_match(tmp_path: 
     assert set(weights) == set(TrueResidualUNet3D(SMALL).state_dict())
     with pytest.raises(InputError, match="pooling"):
         load_weights(path, SMALL.model_copy(update={"pooling": "xy"}))
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+def mapped_bytes_of(make) -> int:
+    """How many more bytes glibc holds in mmap'd blocks while ``make()``'s result lives."""
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblkhd
+    kept = make()
+    after = mallinfo2().hblkhd
+    del kept
+    return after - before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_training_on_a_cpu_keeps_freed_memory_in_the_heap() -> None:
+    """Blocks as large as a training step's activations come from the heap, not from fresh
+    pages mapped (and zeroed by the kernel) at each step; glibc's defaults come back after."""
+    block = 64 << 20
+
+    def activation() -> torch.Tensor:
+        return torch.ones(block // 4)
+
+    assert mapped_bytes_of(activation) >= block
+    with freed_memory_kept(torch.device("cpu")) as kept:
+        assert kept
+        assert mapped_bytes_of(activation) == 0
+    mapped_bytes_of(activation)  # served from what the heap kept, which is then handed back
+    assert mapped_bytes_of(activation) >= block
+    with freed_memory_kept(torch.device("cuda")) as kept:  # the device's own allocator there
+        assert not kept

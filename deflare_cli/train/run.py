@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch.distributed as dist
 
-from ..devices import start_cluster
+from ..devices import freed_memory_kept, start_cluster
 from ..progress import Progress, no_progress
 from ..settings import TrainSettings
 from .debug import run_debug
@@ -22,7 +22,10 @@ def train(settings: TrainSettings, progress: Progress = no_progress) -> TrainRes
     fresh = settings.resume is None and not settings.debug
     claim = claim_run_dir(settings.run_dir, fresh, settings.overwrite)
     try:
-        with claim if cluster.is_main else nullcontext():  # ranks > 0 share rank 0's claim
+        with (
+            claim if cluster.is_main else nullcontext(),  # ranks > 0 share rank 0's claim
+            freed_memory_kept(cluster.device),  # a third faster on a CPU (see there)
+        ):
             trainer = Trainer(settings, cluster, progress)
             if settings.debug:
                 return run_debug(trainer)
