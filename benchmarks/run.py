@@ -7,6 +7,7 @@ Timings are the best of a few repeats; throughput is in millions of events per s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -123,8 +124,22 @@ def bench_hdf5(count: int, compression: str) -> list[dict]:
     return rows
 
 
-def bench_train_step(batch: int, bins_hw: tuple[int, int, int], steps: int) -> list[dict]:
-    """Optimizer steps of the default model (f_maps 16,32,64) on CPU, as the trainer does them."""
+def bench_train_step(
+    batch: int, bins_hw: tuple[int, int, int], steps: int, keep_freed: bool = True
+) -> list[dict]:
+    """Optimizer steps of the default model (f_maps 16,32,64) on CPU, as the trainer does them
+    (``keep_freed``: glibc keeps freed memory, ``deflare_cli.devices.freed_memory_kept``)."""
+    from deflare_cli.devices import freed_memory_kept
+
+    cpu = torch.device("cpu")
+    with freed_memory_kept(cpu) if keep_freed else contextlib.nullcontext():
+        row = _train_steps(batch, bins_hw, steps)
+    if not keep_freed:
+        row["name"] += ", glibc's default allocator (before 2026-12-05)"
+    return [row]
+
+
+def _train_steps(batch: int, bins_hw: tuple[int, int, int], steps: int) -> dict:
     from deflare_cli.devices import autocast_dtype
     from deflare_cli.model import TrueResidualUNet3D
 
@@ -151,12 +166,12 @@ def bench_train_step(batch: int, bins_hw: tuple[int, int, int], steps: int) -> l
     step()  # warm-up, and the memory peak
     extra = rss_bytes("VmHWM") - baseline
     seconds = best_of(step, steps)
-    return [{
+    return {
         "name": f"train step CPU fp32, batch {batch} x {bins_hw}",
         "seconds": seconds,
         "samples_per_s": batch / seconds,
         "peak_bytes": extra,
-    }]  # fmt: skip
+    }
 
 
 def bench_infer(count: int, mode: str) -> list[dict]:
@@ -409,6 +424,8 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "hdf5-zstd": lambda: bench_hdf5(10_000_000, "zstd"),
     "synth": lambda: bench_synth(6),
     "train-crop": lambda: bench_train_step(4, (8, 128, 128), 3),
+    "train-recipe": lambda: bench_train_step(16, (8, 128, 128), 3),
+    "train-recipe-default-malloc": lambda: bench_train_step(16, (8, 128, 128), 3, False),
     "train-full": lambda: bench_train_step(1, (8, 480, 640), 1),
     "visualize": lambda: bench_visualize(1_000_000),
     "infer-preserve": lambda: bench_infer(1_000_000, "preserve"),

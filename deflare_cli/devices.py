@@ -102,9 +102,9 @@ def freed_memory_kept(device: torch.device) -> Iterator[bool]:
     A training step frees and allocates activations of up to ~130 MB per layer (batch 16 of
     128x128 crops). glibc serves every block over its mmap threshold (32 MB at most) with fresh
     pages, which the kernel maps and zeroes at each step: 2 M page faults and 7 s of system
-    time per step of the default model, 12.6-13.3 s per step in all. Served from a heap that
-    keeps them, 0.1-1.1 s of system time and 7.4-9.4 s per step, for 1.3 GB more peak memory
-    (AMD EPYC with AVX2, 2 cores, 2026-12-05). Flushing denormals changed nothing there.
+    time per step of batch 16 of the default model. Served from a heap that keeps them, a step
+    takes 5.9-6.3 s instead of 8.7-9.7 s, for about 0.7 GB more peak memory (``make bench``,
+    AMD EPYC with AVX2, 2 cores, 2026-12-05). Flushing denormals changed nothing there.
     Not used for inference: OpenVINO reuses its own buffers. glibc's defaults come back
     afterwards (its mmap threshold stays at 128 kB, no longer adjusted on the fly).
     """
