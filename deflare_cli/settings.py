@@ -7,6 +7,7 @@ command-line flags on top. The defaults make the common case a one-liner.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -597,15 +598,20 @@ def load_settings(
 MAX_SETTINGS_BYTES = 1 << 20
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, _children: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML mapping from a settings file, with clear errors for unreadable files. Files over
-    1 MB (or endless ones such as /dev/zero) are refused before they are read."""
+    1 MB (or endless ones such as /dev/zero) are refused before they are read, and so is a key
+    given twice in one mapping (YAML would keep the last one silently).
+
+    ``extends: OTHER.yaml`` (a path relative to this file's folder) starts from that file's
+    settings and puts this file's on top, mapping by mapping: a recipe that differs from
+    another in a few lines says only those."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_SETTINGS_BYTES + 1)
         if len(raw) > MAX_SETTINGS_BYTES:
             raise SettingsError(f"{path}: not a settings file (more than 1 MB)")
-        data = yaml.safe_load(raw.decode())
+        data = yaml.load(raw.decode(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise SettingsError(f"{path}: settings file not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -616,7 +622,32 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise SettingsError(
             f"{path}: settings file must hold a mapping, found {type(data).__name__}"
         )
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise SettingsError(f"{path}: 'extends' must name one settings file, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in (path, *_children)}:
+        raise SettingsError(f"{path}: 'extends' goes round in a circle back to {base_path}")
+    return _merge(read_yaml(base_path, (path, *_children)), data)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that a mapping holds twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

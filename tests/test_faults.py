@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from deflare_cli.checkpoint import load_checkpoint
 from deflare_cli.cli import app
-from deflare_cli.errors import OutputError
+from deflare_cli.errors import OutputError, SettingsError
 from deflare_cli.events import make_events
 from deflare_cli.io import EventFileReader, atomic_output, find_pairs, read_events, write_events
-from deflare_cli.settings import ReadSettings, WriteSettings
+from deflare_cli.settings import ReadSettings, TrainSettings, WriteSettings, load_settings
 
 runner = CliRunner()
 
@@ -309,6 +309,36 @@ def test_endless_or_huge_settings_files_are_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--config", "/dev/zero"])
     one_line_error(result, "/dev/zero", "more than 1 MB")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_key_given_twice_in_a_settings_file_is_refused(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys silently: an edit that adds a line instead of
+    changing one would otherwise be ignored without a word (it happened to us)."""
+    config = tmp_path / "train.yaml"
+    config.write_text("max_steps: 10\ncheckpoint_every: 5\nlr: 0.001\ncheckpoint_every: 2\n")
+    result = runner.invoke(app, ["train", "--config", str(config), "--data-dir", str(tmp_path)])
+    one_line_error(result, str(config), "'checkpoint_every' is given twice", "line 4")
+
+
+def test_settings_files_extend_others_and_circles_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    base = "run_dir: r\ndata: {data_dir: d}\nlr: 0.001\nloss: mask\n"
+    base += "model: {f_maps: [8, 16], output: mask}\n"
+    (tmp_path / "base.yaml").write_text(base)
+    child = tmp_path / "recipes" / "child.yaml"
+    child.write_text("extends: ../base.yaml\nmodel:\n  f_maps: [16, 32]\nmax_steps: 3\n")
+    settings = load_settings(TrainSettings, child, {"max_steps": 5})
+    assert settings.lr == 0.001 and settings.max_steps == 5  # the flag over the file
+    assert settings.model.f_maps == (16, 32) and settings.model.output == "mask"
+    (tmp_path / "base.yaml").write_text("extends: recipes/child.yaml\n")
+    with pytest.raises(SettingsError, match="circle"):
+        load_settings(TrainSettings, child)
+    child.write_text("extends: [a.yaml, b.yaml]\n")
+    with pytest.raises(SettingsError, match="one settings file"):
+        load_settings(TrainSettings, child)
+    child.write_text("extends: missing.yaml\n")
+    with pytest.raises(SettingsError, match="missing.yaml: settings file not found"):
+        load_settings(TrainSettings, child)
 
 
 def test_events_lost_between_windows_stop_the_run(tmp_path: Path, monkeypatch) -> None:
