@@ -187,6 +187,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, pairs_dir:
     with open(tmp_path / "b" / "metrics.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert steps == sorted(set(steps))  # no duplicated rows after the resume
+    # the resumed run knows the validations before the interruption (progress lines show them)
+    assert [row["step"] for row in resumed.history] == steps
+    assert resumed.history[0]["val_mse"] == pytest.approx(straight.history[0]["val_mse"])
 
 
 def _logged_steps(run_dir: Path) -> list[int]:

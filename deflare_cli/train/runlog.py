@@ -24,6 +24,13 @@ METRIC_COLUMNS = [
 ]
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):  # an empty cell, or a column older runs did not write
+        return math.nan
+
+
 class RunLog:
     """Appends metric rows to the run's CSV file (and TensorBoard)."""
 
@@ -45,16 +52,18 @@ class RunLog:
                     self.tensorboard.add_scalar(key, value, row["step"])
             self.tensorboard.flush()
 
-    def trim(self, step: int) -> None:
-        """On resume, drop the rows written after the checkpoint's step."""
+    def trim(self, step: int) -> list[dict[str, float]]:
+        """On resume, drop the rows written after the checkpoint's step; returns the rows kept,
+        so that a resumed run knows its last validation."""
         if not self.path.exists():
-            return
+            return []
         with open(self.path, newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
         with atomic_output(self.path) as temp_path, open(temp_path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
+        return [{key: _number(value) for key, value in row.items()} for row in rows]
 
     @property
     def tensorboard(self) -> Any:

@@ -175,7 +175,7 @@ class Trainer:
         """Train until the last epoch, ``max_steps``, or Ctrl-C (which saves ``last.pt``)."""
         if self.cluster.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.log.trim(self.position.step)
+            self.history = self.log.trim(self.position.step)
         started = time.perf_counter()
         budget = self.settings.max_minutes
         self.deadline = None if budget is None else started + 60 * budget
