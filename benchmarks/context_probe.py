@@ -6,7 +6,9 @@ PAIRS_DIR holds labelled pairs from ``deflare synth`` (inputs with ``/events/is_
 ``configs/night_point_light.yaml``'s 1280x720 steady point lights. Every input event gets box
 densities (events per pixel) around it: of its own and the opposite polarity within 1-24 px in
 its 20 ms segment (what the shipped 3-level network can see: it reaches 24 px), of all events
-within 64 and 160 px in that segment (wide), and within 3-160 px over the whole pair (long);
+within 64 and 160 px in that segment (wide), within 3-160 px over the whole pair (long),
+and within 3-160 px over the 100 and 300 ms before its segment (history: causal context, what
+a streaming model could carry; NaN in the first segment);
 with ``--checkpoint``, also the network's removal share (``event_scores.py``). A gradient-
 boosted classifier per feature set is trained on the even pairs and scored on the odd ones,
 then the other way round, and the table gives both halves' ROC AUC and the flare removed at
@@ -15,7 +17,7 @@ then the other way round, and the table gives both halves' ROC AUC and the flare
     python benchmarks/context_probe.py CHECK_DIR --train-dir DIR [DIR ...] --recordings REC ...
 
 asks whether what a classifier learns from one synthetic recipe carries over to real scenes:
-one classifier per feature set (local, local + wide; no network) is trained on the pairs of
+one classifier per feature set (local, wide, history; no network) is trained on the pairs of
 the ``--train-dir`` folders, its threshold is set where 97% of CHECK_DIR's non-flare events
 lie at or below it, and each recording (real, without bright lights: scene alone) gets the
 share of its events at or below that threshold (as ``share_gap.py`` does for a network). A
@@ -47,14 +49,24 @@ SEGMENT_US = 20_000
 LOCAL_PX = (1, 3, 8, 24)  # within the shipped network's reach
 WIDE_PX = (64, 160)
 LONG_PX = (3, 24, 160)
+HISTORY_PX = (3, 24, 160)
+HISTORY_SEGMENTS = (5, 15)  # the 100 and 300 ms before an event's segment
+AROUND_SEGMENTS = (2, 7)  # 2 or 7 segments either side: 100 and 300 ms centred on it
 LOCAL = [f"{kind}{r}" for kind in ("same", "opposite") for r in LOCAL_PX]
+HISTORY = [f"history{n}_{r}" for n in HISTORY_SEGMENTS for r in HISTORY_PX]
+AROUND = [f"around{n}_{r}" for n in AROUND_SEGMENTS for r in HISTORY_PX]
 FEATURE_SETS = {
     "local (20 ms, up to 24 px)": LOCAL,
     "local + wide (64, 160 px)": LOCAL + [f"all{r}" for r in WIDE_PX],
     "local + long (whole pair)": LOCAL + [f"long{r}" for r in LONG_PX],
     "local + wide + long": LOCAL + [f"all{r}" for r in WIDE_PX] + [f"long{r}" for r in LONG_PX],
+    "local + history (100, 300 ms before)": LOCAL + HISTORY,
+    "local + wide + history": LOCAL + [f"all{r}" for r in WIDE_PX] + HISTORY,
+    "local + around (100, 300 ms centred)": LOCAL + AROUND,
+    "local + wide + around": LOCAL + [f"all{r}" for r in WIDE_PX] + AROUND,
 }
-TRANSFER_SETS = {name: FEATURE_SETS[name] for name in list(FEATURE_SETS)[:2]}
+# the long densities are counts over the whole pair, which no other recording's length shares
+TRANSFER_SETS = {name: keys for name, keys in FEATURE_SETS.items() if "long" not in name}
 LabelledFile = tuple[dict[str, np.ndarray], np.ndarray]
 
 
@@ -81,7 +93,13 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
     y, x = events.y.astype(np.int64), events.x.astype(np.int64)
     segment = (events.t - events.time_span()[0]) // SEGMENT_US
     columns = {name: np.zeros(len(events)) for names in FEATURE_SETS.values() for name in names}
-    for index in np.unique(segment):
+    segments = int(segment.max()) + 1 if len(events) else 0
+    # running sums of the segments' count maps: the events of segments [a, b) are sums[b] - sums[a]
+    height, width = events.sensor_size
+    cells = ((segment + 1) * height + y) * width + x
+    sums = np.bincount(cells, minlength=(segments + 1) * height * width).astype(np.float32)
+    sums = sums.reshape(segments + 1, height, width).cumsum(0)
+    for index in range(segments):
         inside = segment == index
         on, off = (
             _count_map(events, inside & (events.p > 0)),
@@ -95,6 +113,15 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
             columns[f"opposite{radius}"][inside] = np.where(positive, of_off, of_on)
         for radius in WIDE_PX:
             columns[f"all{radius}"][inside] = box_density(on + off, y[inside], x[inside], radius)
+        spans = [(f"history{n}", max(index - n, 0), index) for n in HISTORY_SEGMENTS]
+        spans += [(f"around{n}", max(index - n, 0), min(index + n + 1, segments))
+                  for n in AROUND_SEGMENTS]  # fmt: skip
+        for name, first, end in spans:
+            mean = (sums[end] - sums[first]).astype(float) / (end - first) if end > first else None
+            for radius in HISTORY_PX:
+                columns[f"{name}_{radius}"][inside] = (
+                    np.nan if mean is None else box_density(mean, y[inside], x[inside], radius)
+                )
     every = _count_map(events, np.ones(len(events), bool))
     for radius in LONG_PX:
         columns[f"long{radius}"] = box_density(every, y, x, radius)

@@ -9,13 +9,19 @@ import numpy as np
 from test_calibrate import labelled_pairs
 from test_infer import write_checkpoint
 
+from deflare_cli.events import make_events
 from deflare_cli.io import read_events, read_flare_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from context_probe import (  # noqa: E402
+    AROUND_SEGMENTS,
     FEATURE_SETS,
+    HISTORY_PX,
+    HISTORY_SEGMENTS,
+    SEGMENT_US,
     TRANSFER_SETS,
     box_density,
+    event_features,
     probe,
     transfer,
 )
@@ -32,6 +38,36 @@ def test_box_density_counts_the_box_cut_at_the_edges() -> None:
             .mean() for row, col in zip(y, x, strict=True)
         ]  # fmt: skip
         assert np.allclose(box_density(counts, y, x, radius), by_hand)
+
+
+def test_history_and_around_are_mean_densities_of_the_segments_before_and_around() -> None:
+    rng = np.random.default_rng(1)
+    count, height, width = 900, 40, 50
+    t = np.sort(rng.integers(0, 22 * SEGMENT_US, count))
+    events = make_events(t, rng.integers(0, width, count), rng.integers(0, height, count),
+                         rng.choice([-1, 1], count), (height, width))  # fmt: skip
+    columns = event_features(events)
+    segment = (t - t[0]) // SEGMENT_US
+    maps = np.zeros((segment.max() + 1, height, width))
+    np.add.at(maps, (segment, events.y, events.x), 1)
+    last = segment.max() + 1
+    for index in rng.choice(count, 40, replace=False):
+        here = segment[index]
+        spans = [(f"history{n}", max(here - n, 0), here) for n in HISTORY_SEGMENTS]
+        spans += [
+            (f"around{n}", max(here - n, 0), min(here + n + 1, last)) for n in AROUND_SEGMENTS
+        ]
+        for name, first, end in spans:
+            for radius in HISTORY_PX:
+                value = columns[f"{name}_{radius}"][index]
+                if first == end:  # the first segment has no past
+                    assert np.isnan(value)
+                    continue
+                row, col = int(events.y[index]), int(events.x[index])
+                box = maps[first:end].mean(0)[
+                    max(row - radius, 0) : row + radius + 1, max(col - radius, 0) : col + radius + 1
+                ]
+                assert np.isclose(value, box.mean())
 
 
 def test_the_probe_scores_every_feature_set_on_both_halves(tmp_path: Path) -> None:
