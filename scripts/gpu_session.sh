@@ -63,13 +63,15 @@ mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$WORK/session.log") 2>&1
 say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
-# name -> "f_maps lr batch loss [pooling [crop [init]]]" (loss: the recipe's balanced, or mask: a
-# mask model; pooling: xyt, or xy for space alone, README; crop: HxW, 128x128 by default; init: a
-# checkpoint to start from, e.g. the shipped default model). The default candidates are sizes a
+# name -> "f_maps lr batch loss [pooling [crop [init [config]]]]" (loss: the recipe's balanced, or
+# mask: a mask model; pooling: xyt, or xy for space alone, README; crop: HxW, 128x128 by default;
+# init: a checkpoint to start from, e.g. the shipped default model, or - for none; config: the
+# settings file, configs/default_model.yaml by default). The default candidates are sizes a
 # CPU runs, as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment
 # (and two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
 # levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
 # go at 97% of the rest kept (docs/experiments.md).
+LONG_CONTEXT=configs/long_context.yaml
 declare -A RECIPE=(
     [small]="16,32,64 0.0007 16 balanced"           # the shipped size: fast on CPU
     [deep]="16,32,64,128 0.0007 16 balanced"        # one more level: twice the reach
@@ -83,6 +85,11 @@ declare -A RECIPE=(
     [wide-mask-256]="16,32,64,64,64 0.0007 8 mask xy 256x256"
     # the shipped model fine-tuned on the training mix (as configs/default_model_sparse.yaml does)
     [shipped-ft]="16,32,64 0.0003 16 mask xyt 128x128 deflare_cli/weights/default.pt"
+    # longer temporal context: 50 ms segments of 20 bins (configs/long_context.yaml), 2.5x the
+    # cost of a step; a probe found it helping on the night recipe, not from the training one
+    # (docs/experiments.md, 2026-12-06). long-ft starts from the shipped weights.
+    [long-ft]="16,32,64 0.0003 16 mask xyt 128x128 deflare_cli/weights/default.pt $LONG_CONTEXT"
+    [long-mask]="16,32,64 0.0007 16 mask xyt 128x128 - $LONG_CONTEXT"
 )
 
 if [ -d .whl ] && ! $PY -c "import pydantic, pytorch3dunet" 2>/dev/null; then
@@ -135,8 +142,12 @@ synth_failed() { say "synth failed"; tail -n 3 "$WORK"/synth_*.log; exit 1; }
 make_mix train "$WORKERS" $TRAIN_MIX || synth_failed
 wait "${jobs[@]}" || synth_failed
 say "filling the voxel cache"
-$PY scripts/prefill_cache.py configs/default_model.yaml "$WORK/train" "$WORK/val" "$WORK/cache" \
-    "$WORKERS" || exit 1
+# once per settings file the models use (its codec keys the cache's entries)
+for config in $(for name in $MODELS; do read -r _ _ _ _ _ _ _ config <<< "${RECIPE[$name]}"
+        echo "${config:-configs/default_model.yaml}"; done | sort -u); do
+    $PY scripts/prefill_cache.py "$config" "$WORK/train" "$WORK/val" "$WORK/cache" "$WORKERS" \
+        || exit 1
+done
 
 # seconds left before the budget's end, less $1 (at least 1: `timeout 0` would not time out)
 left() { local t=$((BUDGET - SECONDS - ${1:-0})); echo $((t < 1 ? 1 : t)); }
@@ -144,10 +155,11 @@ MINUTES=$($PY -c "import sys; print(round(min(float(sys.argv[1]), int(sys.argv[2
     "$MINUTES" "$(left $((120 + 200 * CHECKS + 160 * BENCH)))")
 say "training: $MODELS, $MINUTES min each, side by side"
 jobs=(); for name in $MODELS; do
-    read -r f_maps lr batch loss pooling crop init <<< "${RECIPE[$name]}"
+    read -r f_maps lr batch loss pooling crop init config <<< "${RECIPE[$name]}"
+    [ "$init" = - ] && init=
     $DEFLARE train --run-dir "$WORK/runs/$name" --data-dir "$WORK/train" --val-dir "$WORK/val" \
-        --config configs/default_model.yaml --f-maps "$f_maps" --lr "$lr" --batch-size "$batch" \
-        --loss "$loss" --pooling "${pooling:-xyt}" --crop "${crop:-128x128}" \
+        --config "${config:-configs/default_model.yaml}" --f-maps "$f_maps" --lr "$lr" \
+        --batch-size "$batch" --loss "$loss" --pooling "${pooling:-xyt}" --crop "${crop:-128x128}" \
         ${init:+--init-from "$init"} \
         --epochs 10000 --max-minutes "$MINUTES" --val-every 400 --device "$DEVICE" \
         --num-workers 3 --cache-dir "$WORK/cache" > "$WORK/train_$name.log" 2>&1 &

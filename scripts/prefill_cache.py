@@ -1,6 +1,6 @@
 """Fill a voxel cache before several trainings share it (scripts/gpu_session.sh).
 
-python scripts/prefill_cache.py DATA_DIR VAL_DIR CACHE_DIR WORKERS
+python scripts/prefill_cache.py CONFIG DATA_DIR VAL_DIR CACHE_DIR WORKERS
 """
 
 import sys

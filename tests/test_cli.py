@@ -288,7 +288,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "default_model_finetune.yaml": TrainSettings,
                    "synth_sparse.yaml": SynthSettings,
                    "synth_sparse_textured.yaml": SynthSettings,
-                   "default_model_sparse.yaml": TrainSettings}  # fmt: skip
+                   "default_model_sparse.yaml": TrainSettings,
+                   "long_context.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))
