@@ -5,10 +5,11 @@
 PAIRS_DIR holds labelled pairs from ``deflare synth`` (inputs with ``/events/is_flare``), e.g.
 ``configs/night_point_light.yaml``'s 1280x720 steady point lights. Every input event gets box
 densities (events per pixel) around it: of its own and the opposite polarity within 1-24 px in
-its 20 ms segment (what the shipped 3-level network can see: it reaches 24 px), of all events
-within 64 and 160 px in that segment (wide), within 3-160 px over the whole pair (long),
-and within 3-160 px over the 100 and 300 ms before its segment (history: causal context, what
-a streaming model could carry; NaN in the first segment);
+its 20 ms segment (local: what the shipped 3-level network can see, it reaches 24 px), of all
+events within 1-24 px (polarity-blind) and within 64 and 160 px (wide) in that segment, within
+3-160 px over the whole pair (long: counts), and within 3-160 px per segment over the 100 and
+300 ms before its segment (history: causal, what a streaming model could carry; NaN in the
+first segment) and centred on it (around: what a network on longer segments sees);
 with ``--checkpoint``, also the network's removal share (``event_scores.py``). A gradient-
 boosted classifier per feature set is trained on the even pairs and scored on the odd ones,
 then the other way round, and the table gives both halves' ROC AUC and the flare removed at
@@ -57,6 +58,7 @@ HISTORY = [f"history{n}_{r}" for n in HISTORY_SEGMENTS for r in HISTORY_PX]
 AROUND = [f"around{n}_{r}" for n in AROUND_SEGMENTS for r in HISTORY_PX]
 FEATURE_SETS = {
     "local (20 ms, up to 24 px)": LOCAL,
+    "local, polarity-blind": [f"all{r}" for r in LOCAL_PX],
     "local + wide (64, 160 px)": LOCAL + [f"all{r}" for r in WIDE_PX],
     "local + long (whole pair)": LOCAL + [f"long{r}" for r in LONG_PX],
     "local + wide + long": LOCAL + [f"all{r}" for r in WIDE_PX] + [f"long{r}" for r in LONG_PX],
@@ -111,6 +113,7 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
             of_off = box_density(off, y[inside], x[inside], radius)
             columns[f"same{radius}"][inside] = np.where(positive, of_on, of_off)
             columns[f"opposite{radius}"][inside] = np.where(positive, of_off, of_on)
+            columns[f"all{radius}"][inside] = of_on + of_off
         for radius in WIDE_PX:
             columns[f"all{radius}"][inside] = box_density(on + off, y[inside], x[inside], radius)
         spans = [(f"history{n}", max(index - n, 0), index) for n in HISTORY_SEGMENTS]

@@ -47,6 +47,10 @@ def test_history_and_around_are_mean_densities_of_the_segments_before_and_around
     events = make_events(t, rng.integers(0, width, count), rng.integers(0, height, count),
                          rng.choice([-1, 1], count), (height, width))  # fmt: skip
     columns = event_features(events)
+    for radius in (1, 24):  # polarity-blind: the events of both polarities
+        assert np.allclose(
+            columns[f"all{radius}"], columns[f"same{radius}"] + columns[f"opposite{radius}"]
+        )
     segment = (t - t[0]) // SEGMENT_US
     maps = np.zeros((segment.max() + 1, height, width))
     np.add.at(maps, (segment, events.y, events.x), 1)
