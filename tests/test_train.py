@@ -24,8 +24,9 @@ from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
-from deflare_cli.train.data import EventVoxelDataset
+from deflare_cli.train.data import CachedPair, EventVoxelDataset
 from deflare_cli.train.trainer import mask_loss, training_loss
+from deflare_cli.train.validation import same_size_batches
 
 SMALL_MODEL = ModelSettings(f_maps=(8, 16))
 
@@ -380,15 +381,21 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
     assert (tmp_path / "run" / "last.pt").exists()
 
 
-def test_training_and_validation_on_pairs_of_two_sensor_sizes(tmp_path: Path) -> None:
-    """Crops stack whatever the sensor; full validation frames of two sizes are batched apart
-    (the default recipe mixes 1280x720, 640x480 and 346x260)."""
+def pairs_of_two_sizes(tmp_path: Path, count: int) -> Path:
+    """A folder of ``count`` 32x48 pairs and ``count`` 48x64 ones."""
     data = tmp_path / "data"
-    write_pairs(data, 2, size=(32, 48), seed=1)
-    other = write_pairs(tmp_path / "other", 2, size=(48, 64), seed=2)
+    write_pairs(data, count, size=(32, 48), seed=1)
+    other = write_pairs(tmp_path / "other", count, size=(48, 64), seed=2)
     for sub in ("background_with_flare_events", "background_with_light_events"):
         for path in (other / sub).iterdir():
             path.rename(data / sub / path.name.replace("_0000", "_1000"))
+    return data
+
+
+def test_training_and_validation_on_pairs_of_two_sensor_sizes(tmp_path: Path) -> None:
+    """Crops stack whatever the sensor; full validation frames of two sizes are batched apart
+    (the default recipe mixes 1280x720, 640x480 and 346x260)."""
+    data = pairs_of_two_sizes(tmp_path, 2)
     both_sizes = DataSettings(data_dir=data, crop=(16, 16), val_dir=data)
     settings = settings_for(tmp_path / "run", data, epochs=1, batch_size=3, data=both_sizes)
     result = train(settings)
@@ -481,3 +488,36 @@ def test_training_on_a_cpu_keeps_freed_memory_in_the_heap() -> None:
     assert mapped_bytes_of(activation) >= block
     with freed_memory_kept(torch.device("cuda")) as kept:  # the device's own allocator there
         assert not kept
+
+
+def test_validation_batches_run_large_frames_alone() -> None:
+    entries = [
+        CachedPair(None, Path("small"), 3, (32, 48)),
+        CachedPair(None, Path("big"), 3, (48, 64)),
+    ]
+    dataset = EventVoxelDataset(entries)
+    assert same_size_batches(dataset, 2) == [[0, 1], [2], [3, 4], [5]]
+    assert same_size_batches(dataset, 2, max_batch_pixels=32 * 48) == [[0, 1], [2], [3], [4], [5]]
+
+
+def test_training_on_a_cpu_validates_large_frames_alone(tmp_path: Path, monkeypatch) -> None:
+    """The trainer passes the CPU's limit (here set between the two sizes) to the batching."""
+    import deflare_cli.train.trainer as trainer_module
+    import deflare_cli.train.validation as validation_module
+
+    data = pairs_of_two_sizes(tmp_path, 1)
+    seen: list[list[list[int]]] = []
+    original = validation_module.same_size_batches
+
+    def recording(*args):
+        seen.append(original(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(validation_module, "same_size_batches", recording)
+    num_bins = settings_for(tmp_path, data).codec.num_bins
+    monkeypatch.setattr(trainer_module, "CPU_VALIDATION_CELLS", 32 * 48 * num_bins)
+    both_sizes = DataSettings(data_dir=data, crop=(16, 16), val_dir=data)
+    train(settings_for(tmp_path / "run", data, epochs=1, batch_size=3, data=both_sizes))
+    assert seen
+    sizes = {len(batch) for batch in seen[-1]}
+    assert 1 in sizes and 2 in sizes  # the small frames in pairs, the large ones alone

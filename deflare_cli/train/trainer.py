@@ -67,6 +67,11 @@ class TrainResult:
 
 
 VALIDATION_BATCH = 2
+# On a CPU a frame of more than 480x640 pixels of 8 bins runs alone: a pair of 720x1280 frames
+# took 9.9-10.5 s each and 6.6 GB, one at a time 7.1-7.3 s and 3.4 GB (the default model, 2
+# threads, AMD EPYC with AVX512-BF16, 2026-12-06); at 480x640 both ran 2.4-2.6 s a frame, and
+# at 260x346 a pair was twice as fast per frame (batch 1 hits a slow Conv3d kernel).
+CPU_VALIDATION_CELLS = 480 * 640 * 8
 
 
 class Trainer:
@@ -318,7 +323,10 @@ class Trainer:
         # Full frames are up to 100x a training crop: a training batch of them (16 frames of
         # 1280x720 on a GPU) would need tens of GB. Two at a time (one hits a slow CPU kernel).
         batch_size = min(self.settings.batch_size, VALIDATION_BATCH)
-        return validate(self.model, self.val_set, batch_size, self.dtype, self.progress)
+        max_pixels = None
+        if self.cluster.device.type == "cpu":
+            max_pixels = CPU_VALIDATION_CELLS // self.settings.codec.num_bins
+        return validate(self.model, self.val_set, batch_size, self.dtype, self.progress, max_pixels)
 
     def _validate_and_log(self, losses: list[float], started: float) -> None:
         if self.cluster.is_main:

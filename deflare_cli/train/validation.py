@@ -20,6 +20,7 @@ def validate(
     batch_size: int,
     dtype: torch.dtype | None,
     progress: Progress = no_progress,
+    max_batch_pixels: int | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(model scores, raw input scores): means over the validation segments, and for the model
     ``event_auc`` and ``flare_at_97`` of its removal ranking over all of them.
@@ -27,11 +28,13 @@ def validate(
     The voxel metrics score the rounded output: rounded cells are exactly the voxels of the
     events that decoding would emit, and unrounded near-zero residuals would count as events in
     the F1s. The ranking scores the unrounded output (the removal share before any margin).
-    The model is left in training mode.
+    The model is left in training mode. Frames of more than ``max_batch_pixels`` pixels are run
+    one at a time.
     """
     device = next(model.parameters()).device
     model.eval()
-    loader = DataLoader(dataset, batch_sampler=same_size_batches(dataset, batch_size))
+    batches = same_size_batches(dataset, batch_size, max_batch_pixels)
+    loader = DataLoader(dataset, batch_sampler=batches)
     model_rows, raw_rows = [], []
     ranking = RemovalRanking()
     for done, (inputs, targets) in enumerate(loader, start=1):
@@ -51,11 +54,18 @@ def validate(
     return scores, mean_metrics(raw_rows)
 
 
-def same_size_batches(dataset: EventVoxelDataset, batch_size: int) -> list[list[int]]:
+def same_size_batches(
+    dataset: EventVoxelDataset, batch_size: int, max_batch_pixels: int | None = None
+) -> list[list[int]]:
     """Batches of sample indices whose full frames have one size (sensors may differ between
-    pairs, and frames of two sizes cannot be stacked), in the dataset's order within a size."""
+    pairs, and frames of two sizes cannot be stacked), in the dataset's order within a size;
+    frames of more than ``max_batch_pixels`` pixels one to a batch."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for index, (entry_index, _segment) in enumerate(dataset.items):
         by_size.setdefault(dataset.entries[entry_index].sensor_size, []).append(index)
-    return [indices[start : start + batch_size] for indices in by_size.values()
-            for start in range(0, len(indices), batch_size)]  # fmt: skip
+    batches = []
+    for (height, width), indices in by_size.items():
+        alone = max_batch_pixels is not None and height * width > max_batch_pixels
+        size = 1 if alone else batch_size
+        batches += [indices[start : start + size] for start in range(0, len(indices), size)]
+    return batches
