@@ -68,20 +68,34 @@ FEATURE_SETS = {
     "local + wide + around": LOCAL + [f"all{r}" for r in WIDE_PX] + AROUND,
 }
 # the long densities are counts over the whole pair, which no other recording's length shares
-TRANSFER_SETS = {name: keys for name, keys in FEATURE_SETS.items() if "long" not in name}
+TRANSFER_SETS = {
+    name: keys
+    for name, keys in FEATURE_SETS.items()
+    if not any(key.startswith("long") for key in keys)
+}
 LabelledFile = tuple[dict[str, np.ndarray], np.ndarray]
 
 
 def box_density(counts: np.ndarray, y: np.ndarray, x: np.ndarray, radius: int) -> np.ndarray:
     """Mean of the (H, W) ``counts`` over the box of half-width ``radius`` around each (y, x),
     cut at the sensor's edges (an integral image: the same cost for any radius)."""
+    return box_densities(counts, y, x, (radius,))[0]
+
+
+def box_densities(
+    counts: np.ndarray, y: np.ndarray, x: np.ndarray, radii: tuple[int, ...]
+) -> list[np.ndarray]:
+    """:func:`box_density` for each of ``radii``, from one integral image."""
     height, width = counts.shape
     integral = np.zeros((height + 1, width + 1))
     integral[1:, 1:] = counts.cumsum(0).cumsum(1)
-    top, bottom = np.clip(y - radius, 0, height), np.clip(y + radius + 1, 0, height)
-    left, right = np.clip(x - radius, 0, width), np.clip(x + radius + 1, 0, width)
-    total = integral[bottom, right] - integral[top, right] - integral[bottom, left]
-    return (total + integral[top, left]) / ((bottom - top) * (right - left))
+    means = []
+    for radius in radii:
+        top, bottom = np.clip(y - radius, 0, height), np.clip(y + radius + 1, 0, height)
+        left, right = np.clip(x - radius, 0, width), np.clip(x + radius + 1, 0, width)
+        total = integral[bottom, right] - integral[top, right] - integral[bottom, left]
+        means.append((total + integral[top, left]) / ((bottom - top) * (right - left)))
+    return means
 
 
 def _count_map(events: Events, chosen: np.ndarray) -> np.ndarray:
@@ -96,38 +110,40 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
     segment = (events.t - events.time_span()[0]) // SEGMENT_US
     columns = {name: np.zeros(len(events)) for names in FEATURE_SETS.values() for name in names}
     segments = int(segment.max()) + 1 if len(events) else 0
-    # running sums of the segments' count maps: the events of segments [a, b) are sums[b] - sums[a]
-    height, width = events.sensor_size
-    cells = ((segment + 1) * height + y) * width + x
-    sums = np.bincount(cells, minlength=(segments + 1) * height * width).astype(np.float32)
-    sums = sums.reshape(segments + 1, height, width).cumsum(0)
+    back, ahead = max(HISTORY_SEGMENTS), max(AROUND_SEGMENTS)
+    maps: dict[int, np.ndarray] = {}  # count maps of the segments within reach of the current one
     for index in range(segments):
+        for later in range(index, min(index + ahead + 1, segments)):
+            if later not in maps:
+                maps[later] = _count_map(events, segment == later)
+        maps.pop(index - back - 1, None)
         inside = segment == index
-        on, off = (
-            _count_map(events, inside & (events.p > 0)),
-            _count_map(events, inside & (events.p < 0)),
+        here_y, here_x, positive = y[inside], x[inside], events.p[inside] > 0
+        of_on = box_densities(_count_map(events, inside & (events.p > 0)), here_y, here_x, LOCAL_PX)
+        of_off = box_densities(
+            _count_map(events, inside & (events.p < 0)), here_y, here_x, LOCAL_PX
         )
-        positive = events.p[inside] > 0
-        for radius in LOCAL_PX:
-            of_on = box_density(on, y[inside], x[inside], radius)
-            of_off = box_density(off, y[inside], x[inside], radius)
-            columns[f"same{radius}"][inside] = np.where(positive, of_on, of_off)
-            columns[f"opposite{radius}"][inside] = np.where(positive, of_off, of_on)
-            columns[f"all{radius}"][inside] = of_on + of_off
-        for radius in WIDE_PX:
-            columns[f"all{radius}"][inside] = box_density(on + off, y[inside], x[inside], radius)
+        for radius, on, off in zip(LOCAL_PX, of_on, of_off, strict=True):
+            columns[f"same{radius}"][inside] = np.where(positive, on, off)
+            columns[f"opposite{radius}"][inside] = np.where(positive, off, on)
+            columns[f"all{radius}"][inside] = on + off
+        wide = box_densities(maps[index], here_y, here_x, WIDE_PX)
+        for radius, density in zip(WIDE_PX, wide, strict=True):
+            columns[f"all{radius}"][inside] = density
         spans = [(f"history{n}", max(index - n, 0), index) for n in HISTORY_SEGMENTS]
         spans += [(f"around{n}", max(index - n, 0), min(index + n + 1, segments))
                   for n in AROUND_SEGMENTS]  # fmt: skip
         for name, first, end in spans:
-            mean = (sums[end] - sums[first]).astype(float) / (end - first) if end > first else None
-            for radius in HISTORY_PX:
-                columns[f"{name}_{radius}"][inside] = (
-                    np.nan if mean is None else box_density(mean, y[inside], x[inside], radius)
-                )
+            if first == end:  # the first segment has no past
+                densities = [np.nan] * len(HISTORY_PX)
+            else:
+                mean = sum(maps[k] for k in range(first, end)) / (end - first)
+                densities = box_densities(mean, here_y, here_x, HISTORY_PX)
+            for radius, density in zip(HISTORY_PX, densities, strict=True):
+                columns[f"{name}_{radius}"][inside] = density
     every = _count_map(events, np.ones(len(events), bool))
-    for radius in LONG_PX:
-        columns[f"long{radius}"] = box_density(every, y, x, radius)
+    for radius, density in zip(LONG_PX, box_densities(every, y, x, LONG_PX), strict=True):
+        columns[f"long{radius}"] = density
     return columns
 
 
@@ -190,7 +206,10 @@ def transfer(
     check = labelled_features(check_dir)
     if not train or not check:
         raise SystemExit(f"no labelled pairs in {train_dirs if not train else check_dir}")
-    scene = {name: event_features(events) for name, events in recordings.items()}
+    scene = {}
+    for name, events in recordings.items():
+        print(f"features of {name}", file=sys.stderr, flush=True)
+        scene[name] = event_features(events)
     labels = np.concatenate([labels for _, labels in check])
     rows = []
     for name, keys in TRANSFER_SETS.items():

@@ -91,6 +91,9 @@ declare -A RECIPE=(
     [long-ft]="16,32,64 0.0003 16 mask xyt 128x128 deflare_cli/weights/default.pt $LONG_CONTEXT"
     [long-mask]="16,32,64 0.0007 16 mask xyt 128x128 - $LONG_CONTEXT"
 )
+# the settings file of candidate $1 (its recipe's eighth field, default_model.yaml without one)
+config_of() { local config; read -r _ _ _ _ _ _ _ config <<< "${RECIPE[$1]}"
+    echo "${config:-configs/default_model.yaml}"; }
 
 if [ -d .whl ] && ! $PY -c "import pydantic, pytorch3dunet" 2>/dev/null; then
     say "installing carried wheels"
@@ -143,8 +146,7 @@ make_mix train "$WORKERS" $TRAIN_MIX || synth_failed
 wait "${jobs[@]}" || synth_failed
 say "filling the voxel cache"
 # once per settings file the models use (its codec keys the cache's entries)
-for config in $(for name in $MODELS; do read -r _ _ _ _ _ _ _ config <<< "${RECIPE[$name]}"
-        echo "${config:-configs/default_model.yaml}"; done | sort -u); do
+for config in $(for name in $MODELS; do config_of "$name"; done | sort -u); do
     $PY scripts/prefill_cache.py "$config" "$WORK/train" "$WORK/val" "$WORK/cache" "$WORKERS" \
         || exit 1
 done
@@ -155,10 +157,10 @@ MINUTES=$($PY -c "import sys; print(round(min(float(sys.argv[1]), int(sys.argv[2
     "$MINUTES" "$(left $((120 + 200 * CHECKS + 160 * BENCH)))")
 say "training: $MODELS, $MINUTES min each, side by side"
 jobs=(); for name in $MODELS; do
-    read -r f_maps lr batch loss pooling crop init config <<< "${RECIPE[$name]}"
+    read -r f_maps lr batch loss pooling crop init _ <<< "${RECIPE[$name]}"
     [ "$init" = - ] && init=
     $DEFLARE train --run-dir "$WORK/runs/$name" --data-dir "$WORK/train" --val-dir "$WORK/val" \
-        --config "${config:-configs/default_model.yaml}" --f-maps "$f_maps" --lr "$lr" \
+        --config "$(config_of "$name")" --f-maps "$f_maps" --lr "$lr" \
         --batch-size "$batch" --loss "$loss" --pooling "${pooling:-xyt}" --crop "${crop:-128x128}" \
         ${init:+--init-from "$init"} \
         --epochs 10000 --max-minutes "$MINUTES" --val-every 400 --device "$DEVICE" \

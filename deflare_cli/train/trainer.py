@@ -321,7 +321,8 @@ class Trainer:
         if self.val_set is None:
             return {}, {}
         # Full frames are up to 100x a training crop: a training batch of them (16 frames of
-        # 1280x720 on a GPU) would need tens of GB. Two at a time (one hits a slow CPU kernel).
+        # 1280x720 on a GPU) would need tens of GB. Two at a time (one hits a slow CPU kernel
+        # on small frames), and on a CPU large frames alone (CPU_VALIDATION_CELLS).
         batch_size = min(self.settings.batch_size, VALIDATION_BATCH)
         max_pixels = None
         if self.cluster.device.type == "cpu":
