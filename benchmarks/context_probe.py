@@ -9,11 +9,14 @@ its 20 ms segment (local: what the shipped 3-level network can see, it reaches 2
 events within 1-24 px (polarity-blind) and within 64 and 160 px (wide) in that segment, within
 3-160 px over the whole pair (long: counts), and within 3-160 px per segment over the 100 and
 300 ms before its segment (history: causal, what a streaming model could carry; NaN in the
-first segment) and centred on it (around: what a network on longer segments sees);
-with ``--checkpoint``, also the network's removal share (``event_scores.py``). A gradient-
-boosted classifier per feature set is trained on the even pairs and scored on the odd ones,
-then the other way round, and the table gives both halves' ROC AUC and the flare removed at
-97% of the other events kept. Needs scikit-learn (in the dev install).
+first segment) and centred on it (around: what a network on longer segments sees); the local
+densities divided by the frame's density (all events of the segment over the sensor's pixels:
+input normalisation) or by the density within 64 px (as GroupNorm standardises a 128 px crop);
+the frame's density itself, and the densest 17 px box in view with each event's distance from
+it (where a light would be); with ``--checkpoint``, also the network's removal share
+(``event_scores.py``). A gradient-boosted classifier per feature set is trained on the even
+pairs and scored on the odd ones, then the other way round, and the table gives both halves'
+ROC AUC and the flare removed at 97% of the other events kept. Needs scikit-learn (dev install).
 
     python benchmarks/context_probe.py CHECK_DIR --train-dir DIR [DIR ...] --recordings REC ...
 
@@ -56,6 +59,9 @@ AROUND_SEGMENTS = (2, 7)  # 2 or 7 segments either side: 100 and 300 ms centred 
 LOCAL = [f"{kind}{r}" for kind in ("same", "opposite") for r in LOCAL_PX]
 HISTORY = [f"history{n}_{r}" for n in HISTORY_SEGMENTS for r in HISTORY_PX]
 AROUND = [f"around{n}_{r}" for n in AROUND_SEGMENTS for r in HISTORY_PX]
+LIGHT_PX = 8  # the box whose densest place in view stands for the brightest light
+LIGHT = ["peak", "peak_distance"]
+LIGHT_AROUND = [f"around{max(AROUND_SEGMENTS)}_{name}" for name in LIGHT]
 FEATURE_SETS = {
     "local (20 ms, up to 24 px)": LOCAL,
     "local, polarity-blind": [f"all{r}" for r in LOCAL_PX],
@@ -66,6 +72,11 @@ FEATURE_SETS = {
     "local + wide + history": LOCAL + [f"all{r}" for r in WIDE_PX] + HISTORY,
     "local + around (100, 300 ms centred)": LOCAL + AROUND,
     "local + wide + around": LOCAL + [f"all{r}" for r in WIDE_PX] + AROUND,
+    "local / frame density (normalised input)": [f"{key}/frame" for key in LOCAL],
+    "local / 64 px density (as a 128 px crop's)": [f"{key}/all64" for key in LOCAL],
+    "local + frame density": [*LOCAL, "frame"],
+    "local + frame + light": [*LOCAL, "frame", *LIGHT],
+    "local + frame + light (300 ms)": [*LOCAL, "frame", *LIGHT_AROUND],
 }
 # the long densities are counts over the whole pair, which no other recording's length shares
 TRANSFER_SETS = {
@@ -98,6 +109,17 @@ def box_densities(
     return means
 
 
+def light_features(counts: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """(the highest mean of ``counts`` over a box of half-width ``LIGHT_PX`` anywhere in view,
+    each (y, x)'s distance in pixels from that box's centre): where the brightest light would
+    be, if there is one, and how far each event lies from it."""
+    from scipy.ndimage import uniform_filter
+
+    smooth = uniform_filter(counts, size=2 * LIGHT_PX + 1, mode="constant")
+    top = np.unravel_index(np.argmax(smooth), smooth.shape)
+    return float(smooth[top]), np.hypot(y - top[0], x - top[1])
+
+
 def _count_map(events: Events, chosen: np.ndarray) -> np.ndarray:
     height, width = events.sensor_size
     pixels = events.y[chosen].astype(np.int64) * width + events.x[chosen]
@@ -127,6 +149,10 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
             columns[f"same{radius}"][inside] = np.where(positive, on, off)
             columns[f"opposite{radius}"][inside] = np.where(positive, off, on)
             columns[f"all{radius}"][inside] = on + off
+        columns["frame"][inside] = inside.sum() / maps[index].size
+        columns["peak"][inside], columns["peak_distance"][inside] = light_features(
+            maps[index], here_y, here_x
+        )
         wide = box_densities(maps[index], here_y, here_x, WIDE_PX)
         for radius, density in zip(WIDE_PX, wide, strict=True):
             columns[f"all{radius}"][inside] = density
@@ -139,8 +165,15 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
             else:
                 mean = sum(maps[k] for k in range(first, end)) / (end - first)
                 densities = box_densities(mean, here_y, here_x, HISTORY_PX)
+                if name == f"around{max(AROUND_SEGMENTS)}":
+                    peak, distance = light_features(mean, here_y, here_x)
+                    columns[f"{name}_peak"][inside] = peak
+                    columns[f"{name}_peak_distance"][inside] = distance
             for radius, density in zip(HISTORY_PX, densities, strict=True):
                 columns[f"{name}_{radius}"][inside] = density
+    for key in LOCAL:
+        columns[f"{key}/frame"] = columns[key] / columns["frame"]
+        columns[f"{key}/all64"] = columns[key] / columns["all64"]
     every = _count_map(events, np.ones(len(events), bool))
     for radius, density in zip(LONG_PX, box_densities(every, y, x, LONG_PX), strict=True):
         columns[f"long{radius}"] = density
