@@ -40,12 +40,14 @@ CACHE_ENV = "DEFLARE_CACHE_DIR"
 
 
 class Engine(Protocol):
-    """The network on a batch: (N, B, H, W) float32 in, the same shape float32 (CPU) out."""
+    """The network on a batch: (N, B, H, W) float32 in, the same shape float32 (CPU) out;
+    ``density``: (N,) events per pixel of each input's whole frame, where the inputs are cut
+    out of larger frames (``model.backbone_input``)."""
 
     name: str
     precision: str  # "fp32", "bf16" or "fp16"
 
-    def run(self, voxels: torch.Tensor) -> torch.Tensor: ...
+    def run(self, voxels: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @dataclass
@@ -62,10 +64,10 @@ class TorchEngine:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @torch.no_grad()
-    def run(self, voxels: torch.Tensor) -> torch.Tensor:
+    def run(self, voxels: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
         batch = voxels[:, None].to(self.device).contiguous(memory_format=torch.channels_last_3d)
         with denormals_flushed(self.device), autocast(self.device, self.dtype):
-            output = self.model(batch)
+            output = self.model(batch, density=density)
         return output[:, 0].float().cpu().contiguous()
 
 
@@ -83,8 +85,8 @@ class OpenVinoEngine:
         self.compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         self.request = self.compiled.create_infer_request()
 
-    def run(self, voxels: torch.Tensor) -> torch.Tensor:
-        self.request.infer({0: backbone_input(voxels, self.settings)[:, None].numpy()})
+    def run(self, voxels: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
+        self.request.infer({0: backbone_input(voxels, self.settings, density)[:, None].numpy()})
         out = torch.from_numpy(self.request.get_output_tensor(0).data[:, 0])
         return finish(voxels, out, self.settings).contiguous()
 

@@ -13,6 +13,13 @@
   network sees ``sign(v) log(1 + |v|)``, so dense cores do not swamp sparse scenes. Its final
   convolution starts at zero weights and a bias of ``MASK_START_LOGIT``: the untrained model
   removes 0.25% of each cell, which rounds to nothing.
+
+With ``input_norm: frame`` the backbone's input is also scaled by ``FRAME_REFERENCE`` over the
+events per pixel of the input's whole frame (``frame_density``): a crop or tile gets its whole
+segment's density from the caller, so training crops, tiles and whole frames see one scale.
+Real scenes denser than any synthetic one (a row of moving objects) are then judged against
+their own frame, as flare is: the local density over the frame's density is what carried over
+from synthetic to real scenes in ``benchmarks/context_probe.py`` (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -25,6 +32,12 @@ from .errors import DeflareError
 from .settings import ModelSettings
 
 MASK_START_LOGIT = -6.0  # sigmoid(-6) = 0.0025
+# input_norm frame: the input is multiplied by FRAME_REFERENCE / (events per pixel of its frame),
+# the density floored at FRAME_FLOOR; a sparse night frame (0.0035 events per pixel per 20 ms
+# at 0.16 M events/s and 1280x720) then sees its events at about 3x, a dense 640x480 one
+# (1.2) at 0.008x
+FRAME_REFERENCE = 0.01
+FRAME_FLOOR = 1e-4
 
 
 class TrueResidualUNet3D(nn.Module):
@@ -43,12 +56,16 @@ class TrueResidualUNet3D(nn.Module):
         start = MASK_START_LOGIT if settings.output == "mask" else 0.0
         nn.init.constant_(self.backbone.final_conv.bias, start)
 
-    def forward(self, voxels: torch.Tensor, raw: bool = False) -> torch.Tensor:
+    def forward(
+        self, voxels: torch.Tensor, raw: bool = False, density: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The output voxels; ``raw``: the backbone's output alone (the correction, or the
-        removal logits of a mask model), which ``train --loss mask`` trains on."""
+        removal logits of a mask model), which ``train --loss mask`` trains on; ``density``:
+        (N,) events per pixel of each input's whole frame (``input_norm: frame``; default:
+        the inputs are whole frames)."""
         if voxels.ndim != 5 or voxels.shape[1] != 1:
             raise ValueError(f"expected (N, 1, B, H, W) voxels, got {tuple(voxels.shape)}")
-        out = self.backbone(backbone_input(voxels, self.settings)).to(voxels.dtype)
+        out = self.backbone(backbone_input(voxels, self.settings, density)).to(voxels.dtype)
         return finish(voxels, out, self.settings, raw)
 
     def residual(self, voxels: torch.Tensor) -> torch.Tensor:
@@ -56,13 +73,32 @@ class TrueResidualUNet3D(nn.Module):
         return self(voxels) - voxels
 
 
-def backbone_input(voxels: torch.Tensor, settings: ModelSettings) -> torch.Tensor:
+def frame_density(voxels: torch.Tensor) -> torch.Tensor:
+    """(N,) events per pixel of each (B, H, W) frame of (N, [1,] B, H, W) voxels: the sum of
+    |net count| over its cells (opposite events in one cell cancel, as the grid holds them)
+    over its pixels (one reduction: no copy of a whole grid)."""
+    height, width = voxels.shape[-2:]
+    return torch.linalg.vector_norm(voxels.flatten(1), ord=1, dim=1) / (height * width)
+
+
+def backbone_input(
+    voxels: torch.Tensor, settings: ModelSettings, density: torch.Tensor | None = None
+) -> torch.Tensor:
     """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels (``residual``) or
-    ``sign(v) log(1 + |v|)`` (``mask``), zero-padded at the end of bins, height and width to
-    a multiple of ``settings.bin_multiple`` and ``settings.size_multiple``. Every engine feeds
-    its backbone this."""
+    ``sign(v) log(1 + |v|)`` (``mask``), scaled per input by ``FRAME_REFERENCE / density``
+    with ``input_norm: frame`` (``density``: (N,) events per pixel of each input's whole frame,
+    default :func:`frame_density` of ``voxels``), zero-padded at the end of bins, height and
+    width to a multiple of ``settings.bin_multiple`` and ``settings.size_multiple``. Every
+    engine feeds its backbone this."""
+    source = voxels
     if settings.output == "mask":
         voxels = torch.sign(voxels) * torch.log1p(voxels.abs())
+    if settings.input_norm == "frame":
+        if density is None:
+            density = frame_density(source)
+        density = density.to(device=voxels.device, dtype=voxels.dtype)
+        scale = FRAME_REFERENCE / density.clamp_min(FRAME_FLOOR)
+        voxels = voxels * scale.view(-1, *[1] * (voxels.ndim - 1))
     multiples = (settings.bin_multiple, settings.size_multiple, settings.size_multiple)
     padding = [(-size) % step for size, step in zip(voxels.shape[-3:], multiples, strict=True)]
     return F.pad(voxels, (0, padding[2], 0, padding[1], 0, padding[0]))

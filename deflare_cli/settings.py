@@ -151,6 +151,9 @@ ModelOutput = Literal["residual", "mask"]
 # alone (a (1, 2, 2) kernel), which keeps the 8 bins at every level so the network can be deeper
 # than the bins allow, and see further.
 Pooling = Literal["xyt", "xy"]
+# What the backbone's input is divided by: nothing, or the event density of the input's whole
+# 20 ms frame (model.backbone_input), so that a dense scene is judged against its own frame.
+InputNorm = Literal["none", "frame"]
 
 
 class ModelSettings(Frozen):
@@ -176,6 +179,13 @@ class ModelSettings(Frozen):
         "xyt",
         description="xyt: halve time bins and space per level down; xy: space alone, so more "
         "levels fit 8 bins and the network reaches further (5 levels: 108 px)",
+    )
+
+    input_norm: InputNorm = Field(
+        "none",
+        description="frame: scale the backbone's input by a reference density over the events "
+        "per pixel of the input's whole frame (segment), also for crops and tiles; use it with a "
+        "layer_order without GroupNorm ('cr'), whose per-crop statistics would undo it",
     )
 
     @model_validator(mode="after")

@@ -34,9 +34,12 @@ import torch.nn.functional as F
 
 from .codec import count_segments
 from .events import Events
+from .model import frame_density
 from .settings import CodecSettings, TileSettings
 
-Network = Callable[[torch.Tensor], torch.Tensor]  # (N, B, h, w) -> (N, B, h, w)
+# (N, B, h, w) voxels and (N,) events per pixel of the whole frame each was cut from (what a
+# model with ``input_norm: frame`` scales by) -> (N, B, h, w)
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels
 
 # ``auto`` runs tiles only where their windows hold at most this share of the frames' pixels.
@@ -162,7 +165,11 @@ def _windows_cost_less(
 
 
 def run_regions(
-    network: Network, voxels: torch.Tensor, found: list[Region], settings: TileSettings
+    network: Network,
+    voxels: torch.Tensor,
+    found: list[Region],
+    settings: TileSettings,
+    density: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(S, B, H, W) voxels -> the network's output on the given regions, the input elsewhere.
 
@@ -171,13 +178,16 @@ def run_regions(
     zero inputs). With ``size`` and ``halo`` multiples of the network's size multiple, the
     windows also keep its pooling grid, so a core matches the whole frame's output for a halo
     of at least the network's reach (up to GroupNorm). Windows of one shape run in batches of
-    at most ``pass_pixels``.
+    at most ``pass_pixels``. ``density``: (S,) :func:`~.model.frame_density` of the segments
+    (computed where not given), handed to the network with each window.
     """
     output = voxels.clone()
     height, width = voxels.shape[-2:]
+    density = frame_density(voxels) if density is None else density
     for chunk in _passes(found, settings, height, width):
         stacked = torch.stack([voxels[r.segment, :, w[0] : w[1], w[2] : w[3]] for r, w in chunk])
-        for (region, window), patch in zip(chunk, network(stacked), strict=True):
+        patches = network(stacked, density[[region.segment for region, _ in chunk]])
+        for (region, window), patch in zip(chunk, patches, strict=True):
             rows, cols = slice(region.top, region.bottom), slice(region.left, region.right)
             output[region.segment, :, rows, cols] = _core(patch, region, window)
     return output
@@ -217,12 +227,13 @@ def _window(region: Region, halo: int, height: int, width: int) -> Window:
 def run_network(network: Network, voxels: torch.Tensor, settings: TileSettings) -> torch.Tensor:
     """(S, B, H, W) through the network as ``settings.mode`` says: tiles, whole frames, or
     (``auto``) tiles when their windows cover at most half the frames' pixels."""
+    density = frame_density(voxels)
     if settings.mode == "frame":
-        return network(voxels)
+        return network(voxels, density)
     found = regions(voxels, settings)
     if settings.mode == "auto" and not windows_cost_less(voxels, found, settings):
-        return network(voxels)
-    return run_regions(network, voxels, found, settings)
+        return network(voxels, density)
+    return run_regions(network, voxels, found, settings, density)
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,7 @@ class TiledVoxels:
         t0_us: start of segment 0 in microseconds.
         num_segments: segments in the window.
         sensor_size: (height, width) in pixels.
+        density: (S,) :func:`~.model.frame_density` of each segment's whole frame.
         passes: per forward pass, the regions with their windows and the stacked input
             (N, B, window height, window width) float32, as :func:`run_regions` would cut them
             out of the whole grid.
@@ -241,6 +253,7 @@ class TiledVoxels:
     t0_us: int
     num_segments: int
     sensor_size: tuple[int, int]
+    density: torch.Tensor
     passes: list[tuple[list[tuple[Region, Window]], torch.Tensor]]
 
 
@@ -266,9 +279,8 @@ def encode_tiles(
     num_segments = count_segments((t0, end), codec.segment_us)
     height, width = events.sensor_size
     bins = (events.t - t0) // codec.bin_us  # bins counted from t0 across segments
-    busy = _tile_counts(events, bins, num_segments, codec.num_bins, settings.size) >= max(
-        settings.min_events, 1
-    )
+    counts = _tile_counts(events, bins, num_segments, codec.num_bins, settings.size)
+    busy = counts >= max(settings.min_events, 1)
     found = busy_regions(busy.tolist(), height, width, settings)
     if settings.mode == "auto" and not _windows_cost_less(
         (num_segments, height, width), found, settings
@@ -279,7 +291,8 @@ def encode_tiles(
         (chunk, _window_voxels(events, bins, bounds, chunk, codec.num_bins))
         for chunk in _passes(found, settings, height, width)
     ]
-    return TiledVoxels(t0, num_segments, (height, width), passes)
+    density = torch.from_numpy(counts.sum(axis=(1, 2)) / (height * width)).float()
+    return TiledVoxels(t0, num_segments, (height, width), density, passes)
 
 
 def _tile_counts(
@@ -332,6 +345,7 @@ def run_tiles(network: Network, tiled: TiledVoxels) -> list[Core]:
     outside every core pass through unchanged)."""
     cores = []
     for chunk, stacked in tiled.passes:
-        for (region, window), before, after in zip(chunk, stacked, network(stacked), strict=True):
+        outputs = network(stacked, tiled.density[[region.segment for region, _ in chunk]])
+        for (region, window), before, after in zip(chunk, stacked, outputs, strict=True):
             cores.append(Core(region, _core(before, region, window), _core(after, region, window)))
     return cores

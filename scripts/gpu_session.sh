@@ -90,6 +90,11 @@ declare -A RECIPE=(
     # (docs/experiments.md, 2026-12-06). long-ft starts from the shipped weights.
     [long-ft]="16,32,64 0.0003 16 mask xyt 128x128 deflare_cli/weights/default.pt $LONG_CONTEXT"
     [long-mask]="16,32,64 0.0007 16 mask xyt 128x128 - $LONG_CONTEXT"
+    # input divided by its whole frame's event density, no GroupNorm (configs/frame_norm.yaml):
+    # a probe found local densities over the frame's keeping 94.5-99.8% of six real scenes at
+    # the night pairs' threshold, against 33-97% undivided (docs/experiments.md, 2026-12-06)
+    [norm-mask]="16,32,64 0.0007 16 mask xyt 128x128 - configs/frame_norm.yaml"
+    [norm-mask-big]="32,64,128,256 0.0003 16 mask xyt 128x128 - configs/frame_norm.yaml"
 )
 # the settings file of candidate $1 (its recipe's eighth field, default_model.yaml without one)
 config_of() { local config; read -r _ _ _ _ _ _ _ config <<< "${RECIPE[$1]}"

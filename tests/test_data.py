@@ -12,6 +12,7 @@ from conftest import flare_pair, write_deflare, write_pairs
 
 from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.io import Pair, find_pairs
+from deflare_cli.model import frame_density
 from deflare_cli.settings import CodecSettings, DataSettings, ReadSettings, paired_dirs
 from deflare_cli.train import data as data_module
 from deflare_cli.train.data import (
@@ -118,13 +119,15 @@ def test_crops_and_flips_are_deterministic_and_paired(tmp_path: Path) -> None:
     assert any(not torch.equal(samples[0][0], s[0]) for s in samples[1:])
     # input and target are cut and flipped together, from the same place
     full = EventVoxelDataset([entry])[1]
-    for inputs, targets in samples:
+    for inputs, targets, density in samples:
+        assert density == full[2] == frame_density(full[0])  # the whole frame's, not the crop's
         matches = [
             torch.equal(inputs, full[0][..., top : top + 16, left : left + 16].flip(dims))
             and torch.equal(targets, full[1][..., top : top + 16, left : left + 16].flip(dims))
             for top in range(17) for left in range(33) for dims in ([], [-1], [-2], [-1, -2])
         ]  # fmt: skip
         assert any(matches)
+    assert any(frame_density(inputs) != density for inputs, _, density in samples)
 
 
 def test_flare_crops_hold_flare(tmp_path: Path) -> None:
@@ -138,7 +141,7 @@ def test_flare_crops_hold_flare(tmp_path: Path) -> None:
         hits = []
         for epoch in range(40):
             dataset.set_epoch(epoch)
-            inputs, targets = dataset[epoch % len(dataset)]
+            inputs, targets, _ = dataset[epoch % len(dataset)]
             hits.append(bool((inputs != targets).any()))
         return sum(hits) / len(hits)
 
@@ -149,7 +152,7 @@ def test_flare_crops_hold_flare(tmp_path: Path) -> None:
 def test_validation_samples_are_full_frames(tmp_path: Path) -> None:
     pair, cache = _one_pair(tmp_path)
     entry = cache.get(pair, CodecSettings(), ReadSettings())
-    inputs, targets = EventVoxelDataset([entry])[0]
+    inputs, targets, _ = EventVoxelDataset([entry])[0]
     stored = torch.load(entry.path, weights_only=True)
     assert torch.equal(inputs[0], stored["input"][0].float())
     assert torch.equal(targets[0], stored["target"][0].float())

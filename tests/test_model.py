@@ -6,7 +6,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from deflare_cli.model import TrueResidualUNet3D, count_parameters
+from deflare_cli.model import (
+    FRAME_REFERENCE,
+    TrueResidualUNet3D,
+    backbone_input,
+    count_parameters,
+    frame_density,
+)
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 
 
@@ -47,6 +53,37 @@ def test_a_mask_model_only_takes_events_away() -> None:
     assert (output.abs() <= voxels.abs()).all()  # ... never adds events
     assert (output * voxels >= 0).all()  # nor flips a cell's polarity
     assert (output[voxels == 0] == 0).all()
+
+
+def test_frame_norm_scales_the_input_by_its_whole_frames_density() -> None:
+    settings = ModelSettings(f_maps=(8, 16), layer_order="cr", output="mask", input_norm="frame")
+    frames = torch.zeros(2, 1, 8, 32, 32)
+    frames[0, 0, 0, :4, :4] = 1  # 16 events: 1/64 of an event per pixel
+    frames[1, 0, 0, :8, :8] = 1  # 64 events, 4x as dense
+    assert torch.allclose(frame_density(frames), torch.tensor([1 / 64, 1 / 16]))
+    logged = torch.log1p(torch.tensor(1.0))
+    whole = backbone_input(frames, settings)
+    assert torch.allclose(whole[0, 0, 0, 0, 0], logged * FRAME_REFERENCE * 64)
+    assert torch.allclose(whole[1, 0, 0, 0, 0], logged * FRAME_REFERENCE * 16)
+    # a crop is scaled by the density it is given, its whole frame's, not by its own
+    crop = frames[:, :, :, :16, :16]
+    given = backbone_input(crop, settings, frame_density(frames))
+    assert torch.equal(given, whole[:, :, :, :16, :16])
+    assert not torch.equal(backbone_input(crop, settings), given)
+    # without input_norm the density changes nothing
+    plain = settings.model_copy(update={"input_norm": "none"})
+    assert torch.equal(
+        backbone_input(crop, plain, frame_density(frames)),
+        torch.sign(crop) * torch.log1p(crop.abs()),
+    )
+    # the same events in a denser frame are scored otherwise
+    torch.manual_seed(0)
+    model = TrueResidualUNet3D(settings).eval()
+    torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 1.0)
+    with torch.no_grad():
+        sparse = model(crop[:1], raw=True, density=torch.tensor([1 / 64]))
+        dense = model(crop[:1], raw=True, density=torch.tensor([1.0]))
+    assert not torch.allclose(sparse, dense)
 
 
 def test_the_mask_output_goes_with_the_mask_loss() -> None:

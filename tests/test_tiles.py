@@ -9,7 +9,7 @@ import torch
 
 from deflare_cli.codec import events_to_voxel
 from deflare_cli.events import Events, make_events, sort_by_time
-from deflare_cli.model import TrueResidualUNet3D
+from deflare_cli.model import TrueResidualUNet3D, frame_density
 from deflare_cli.settings import CodecSettings, ModelSettings, TileSettings
 from deflare_cli.tiles import (
     Region,
@@ -23,10 +23,13 @@ from deflare_cli.tiles import (
 )
 
 
-def conv_only_network(f_maps: tuple[int, ...], pooling: str = "xyt") -> TrueResidualUNet3D:
+def conv_only_network(
+    f_maps: tuple[int, ...], pooling: str = "xyt", input_norm: str = "none"
+) -> TrueResidualUNet3D:
     """Convolutions and ReLUs without GroupNorm: nothing reaches further than the kernels."""
     torch.manual_seed(0)
-    settings = ModelSettings(f_maps=f_maps, layer_order="cr", pooling=pooling)
+    settings = ModelSettings(f_maps=f_maps, layer_order="cr", pooling=pooling,
+                             input_norm=input_norm)  # fmt: skip
     model = TrueResidualUNet3D(settings).eval()
     torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.1)
     return model
@@ -34,8 +37,8 @@ def conv_only_network(f_maps: tuple[int, ...], pooling: str = "xyt") -> TrueResi
 
 def as_network(model: TrueResidualUNet3D):
     @torch.no_grad()
-    def network(voxels: torch.Tensor) -> torch.Tensor:
-        return model(voxels[:, None])[:, 0]
+    def network(voxels: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+        return model(voxels[:, None], density=density)[:, 0]
 
     return network
 
@@ -58,12 +61,15 @@ def test_reach_is_what_the_network_reaches(f_maps: tuple[int, ...], pooling: str
     assert reach == model.settings.reach_px
 
 
-def test_tiles_with_a_full_halo_equal_the_whole_frame() -> None:
-    model = conv_only_network((16, 32, 64))
+@pytest.mark.parametrize("input_norm", ["none", "frame"])
+def test_tiles_with_a_full_halo_equal_the_whole_frame(input_norm: str) -> None:
+    # with input_norm frame, each window is scaled by its whole segment's density, not its own
+    model = conv_only_network((16, 32, 64), input_norm=input_norm)
     torch.manual_seed(1)
     # 2 segments, 100 x 140: tiles of 32 with partial ones at the right and bottom edges
     voxels = (torch.rand(2, 8, 100, 140) < 0.05).float() * torch.randint(-2, 3, (2, 8, 100, 140))
-    whole = as_network(model)(voxels)
+    voxels[1, :, :50] *= 4  # the segments' densities differ
+    whole = as_network(model)(voxels, frame_density(voxels))
     for pass_pixels in (80 * 80, 100 * 140):  # one tile per window; merged windows
         settings = TileSettings(mode="tiles", size=32, halo=model.settings.reach_px,
                                 min_events=0, pass_pixels=pass_pixels)  # fmt: skip
@@ -93,7 +99,7 @@ def test_quiet_tiles_pass_through_unchanged() -> None:
 def test_auto_runs_whole_frames_when_tiles_would_cost_more() -> None:
     calls = []
 
-    def network(voxels: torch.Tensor) -> torch.Tensor:
+    def network(voxels: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
         calls.append(tuple(voxels.shape))
         return voxels
 
@@ -196,10 +202,11 @@ def clustered_events(size: tuple[int, int] = (100, 140), seed: int = 0) -> Event
     return sort_by_time(make_events(t, x, y, p, size, span_us=(0, 40_000)))
 
 
-def test_tiles_encoded_from_events_are_those_of_the_grid() -> None:
+@pytest.mark.parametrize("input_norm", ["none", "frame"])
+def test_tiles_encoded_from_events_are_those_of_the_grid(input_norm: str) -> None:
     events, codec = clustered_events(), CodecSettings()
     voxels = events_to_voxel(events, codec).data
-    network = as_network(conv_only_network((8, 16)))
+    network = as_network(conv_only_network((8, 16), input_norm=input_norm))
     settings = TileSettings(mode="tiles", size=32, halo=16, min_events=8)
     found = regions(voxels, settings)
     assert len(found) >= 2 and event_counts(voxels, 32)[0, 3, 3] == 0  # the cancelling cell's
@@ -207,6 +214,7 @@ def test_tiles_encoded_from_events_are_those_of_the_grid() -> None:
                    for r in found)  # fmt: skip
     tiled = encode_tiles(events, codec, settings)
     assert tiled is not None and tiled.num_segments == 2 and tiled.t0_us == 0
+    assert torch.allclose(tiled.density, frame_density(voxels))
     whole = run_regions(network, voxels, found, settings)
     cores = run_tiles(network, tiled)
     assert {core.region for core in cores} == set(found) and len(cores) == len(found)
@@ -214,7 +222,7 @@ def test_tiles_encoded_from_events_are_those_of_the_grid() -> None:
         cells = (core.region.segment, slice(None), slice(core.region.top, core.region.bottom),
                  slice(core.region.left, core.region.right))  # fmt: skip
         assert torch.equal(core.input, voxels[cells])
-        assert torch.equal(core.output, whole[cells])
+        assert torch.allclose(core.output, whole[cells], rtol=1e-5, atol=1e-6)
         assert not torch.equal(core.output, core.input)
 
 

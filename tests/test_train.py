@@ -362,6 +362,27 @@ def test_a_network_pooling_space_alone_trains_and_deflares(tmp_path: Path, pairs
     assert bad.exit_code == 1 and "pooling xy" in bad.output
 
 
+def test_a_frame_normalised_network_trains_and_deflares(tmp_path: Path, pairs_dir: Path) -> None:
+    """configs/frame_norm.yaml: crops are scaled by their whole frame's density in training,
+    the checkpoint keeps input_norm, and deflare runs it on tiles and on whole frames."""
+    run_dir = tmp_path / "run"
+    config = Path(__file__).parents[1] / "configs" / "frame_norm.yaml"
+    args = ["train", "--config", str(config), "--data-dir", str(pairs_dir), "--val-dir",
+            str(pairs_dir), "--run-dir",
+            str(run_dir), "--max-steps", "2", "--crop", "32x32", "--f-maps", "8,16",
+            "--batch-size", "2", "--val-every", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_checkpoint(run_dir / "last.pt")["settings"]["model"]
+    assert model["input_norm"] == "frame" and model["layer_order"] == "cr"
+    source = pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"
+    for tiling in ("tiles", "frame"):
+        result = CliRunner().invoke(app, ["deflare", str(source), str(tmp_path / f"{tiling}.h5"),
+                                          "--checkpoint", str(run_dir / "last.pt"),
+                                          "--tiling", tiling])  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
     """torchrun with gloo: both ranks hold identical weights; only rank 0 writes checkpoints."""
     worker = Path(__file__).parent / "ddp_worker.py"

@@ -25,6 +25,7 @@ from ..codec import events_to_voxel, segment_grid
 from ..errors import DeflareError
 from ..events import Events
 from ..io import Pair, atomic_output, find_pairs, read_pair
+from ..model import frame_density
 from ..progress import Progress, map_jobs, no_progress
 from ..settings import CodecSettings, DataSettings, ReadSettings, TrainSettings, paired_dirs
 
@@ -180,7 +181,9 @@ def split_pairs(
 
 
 class EventVoxelDataset(Dataset):
-    """Segment pairs ``(input, target)``, each (1, B, h, w) float32.
+    """Segment pairs ``(input, target, density)``: (1, B, h, w) float32 each, and the events
+    per pixel of the input's whole frame (``model.frame_density``, before any crop: what a
+    model with ``input_norm: frame`` scales a crop by, as deflare does a tile).
 
     Training samples are random crops with random flips; their randomness is a function of
     (seed, epoch, index) alone, so a resumed run draws exactly the samples the first run would
@@ -203,6 +206,7 @@ class EventVoxelDataset(Dataset):
         self.epoch = 0
         self.items = [(e, s) for e, entry in enumerate(entries) for s in range(entry.num_segments)]
         self._open: dict[int, dict[str, torch.Tensor]] = {}
+        self._densities: dict[tuple[int, int], torch.Tensor] = {}
         for entry in entries:
             if crop and (crop[0] > entry.sensor_size[0] or crop[1] > entry.sensor_size[1]):
                 raise DeflareError(
@@ -217,15 +221,18 @@ class EventVoxelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         entry_index, segment = self.items[index]
         tensors = self._tensors(entry_index)
         inputs = tensors["input"][segment]
         targets = tensors["target"][segment]
+        if (entry_index, segment) not in self._densities:  # once: a whole frame's sum
+            self._densities[entry_index, segment] = frame_density(inputs[None].float())[0]
+        density = self._densities[entry_index, segment]
         if self.crop is not None or self.flips:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             inputs, targets = self._augment(inputs, targets, rng)
-        return inputs.float().unsqueeze(0), targets.float().unsqueeze(0)
+        return inputs.float().unsqueeze(0), targets.float().unsqueeze(0), density
 
     def _augment(
         self, inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator

@@ -207,8 +207,8 @@ class Trainer:
         checkpoints; returns their losses."""
         losses: list[float] = []
         while True:
-            for inputs, targets in self._epoch_batches():
-                losses.append(self._step(inputs, targets, losses))
+            for inputs, targets, density in self._epoch_batches():
+                losses.append(self._step(inputs, targets, density, losses))
                 if len(losses) == count:
                     return losses
             self._next_epoch()
@@ -228,7 +228,7 @@ class Trainer:
             dist.broadcast(late, src=0)  # all ranks stop at the same step
         return bool(late.item())
 
-    def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The current epoch's batches, from where the position stands in it."""
         position = self.position
         self.train_set.set_epoch(position.epoch)
@@ -236,9 +236,15 @@ class Trainer:
         self.network.train()
         return iter(self.loader)
 
-    def _step(self, inputs: torch.Tensor, targets: torch.Tensor, losses: list[float]) -> float:
+    def _step(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        density: torch.Tensor,
+        losses: list[float],
+    ) -> float:
         """One optimizer step, counted and reported; returns its loss."""
-        loss = self.train_step(inputs, targets)
+        loss = self.train_step(inputs, targets, density)
         self.position.step += 1
         self.position.step_in_epoch += 1
         self._report([*losses, loss])
@@ -254,8 +260,8 @@ class Trainer:
         (across epochs, so short epochs do not validate more often), else at each epoch's end;
         and at the end of a ``max_steps``/``max_minutes`` budget or of the last epoch."""
         losses = self.pending_losses
-        for inputs, targets in self._epoch_batches():
-            losses.append(self._step(inputs, targets, losses))
+        for inputs, targets, density in self._epoch_batches():
+            losses.append(self._step(inputs, targets, density, losses))
             step = self.position.step
             if self.settings.val_every and step % self.settings.val_every == 0:
                 self._validate_and_log(losses, started)
@@ -276,12 +282,17 @@ class Trainer:
             losses.clear()
         self._save("last.pt")
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """One optimizer step on a batch (N, 1, B, h, w); returns the batch's loss."""
+    def train_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, density: torch.Tensor | None = None
+    ) -> float:
+        """One optimizer step on a batch (N, 1, B, h, w); ``density``: (N,) events per pixel of
+        each crop's whole frame (default: the crops are whole frames); returns the batch's loss."""
         inputs, targets = self._to_device(inputs), self._to_device(targets)
         raw = self.settings.loss == "mask"  # the loss takes the removal logits
+        if density is not None:
+            density = density.to(self.cluster.device)
         with autocast(self.cluster.device, self.dtype):
-            outputs = self.network(inputs, raw=raw)
+            outputs = self.network(inputs, raw=raw, density=density)
         loss = training_loss(self.settings.loss, outputs.float(), inputs, targets)
         if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
             raise DeflareError(

@@ -37,10 +37,10 @@ def validate(
     loader = DataLoader(dataset, batch_sampler=batches)
     model_rows, raw_rows = [], []
     ranking = RemovalRanking()
-    for done, (inputs, targets) in enumerate(loader, start=1):
+    for done, (inputs, targets, density) in enumerate(loader, start=1):
         batch = inputs.to(device).contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, dtype):
-            outputs = model(batch).float().cpu()
+            outputs = model(batch, density=density.to(device)).float().cpu()
         ranking.add(inputs, outputs, targets)
         outputs = outputs.round()
         for output, source, target in zip(outputs, inputs, targets, strict=True):
