@@ -184,8 +184,8 @@ class ModelSettings(Frozen):
     input_norm: InputNorm = Field(
         "none",
         description="frame: scale the backbone's input by a reference density over the events "
-        "per pixel of the input's whole frame (segment), also for crops and tiles; use it with a "
-        "layer_order without GroupNorm ('cr'), whose per-crop statistics would undo it",
+        "per pixel of the input's whole frame (segment), also for crops and tiles; use it with "
+        "BatchNorm (layer_order 'bcr'): GroupNorm's per-crop statistics would undo it",
     )
 
     @model_validator(mode="after")

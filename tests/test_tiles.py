@@ -24,11 +24,12 @@ from deflare_cli.tiles import (
 
 
 def conv_only_network(
-    f_maps: tuple[int, ...], pooling: str = "xyt", input_norm: str = "none"
+    f_maps: tuple[int, ...], pooling: str = "xyt", input_norm: str = "none", order: str = "cr"
 ) -> TrueResidualUNet3D:
-    """Convolutions and ReLUs without GroupNorm: nothing reaches further than the kernels."""
+    """Convolutions and ReLUs without GroupNorm (BatchNorm with ``order`` bcr, fixed in eval
+    mode): nothing reaches further than the kernels."""
     torch.manual_seed(0)
-    settings = ModelSettings(f_maps=f_maps, layer_order="cr", pooling=pooling,
+    settings = ModelSettings(f_maps=f_maps, layer_order=order, pooling=pooling,
                              input_norm=input_norm)  # fmt: skip
     model = TrueResidualUNet3D(settings).eval()
     torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.1)
@@ -61,10 +62,12 @@ def test_reach_is_what_the_network_reaches(f_maps: tuple[int, ...], pooling: str
     assert reach == model.settings.reach_px
 
 
-@pytest.mark.parametrize("input_norm", ["none", "frame"])
-def test_tiles_with_a_full_halo_equal_the_whole_frame(input_norm: str) -> None:
+@pytest.mark.parametrize(
+    ("input_norm", "order"), [("none", "cr"), ("frame", "cr"), ("frame", "bcr")]
+)
+def test_tiles_with_a_full_halo_equal_the_whole_frame(input_norm: str, order: str) -> None:
     # with input_norm frame, each window is scaled by its whole segment's density, not its own
-    model = conv_only_network((16, 32, 64), input_norm=input_norm)
+    model = conv_only_network((16, 32, 64), input_norm=input_norm, order=order)
     torch.manual_seed(1)
     # 2 segments, 100 x 140: tiles of 32 with partial ones at the right and bottom edges
     voxels = (torch.rand(2, 8, 100, 140) < 0.05).float() * torch.randint(-2, 3, (2, 8, 100, 140))

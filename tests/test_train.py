@@ -374,7 +374,7 @@ def test_a_frame_normalised_network_trains_and_deflares(tmp_path: Path, pairs_di
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     model = load_checkpoint(run_dir / "last.pt")["settings"]["model"]
-    assert model["input_norm"] == "frame" and model["layer_order"] == "cr"
+    assert model["input_norm"] == "frame" and model["layer_order"] == "bcr"
     source = pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"
     for tiling in ("tiles", "frame"):
         result = CliRunner().invoke(app, ["deflare", str(source), str(tmp_path / f"{tiling}.h5"),
