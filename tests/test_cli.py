@@ -289,7 +289,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "synth_sparse.yaml": SynthSettings,
                    "synth_sparse_textured.yaml": SynthSettings,
                    "default_model_sparse.yaml": TrainSettings,
-                   "long_context.yaml": TrainSettings}  # fmt: skip
+                   "long_context.yaml": TrainSettings,
+                   "frame_norm.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))
