@@ -52,7 +52,7 @@ def settings_for(run_dir: Path, data_dir: Path, **overrides) -> TrainSettings:
 
 def mse_on(model: torch.nn.Module, dataset: EventVoxelDataset) -> float:
     with torch.no_grad():
-        errors = [((model(x[None]) - y[None]) ** 2).mean() for x, y in dataset]
+        errors = [((model(x[None], density=d[None]) - y[None]) ** 2).mean() for x, y, d in dataset]
     return float(torch.stack(errors).mean())
 
 
@@ -137,10 +137,10 @@ def test_training_a_mask_model_learns_which_events_are_flare(
     )
     untrained = TrueResidualUNet3D(settings.model)
     with torch.no_grad():
-        before = [mask_loss(untrained(x[None], raw=True), x[None], y[None])
-                  for x, y in trainer.train_set]  # fmt: skip
-        after = [mask_loss(trainer.model(x[None], raw=True), x[None], y[None])
-                 for x, y in trainer.train_set]  # fmt: skip
+        before = [mask_loss(untrained(x[None], raw=True, density=d[None]), x[None], y[None])
+                  for x, y, d in trainer.train_set]  # fmt: skip
+        after = [mask_loss(trainer.model(x[None], raw=True, density=d[None]), x[None], y[None])
+                 for x, y, d in trainer.train_set]  # fmt: skip
     assert float(torch.stack(after).mean()) < 0.5 * float(torch.stack(before).mean())
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
