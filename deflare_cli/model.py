@@ -90,12 +90,11 @@ def backbone_input(
     default :func:`frame_density` of ``voxels``), zero-padded at the end of bins, height and
     width to a multiple of ``settings.bin_multiple`` and ``settings.size_multiple``. Every
     engine feeds its backbone this."""
-    source = voxels
+    if settings.input_norm == "frame" and density is None:
+        density = frame_density(voxels)
     if settings.output == "mask":
         voxels = torch.sign(voxels) * torch.log1p(voxels.abs())
     if settings.input_norm == "frame":
-        if density is None:
-            density = frame_density(source)
         density = density.to(device=voxels.device, dtype=voxels.dtype)
         scale = FRAME_REFERENCE / density.clamp_min(FRAME_FLOOR)
         voxels = voxels * scale.view(-1, *[1] * (voxels.ndim - 1))

@@ -38,8 +38,8 @@ from .model import frame_density
 from .settings import CodecSettings, TileSettings
 
 # (N, B, h, w) voxels and (N,) events per pixel of the whole frame each was cut from (what a
-# model with ``input_norm: frame`` scales by) -> (N, B, h, w)
-Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# model with ``input_norm: frame`` scales by; None: they are whole frames) -> (N, B, h, w)
+Network = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 Window = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels
 
 # ``auto`` runs tiles only where their windows hold at most this share of the frames' pixels.
@@ -169,7 +169,6 @@ def run_regions(
     voxels: torch.Tensor,
     found: list[Region],
     settings: TileSettings,
-    density: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(S, B, H, W) voxels -> the network's output on the given regions, the input elsewhere.
 
@@ -178,12 +177,12 @@ def run_regions(
     zero inputs). With ``size`` and ``halo`` multiples of the network's size multiple, the
     windows also keep its pooling grid, so a core matches the whole frame's output for a halo
     of at least the network's reach (up to GroupNorm). Windows of one shape run in batches of
-    at most ``pass_pixels``. ``density``: (S,) :func:`~.model.frame_density` of the segments
-    (computed where not given), handed to the network with each window.
+    at most ``pass_pixels``. Each window goes with its segment's
+    :func:`~.model.frame_density`.
     """
     output = voxels.clone()
     height, width = voxels.shape[-2:]
-    density = frame_density(voxels) if density is None else density
+    density = frame_density(voxels)
     for chunk in _passes(found, settings, height, width):
         stacked = torch.stack([voxels[r.segment, :, w[0] : w[1], w[2] : w[3]] for r, w in chunk])
         patches = network(stacked, density[[region.segment for region, _ in chunk]])
@@ -226,14 +225,14 @@ def _window(region: Region, halo: int, height: int, width: int) -> Window:
 
 def run_network(network: Network, voxels: torch.Tensor, settings: TileSettings) -> torch.Tensor:
     """(S, B, H, W) through the network as ``settings.mode`` says: tiles, whole frames, or
-    (``auto``) tiles when their windows cover at most half the frames' pixels."""
-    density = frame_density(voxels)
+    (``auto``) tiles when their windows cover at most half the frames' pixels. Whole frames go
+    without a density: a model that needs one takes it from them."""
     if settings.mode == "frame":
-        return network(voxels, density)
+        return network(voxels, None)
     found = regions(voxels, settings)
     if settings.mode == "auto" and not windows_cost_less(voxels, found, settings):
-        return network(voxels, density)
-    return run_regions(network, voxels, found, settings, density)
+        return network(voxels, None)
+    return run_regions(network, voxels, found, settings)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_tiles_with_a_full_halo_equal_the_whole_frame(input_norm: str, order: st
     # 2 segments, 100 x 140: tiles of 32 with partial ones at the right and bottom edges
     voxels = (torch.rand(2, 8, 100, 140) < 0.05).float() * torch.randint(-2, 3, (2, 8, 100, 140))
     voxels[1, :, :50] *= 4  # the segments' densities differ
-    whole = as_network(model)(voxels, frame_density(voxels))
+    whole = as_network(model)(voxels, None)  # whole frames: the model takes their density
     for pass_pixels in (80 * 80, 100 * 140):  # one tile per window; merged windows
         settings = TileSettings(mode="tiles", size=32, halo=model.settings.reach_px,
                                 min_events=0, pass_pixels=pass_pixels)  # fmt: skip
