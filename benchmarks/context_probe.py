@@ -13,10 +13,12 @@ first segment) and centred on it (around: what a network on longer segments sees
 densities divided by the frame's density (all events of the segment over the sensor's pixels:
 input normalisation) or by the density within 64 px (as GroupNorm standardises a 128 px crop);
 the frame's density itself, and the densest 17 px box in view with each event's distance from
-it (where a light would be); with ``--checkpoint``, also the network's removal share
-(``event_scores.py``). A gradient-boosted classifier per feature set is trained on the even
-pairs and scored on the odd ones, then the other way round, and the table gives both halves'
-ROC AUC and the flare removed at 97% of the other events kept. Needs scikit-learn (dev install).
+it (where a light would be) and its polarity against that light's motion (``dipole``: the
+ON events around the box lie ahead of the OFF ones, and a moving light's flare fires ON
+ahead); with ``--checkpoint``, also the network's removal share (``event_scores.py``). A
+gradient-boosted classifier per feature set is trained on the even pairs and scored on the odd
+ones, then the other way round, and the table gives both halves' ROC AUC and the flare removed
+at 97% of the other events kept. Needs scikit-learn (dev install).
 
     python benchmarks/context_probe.py CHECK_DIR --train-dir DIR [DIR ...] --recordings REC ...
 
@@ -62,6 +64,8 @@ AROUND = [f"around{n}_{r}" for n in AROUND_SEGMENTS for r in HISTORY_PX]
 LIGHT_PX = 8  # the box whose densest place in view stands for the brightest light
 LIGHT = ["peak", "peak_distance"]
 LIGHT_AROUND = [f"around{max(AROUND_SEGMENTS)}_{name}" for name in LIGHT]
+DIPOLE_PX = (24, 160)  # the events around the light whose ON-OFF offset gives its motion
+DIPOLE = [f"dipole{r}" for r in DIPOLE_PX]
 FEATURE_SETS = {
     "local (20 ms, up to 24 px)": LOCAL,
     "local, polarity-blind": [f"all{r}" for r in LOCAL_PX],
@@ -77,6 +81,7 @@ FEATURE_SETS = {
     "local + frame density": [*LOCAL, "frame"],
     "local + frame + light": [*LOCAL, "frame", *LIGHT],
     "local + frame + light (300 ms)": [*LOCAL, "frame", *LIGHT_AROUND],
+    "local + frame + light + dipole": [*LOCAL, "frame", *LIGHT, *DIPOLE],
 }
 # the long densities are counts over the whole pair, which no other recording's length shares
 TRANSFER_SETS = {
@@ -109,15 +114,40 @@ def box_densities(
     return means
 
 
-def light_features(counts: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
+def light_centre(counts: np.ndarray) -> tuple[float, tuple[int, int]]:
     """(the highest mean of ``counts`` over a box of half-width ``LIGHT_PX`` anywhere in view,
-    each (y, x)'s distance in pixels from that box's centre): where the brightest light would
-    be, if there is one, and how far each event lies from it."""
+    that box's centre): where the brightest light would be, if there is one."""
     from scipy.ndimage import uniform_filter
 
     smooth = uniform_filter(counts, size=2 * LIGHT_PX + 1, mode="constant")
     top = np.unravel_index(np.argmax(smooth), smooth.shape)
-    return float(smooth[top]), np.hypot(y - top[0], x - top[1])
+    return float(smooth[top]), (int(top[0]), int(top[1]))
+
+
+def light_features(counts: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """(:func:`light_centre`'s peak, each (y, x)'s distance in pixels from its centre)."""
+    peak, (top, left) = light_centre(counts)
+    return peak, np.hypot(y - top, x - left)
+
+
+def dipole_coherence(
+    y: np.ndarray, x: np.ndarray, polarity: np.ndarray, centre: tuple[int, int], radius: int
+) -> np.ndarray:
+    """How well each event's polarity agrees with a light moving across the sensor, from -1
+    to 1. A light and its flare brighten on the side it moves towards and dim behind it, so
+    the ON events within ``radius`` of ``centre`` lie ahead of the OFF ones; their offset is
+    the direction of motion. An event at angle a from that direction, seen from the centre,
+    scores its polarity times cos(a): flare fires ON ahead and OFF behind (positive), scene
+    edges either way. Zero where either polarity has fewer than 3 events within reach."""
+    dy, dx = y - centre[0], x - centre[1]
+    near = np.hypot(dy, dx) < radius
+    on, off = near & (polarity > 0), near & (polarity < 0)
+    if on.sum() < 3 or off.sum() < 3:
+        return np.zeros(len(y))
+    motion = np.array([y[on].mean() - y[off].mean(), x[on].mean() - x[off].mean()])
+    length = np.hypot(*motion) * np.hypot(dy, dx)
+    cosine = (dy * motion[0] + dx * motion[1]) / np.where(length > 0, length, 1.0)
+    return np.sign(polarity) * np.where(length > 0, cosine, 0.0)
 
 
 def _count_map(events: Events, chosen: np.ndarray) -> np.ndarray:
@@ -150,9 +180,12 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
             columns[f"opposite{radius}"][inside] = np.where(positive, off, on)
             columns[f"all{radius}"][inside] = on + off
         columns["frame"][inside] = inside.sum() / maps[index].size
-        columns["peak"][inside], columns["peak_distance"][inside] = light_features(
-            maps[index], here_y, here_x
-        )
+        columns["peak"][inside], centre = light_centre(maps[index])
+        columns["peak_distance"][inside] = np.hypot(here_y - centre[0], here_x - centre[1])
+        for radius in DIPOLE_PX:
+            columns[f"dipole{radius}"][inside] = dipole_coherence(
+                here_y, here_x, events.p[inside], centre, radius
+            )
         wide = box_densities(maps[index], here_y, here_x, WIDE_PX)
         for radius, density in zip(WIDE_PX, wide, strict=True):
             columns[f"all{radius}"][inside] = density

@@ -21,6 +21,7 @@ from context_probe import (  # noqa: E402
     SEGMENT_US,
     TRANSFER_SETS,
     box_density,
+    dipole_coherence,
     event_features,
     probe,
     transfer,
@@ -72,6 +73,23 @@ def test_history_and_around_are_mean_densities_of_the_segments_before_and_around
                     max(row - radius, 0) : row + radius + 1, max(col - radius, 0) : col + radius + 1
                 ]
                 assert np.isclose(value, box.mean())
+
+
+def test_dipole_coherence_scores_polarity_against_the_lights_motion() -> None:
+    # a light at (50, 50) moving right: ON events ahead of it (x > 50), OFF ones behind
+    rng = np.random.default_rng(2)
+    y = np.concatenate([rng.integers(45, 56, 20), rng.integers(45, 56, 20)])
+    x = np.concatenate([rng.integers(52, 60, 20), rng.integers(40, 48, 20)])
+    polarity = np.repeat([1, -1], 20)
+    coherence = dipole_coherence(y, x, polarity, (50, 50), 24)
+    assert (coherence > 0).all() and coherence.max() <= 1
+    # flare right of the light firing ON scores +1; OFF there, or ON straight above, less
+    probe_y, probe_x = np.array([50, 50, 20]), np.array([90, 90, 50])
+    scores = dipole_coherence(np.concatenate([y, probe_y]), np.concatenate([x, probe_x]),
+                              np.concatenate([polarity, [1, -1, 1]]), (50, 50), 24)  # fmt: skip
+    assert scores[-3] > 0.95 and scores[-2] < -0.95 and abs(scores[-1]) < 0.2
+    # too few events of one polarity near the light: no motion to score against
+    assert not dipole_coherence(y[:22], x[:22], polarity[:22], (50, 50), 24).any()
 
 
 def test_the_probe_scores_every_feature_set_on_both_halves(tmp_path: Path) -> None:
