@@ -629,8 +629,8 @@ def calibrate(
 ) -> None:
     """Choose the removal margin that keeps --min-kept of the non-flare events; export the model
     with it (deflare deflare then uses it by default)."""
+    from .calibrate import LONE_EVENT_MARGIN, default_output
     from .calibrate import calibrate as run_calibration
-    from .calibrate import default_output
 
     with reporting_errors():
         target = output or default_output(checkpoint)
@@ -654,7 +654,8 @@ def calibrate(
             result = run_calibration(settings, progress)
     table = Table(title=f"calibration on {result.pairs} pairs")
     below = f"pairs keeping < {settings.min_kept:.0%}"
-    for column in ("margin", "flare removed", "non-flare kept", below):
+    columns = ("margin", "flare removed", "non-flare kept", below, "a perfect model's reach")
+    for column in columns:
         table.add_column(column, justify="right")
     for score in result.scores:
         chosen = " *" if score.margin == result.margin else ""
@@ -663,8 +664,16 @@ def calibrate(
             f"{score.flare_recall:.1%}",
             f"{score.non_flare_kept:.1%}",
             f"{score.pairs_below(settings.min_kept)} of {len(score.others_kept)}",
+            f"{score.reachable:.1%}",
         )
     _wide_console().print(table)
+    if result.margin is not None and result.margin > LONE_EVENT_MARGIN:
+        chosen = next(score for score in result.scores if score.margin == result.margin)
+        say(
+            f"[yellow]note:[/] above margin {LONE_EVENT_MARGIN} no cell holding a single event "
+            f"loses it: a perfect model could remove only {chosen.reachable:.1%} of these pairs' "
+            "flare there, and sparse flare (one event per cell, as at night) stays in place"
+        )
     if result.margin is None:
         bound = (
             f" with at most {settings.max_share_below:.0%} of the pairs below it"

@@ -12,14 +12,21 @@ from conftest import flare_pair, write_deflare
 from test_infer import write_checkpoint
 from typer.testing import CliRunner
 
-from deflare_cli.calibrate import MARGINS, MarginScore, calibrate, choose_margin
+from deflare_cli.calibrate import (
+    MARGINS,
+    MarginScore,
+    calibrate,
+    choose_margin,
+    reachable_flare,
+)
 from deflare_cli.checkpoint import calibrated_margin, export_checkpoint, load_checkpoint
 from deflare_cli.cli import app
 from deflare_cli.errors import InputError
+from deflare_cli.events import make_events
 from deflare_cli.infer import deflare, load_deflarer, removal_counts
 from deflare_cli.io import read_events
 from deflare_cli.metrics import event_scores, kept_mask
-from deflare_cli.settings import CalibrateSettings, InferSettings
+from deflare_cli.settings import CalibrateSettings, CodecSettings, InferSettings
 
 
 def test_removal_counts_round_with_a_margin() -> None:
@@ -31,6 +38,19 @@ def test_removal_counts_round_with_a_margin() -> None:
     assert removal_counts(net, predicted, 0.9).tolist() == [0, 0, 0, 0, 1, 0, 0]
     # a negative event where the model wants a positive one: remove it, and add one
     assert removal_counts(torch.tensor([-1.0]), torch.tensor([0.9]), 0.3).tolist() == [-2]
+
+
+def test_a_perfect_model_reaches_lone_flare_events_up_to_margin_one_half() -> None:
+    # bins of 2.5 ms: three lone ON flare events, a cell of three ON ones, a cell of one ON and
+    # one OFF (net 0: nothing to remove), and two scene events
+    t = np.array([0, 100, 200, 300, 400, 500, 600, 700, 5_000, 6_000])
+    x = np.array([1, 2, 3, 5, 5, 5, 7, 7, 9, 9])
+    p = np.array([1, 1, 1, 1, 1, 1, 1, -1, 1, -1])
+    events = make_events(t, x, np.zeros(10, int), p, (4, 12))
+    flare = np.array([True] * 8 + [False] * 2)
+    reach = reachable_flare(events, flare, CodecSettings(), [0.0, 0.5, 0.55, 0.9])
+    assert reach == [6 / 8, 6 / 8, 2 / 8, 2 / 8]
+    assert np.isnan(reachable_flare(events, ~np.ones(10, bool), CodecSettings(), [0.0])).all()
 
 
 def labelled_pairs(folder: Path, count: int) -> Path:
@@ -127,6 +147,18 @@ def test_calibrate_command_takes_the_bound_and_stores_it(tmp_path: Path, remover
         assert load_checkpoint(outputs[bound])["notes"]["max_share_below"] == float(bound)
     assert calibrated_margin(outputs["1"]) == first.margin
     assert calibrated_margin(outputs["0"]) > first.margin
+    # the mean keeps 99.7% first above margin 0.5, where no lone event can go: deflare says so
+    for min_kept, note in (("0.997", True), ("0.9", False)):
+        result = CliRunner().invoke(
+            app, ["calibrate", str(remover), str(data), "-o", str(tmp_path / "m.pt"),
+                  "--min-kept", min_kept],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert ("no cell holding a single event" in result.output) == note
+        assert "a perfect model's reach" in result.output
+    by_margin = {score.margin: score for score in scores.scores}
+    assert len(by_margin[0.0].flare_reachable) == 2
+    assert by_margin[0.0].reachable > 0.9 > by_margin[0.55].reachable
     result = CliRunner().invoke(
         app, ["calibrate", str(remover), str(data), "--max-share-below", "1.5"]
     )
