@@ -15,10 +15,11 @@ exported model, which ``deflare deflare`` then applies by default. Calibrate on 
 pairs, never on the recordings you will judge the model by.
 
 Above margin 0.5 a cell holding a single event never loses it, whatever the model predicts
-(:func:`deflare_cli.infer.removal_counts`), and no cell is ever emptied. Sparse flare, as at
-night, is almost all such cells: on 16 synthetic night pairs 95% of the flare events sit alone
-in their cell, so above 0.5 even a perfect model could remove 1.8% of it (mean over the pairs). Each
-margin's score therefore also gives the share of the flare a perfect model could remove there
+(:func:`deflare_cli.infer.removal_counts`; at margin ``m`` it goes only where the model predicts
+at most ``0.5 - m``), and no cell is ever emptied. Sparse flare, as at night, is almost all such
+cells: on 16 synthetic night pairs 95% of the flare events sit alone in their cell, so above 0.5
+even a perfect model could remove 1.8% of it (mean over the pairs). Each margin's score
+therefore also gives the share of the flare a perfect model could remove there
 (:func:`reachable_flare`), and a margin above 0.5 is reported as one that leaves sparse flare.
 """
 
