@@ -3,6 +3,7 @@ checkpoints it wrote."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from deflare_cli.devices import start_cluster
 from deflare_cli.settings import DataSettings, ModelSettings, RuntimeSettings, TrainSettings
 from deflare_cli.train import trainer as train_module
 
+faulthandler.enable()  # a rank that aborts (SIGABRT from C++) shows where its threads were
 data_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
 rank = int(os.environ["RANK"])
 saves = out_dir / f"saves_rank{rank}.txt"
