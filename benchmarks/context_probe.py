@@ -66,6 +66,7 @@ LIGHT = ["peak", "peak_distance"]
 LIGHT_AROUND = [f"around{max(AROUND_SEGMENTS)}_{name}" for name in LIGHT]
 DIPOLE_PX = (24, 160)  # the events around the light whose ON-OFF offset gives its motion
 DIPOLE = [f"dipole{r}" for r in DIPOLE_PX]
+LOCAL_BY_FRAME = [f"{key}/frame" for key in LOCAL]
 FEATURE_SETS = {
     "local (20 ms, up to 24 px)": LOCAL,
     "local, polarity-blind": [f"all{r}" for r in LOCAL_PX],
@@ -76,12 +77,20 @@ FEATURE_SETS = {
     "local + wide + history": LOCAL + [f"all{r}" for r in WIDE_PX] + HISTORY,
     "local + around (100, 300 ms centred)": LOCAL + AROUND,
     "local + wide + around": LOCAL + [f"all{r}" for r in WIDE_PX] + AROUND,
-    "local / frame density (normalised input)": [f"{key}/frame" for key in LOCAL],
+    "local / frame density (normalised input)": LOCAL_BY_FRAME,
     "local / 64 px density (as a 128 px crop's)": [f"{key}/all64" for key in LOCAL],
     "local + frame density": [*LOCAL, "frame"],
     "local + frame + light": [*LOCAL, "frame", *LIGHT],
     "local + frame + light (300 ms)": [*LOCAL, "frame", *LIGHT_AROUND],
     "local + frame + light + dipole": [*LOCAL, "frame", *LIGHT, *DIPOLE],
+    "local / frame + light / frame": [*LOCAL_BY_FRAME, "peak/frame", "peak_distance"],
+    "local / frame + light / frame + dipole": [
+        *LOCAL_BY_FRAME,
+        "peak/frame",
+        "peak_distance",
+        *DIPOLE,
+    ],
+    "local / frame + wide / frame": [*LOCAL_BY_FRAME, *(f"all{r}/frame" for r in WIDE_PX)],
 }
 # the long densities are counts over the whole pair, which no other recording's length shares
 TRANSFER_SETS = {
@@ -140,12 +149,12 @@ def dipole_coherence(
     scores its polarity times cos(a): flare fires ON ahead and OFF behind (positive), scene
     edges either way. Zero where either polarity has fewer than 3 events within reach."""
     dy, dx = y - centre[0], x - centre[1]
-    near = np.hypot(dy, dx) < radius
-    on, off = near & (polarity > 0), near & (polarity < 0)
+    distance = np.hypot(dy, dx)
+    on, off = (distance < radius) & (polarity > 0), (distance < radius) & (polarity < 0)
     if on.sum() < 3 or off.sum() < 3:
         return np.zeros(len(y))
     motion = np.array([y[on].mean() - y[off].mean(), x[on].mean() - x[off].mean()])
-    length = np.hypot(*motion) * np.hypot(dy, dx)
+    length = np.hypot(*motion) * distance
     cosine = (dy * motion[0] + dx * motion[1]) / np.where(length > 0, length, 1.0)
     return np.sign(polarity) * np.where(length > 0, cosine, 0.0)
 
@@ -204,8 +213,9 @@ def event_features(events: Events) -> dict[str, np.ndarray]:
                     columns[f"{name}_peak_distance"][inside] = distance
             for radius, density in zip(HISTORY_PX, densities, strict=True):
                 columns[f"{name}_{radius}"][inside] = density
-    for key in LOCAL:
+    for key in [*LOCAL, "peak", *(f"all{r}" for r in WIDE_PX)]:
         columns[f"{key}/frame"] = columns[key] / columns["frame"]
+    for key in LOCAL:
         columns[f"{key}/all64"] = columns[key] / columns["all64"]
     every = _count_map(events, np.ones(len(events), bool))
     for radius, density in zip(LONG_PX, box_densities(every, y, x, LONG_PX), strict=True):

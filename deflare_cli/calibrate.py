@@ -41,7 +41,6 @@ from .progress import Progress, no_progress
 from .settings import CalibrateSettings, CodecSettings
 
 MARGINS = tuple(round(0.05 * step, 2) for step in range(19))  # 0 .. 0.9
-LONE_EVENT_MARGIN = 0.5  # above it no one-event cell loses its event (the module's docstring)
 
 
 @dataclass
@@ -56,22 +55,26 @@ class MarginScore:
     @property
     def flare_recall(self) -> float:
         """Mean over the pairs with flare."""
-        return float(np.mean(self.flare_removed)) if self.flare_removed else float("nan")
+        return _mean(self.flare_removed)
 
     @property
     def reachable(self) -> float:
         """Mean over the pairs with flare of what a perfect model could remove at this margin."""
-        return float(np.mean(self.flare_reachable)) if self.flare_reachable else float("nan")
+        return _mean(self.flare_reachable)
 
     @property
     def non_flare_kept(self) -> float:
         """Mean over the pairs: each recording counts the same, as the do-no-harm check does."""
-        return float(np.mean(self.others_kept)) if self.others_kept else float("nan")
+        return _mean(self.others_kept)
 
     def pairs_below(self, min_kept: float) -> int:
         """Pairs that keep less than ``min_kept`` of their non-flare events: the mean can meet
         the target while some recordings do not (a lit scene, say)."""
         return sum(kept < min_kept for kept in self.others_kept)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 @dataclass

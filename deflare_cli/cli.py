@@ -629,8 +629,9 @@ def calibrate(
 ) -> None:
     """Choose the removal margin that keeps --min-kept of the non-flare events; export the model
     with it (deflare deflare then uses it by default)."""
-    from .calibrate import LONE_EVENT_MARGIN, default_output
     from .calibrate import calibrate as run_calibration
+    from .calibrate import default_output
+    from .infer import LONE_EVENT_MARGIN
 
     with reporting_errors():
         target = output or default_output(checkpoint)
@@ -668,10 +669,10 @@ def calibrate(
         )
     _wide_console().print(table)
     if result.margin is not None and result.margin > LONE_EVENT_MARGIN:
-        chosen = next(score for score in result.scores if score.margin == result.margin)
+        picked = next(score for score in result.scores if score.margin == result.margin)
         say(
             f"[yellow]note:[/] above margin {LONE_EVENT_MARGIN} no cell holding a single event "
-            f"loses it: a perfect model could remove only {chosen.reachable:.1%} of these pairs' "
+            f"loses it: a perfect model could remove only {picked.reachable:.1%} of these pairs' "
             "flare there, and sparse flare (one event per cell, as at night) stays in place"
         )
     if result.margin is None:

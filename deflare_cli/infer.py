@@ -70,6 +70,7 @@ Predicted = torch.Tensor | list[Core]
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "default.pt"
 STAGES = ("read", "encode", "model", "decode", "write")
+LONE_EVENT_MARGIN = 0.5  # removal_counts: above it a one-event cell never loses its event
 
 
 @dataclass
