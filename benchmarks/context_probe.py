@@ -27,7 +27,8 @@ one classifier per feature set (local, wide, history; no network) is trained on 
 the ``--train-dir`` folders, its threshold is set where 97% of CHECK_DIR's non-flare events
 lie at or below it, and each recording (real, without bright lights: scene alone) gets the
 share of its events at or below that threshold (as ``share_gap.py`` does for a network). A
-recording without its sensor size in the file is given as ``PATH:HxW``.
+recording without its sensor size in the file is given as ``PATH:HxW``; ``--sets NAME ...``
+runs only the feature sets named (as the table writes them), since each costs a classifier.
 """
 
 from __future__ import annotations
@@ -271,13 +272,21 @@ def labelled_features(
 
 
 def transfer(
-    train_dirs: list[Path], check_dir: Path, recordings: dict[str, Events]
+    train_dirs: list[Path],
+    check_dir: Path,
+    recordings: dict[str, Events],
+    set_names: list[str] | None = None,
 ) -> list[tuple[str, float, float, dict[str, float]]]:
     """(feature set, ROC AUC on the check pairs, their flare removed at 97% of the rest kept,
-    {recording: share of its events at or below that threshold}) per feature set, for a
-    classifier trained on the pairs of ``train_dirs`` alone; ``recordings`` time-sorted."""
+    {recording: share of its events at or below that threshold}) per feature set of
+    ``TRANSFER_SETS`` (those named in ``set_names``, or all), for a classifier trained on the
+    pairs of ``train_dirs`` alone; ``recordings`` time-sorted."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    unknown = sorted(set(set_names or []) - set(TRANSFER_SETS))
+    if unknown:
+        raise SystemExit(f"--sets: no feature set {unknown}; there are {list(TRANSFER_SETS)}")
+    sets = {name: TRANSFER_SETS[name] for name in set_names} if set_names else TRANSFER_SETS
     train = [file for folder in train_dirs for file in labelled_features(folder)]
     check = labelled_features(check_dir)
     if not train or not check:
@@ -288,7 +297,7 @@ def transfer(
         scene[name] = event_features(events)
     labels = np.concatenate([labels for _, labels in check])
     rows = []
-    for name, keys in TRANSFER_SETS.items():
+    for name, keys in sets.items():
         classifier = HistGradientBoostingClassifier(max_iter=200, random_state=0)
         classifier.fit(_matrix(train, keys), np.concatenate([labels for _, labels in train]))
         scores = classifier.predict_proba(_matrix(check, keys))[:, 1]
@@ -316,9 +325,10 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--train-dir", type=Path, nargs="+", help="train here, check on pairs_dir")
     parser.add_argument("--recordings", nargs="+", default=[], help="PATH or PATH:HxW")
+    parser.add_argument("--sets", nargs="+", help="with --train-dir: only these feature sets")
     args = parser.parse_args()
     if args.train_dir:
-        return print_transfer(args.train_dir, args.pairs_dir, args.recordings)
+        return print_transfer(args.train_dir, args.pairs_dir, args.recordings, args.sets)
     print(f"| features ({args.pairs_dir}) | ROC AUC (two halves) | flare removed at 97% kept |")
     print("|---|---:|---:|")
     for name, aucs, removed in probe(args.pairs_dir, args.checkpoint, args.device):
@@ -326,14 +336,16 @@ def main() -> int:
     return 0
 
 
-def print_transfer(train_dirs: list[Path], check_dir: Path, specs: list[str]) -> int:
+def print_transfer(
+    train_dirs: list[Path], check_dir: Path, specs: list[str], set_names: list[str] | None = None
+) -> int:
     """The transfer table (see the module's docstring)."""
     recordings = dict(read_recording(spec) for spec in specs)
     print(f"Trained on {', '.join(map(str, train_dirs))}; threshold: 97% of {check_dir}'s "
           "non-flare events kept; recordings: share of their events at or below it")  # fmt: skip
     print("| features | ROC AUC | flare removed at 97% kept | " + " | ".join(recordings) + " |")
     print("|---|---:|---:|" + "---:|" * len(recordings))
-    for name, auc, removed, kept in transfer(train_dirs, check_dir, recordings):
+    for name, auc, removed, kept in transfer(train_dirs, check_dir, recordings, set_names):
         shares = " | ".join(f"{kept[recording]:.1%}" for recording in recordings)
         print(f"| {name} | {auc:.3f} | {removed:.1%} | {shares} |")
     return 0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_calibrate import labelled_pairs
 from test_infer import write_checkpoint
 
@@ -119,6 +120,17 @@ def test_transfer_checks_a_recording_against_the_check_pairs_threshold(tmp_path:
         rest, left = (~flare).sum(), (1 - removed) * flare.sum()
         assert (0.97 * rest + left) / len(events) - 1e-9 <= kept["the check pair"]
         assert kept["the check pair"] <= (rest + left) / len(events) + 1e-9
+
+
+def test_transfer_runs_only_the_named_feature_sets(tmp_path: Path) -> None:
+    train = labelled_pairs(tmp_path / "train", 2)
+    check = labelled_pairs(tmp_path / "check", 1)
+    events = read_events(next((check / "background_with_flare_events").iterdir()))
+    name = "local / frame density (normalised input)"
+    every = {row[0]: row for row in transfer([train], check, {"pair": events})}
+    assert transfer([train], check, {"pair": events}, [name]) == [every[name]]
+    with pytest.raises(SystemExit, match="no feature set"):
+        transfer([train], check, {"pair": events}, ["local / nothing"])
 
 
 def test_a_recording_without_its_sensor_size_is_given_one(tmp_path: Path) -> None:
