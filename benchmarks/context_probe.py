@@ -46,8 +46,8 @@ from deflare_cli.settings import paired_dirs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from event_scores import (  # noqa: E402
     KEPT,
-    event_scores,
     read_recording,
+    removal_shares,
     removed_at_kept,
     roc_auc,
 )
@@ -266,7 +266,7 @@ def labelled_features(
         events = read_events(pair.flare_path)
         columns = event_features(events)
         if checkpoint is not None:
-            columns["share"], _ = event_scores(checkpoint, pair.flare_path, device)
+            columns["share"] = removal_shares(checkpoint, events, device)
         files.append((columns, read_flare_labels(pair.flare_path, len(events)).astype(bool)))
     return files
 
@@ -327,6 +327,8 @@ def main() -> int:
     parser.add_argument("--recordings", nargs="+", default=[], help="PATH or PATH:HxW")
     parser.add_argument("--sets", nargs="+", help="with --train-dir: only these feature sets")
     args = parser.parse_args()
+    if args.sets and not args.train_dir:
+        parser.error("--sets chooses feature sets of the transfer table: give --train-dir too")
     if args.train_dir:
         return print_transfer(args.train_dir, args.pairs_dir, args.recordings, args.sets)
     print(f"| features ({args.pairs_dir}) | ROC AUC (two halves) | flare removed at 97% kept |")

@@ -87,13 +87,21 @@ def removal_shares(checkpoint: Path, events: Events, device: str = "cpu") -> np.
     return shares
 
 
+def labelled_shares(
+    checkpoint: Path, path: Path, device: str = "cpu"
+) -> tuple[Events, np.ndarray, np.ndarray]:
+    """(events, removal share, is_flare) of every input event of one labelled file."""
+    events = read_events(path)
+    labels = read_flare_labels(path, len(events))
+    return events, removal_shares(checkpoint, events, device), labels
+
+
 def event_scores(
     checkpoint: Path, path: Path, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(removal share, is_flare) of every input event of one labelled file."""
-    events = read_events(path)
-    labels = read_flare_labels(path, len(events))
-    return removal_shares(checkpoint, events, device), labels
+    _, shares, labels = labelled_shares(checkpoint, path, device)
+    return shares, labels
 
 
 def main() -> int:

@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from event_scores import KEPT, read_recording, removal_shares
+from event_scores import KEPT, labelled_shares, read_recording, removal_shares
 
 from deflare_cli.events import Events
-from deflare_cli.io import find_pairs, read_events, read_flare_labels
+from deflare_cli.io import find_pairs
 from deflare_cli.settings import paired_dirs
 
 QUANTILES = (0.5, 0.9, 0.97, 0.99)
@@ -48,16 +48,14 @@ def smoothed_shares(
     cells = (bins * height + events.y.astype(np.int64)) * width + events.x.astype(np.int64)
     shape = (int(bins.max()) + 1, height, width)
     box = (2 * half_bins + 1, 2 * radius_px + 1, 2 * radius_px + 1)
-    sums, counts = (
-        uniform_filter(
-            np.bincount(cells, weights=weights, minlength=int(np.prod(shape)))
-            .reshape(shape)
-            .astype(np.float32),
-            size=box,
-            mode="constant",
-        ).ravel()[cells]
-        for weights in (shares, None)
-    )
+
+    def box_mean(weights: np.ndarray | None) -> np.ndarray:
+        """Per event: the mean of ``weights`` (None: 1 per event) over its box."""
+        grid = np.bincount(cells, weights=weights, minlength=int(np.prod(shape)))
+        smooth = uniform_filter(grid.reshape(shape).astype(np.float32), size=box, mode="constant")
+        return smooth.ravel()[cells]
+
+    sums, counts = box_mean(shares), box_mean(None)
     return sums / counts  # the event's own cell is in its box: counts > 0
 
 
@@ -114,11 +112,10 @@ def main() -> int:
         help="a table more, shares averaged within R px and B bins",
     )  # fmt: skip
     args = parser.parse_args()
-    labelled = []
-    for pair in find_pairs(*paired_dirs(args.pairs_dir)):
-        events = read_events(pair.flare_path)
-        labels = read_flare_labels(pair.flare_path, len(events))
-        labelled.append((events, removal_shares(args.checkpoint, events, args.device), labels))
+    labelled = [
+        labelled_shares(args.checkpoint, pair.flare_path, args.device)
+        for pair in find_pairs(*paired_dirs(args.pairs_dir))
+    ]
     recordings = [
         (name, events, removal_shares(args.checkpoint, events, args.device))
         for name, events in map(read_recording, args.recordings)
