@@ -292,6 +292,13 @@ class TrainSettings(Frozen):
     )
     val_every: int | None = Field(None, ge=1, description="validate every N steps; None: epoch")
     checkpoint_every: int = Field(200, ge=1, description="save last.pt every N steps too")
+    batchnorm_batches: int = Field(
+        32,
+        ge=0,
+        description="before each validation and the final save, recompute the statistics of "
+        "BatchNorm layers over N batches of training crops (train/batchnorm.py; 0: keep the "
+        "running averages); models without BatchNorm skip it",
+    )
     max_steps: int | None = Field(None, ge=1, description="stop after N steps in total")
     max_minutes: float | None = Field(
         None,

@@ -24,11 +24,13 @@ from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
+from deflare_cli.train.batchnorm import recompute_batchnorm, statistics_batches
 from deflare_cli.train.data import CachedPair, EventVoxelDataset
 from deflare_cli.train.trainer import mask_loss, training_loss
 from deflare_cli.train.validation import same_size_batches
 
 SMALL_MODEL = ModelSettings(f_maps=(8, 16))
+BATCHNORM_MODEL = ModelSettings(f_maps=(8, 16), layer_order="bcr", input_norm="frame")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,9 @@ def settings_for(run_dir: Path, data_dir: Path, **overrides) -> TrainSettings:
     }
     values.update(overrides)
     return TrainSettings(**values)
+
+
+_settings_for = settings_for
 
 
 def mse_on(model: torch.nn.Module, dataset: EventVoxelDataset) -> float:
@@ -166,7 +171,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, pairs_dir: Path) -> None:
+@pytest.mark.parametrize("model", [SMALL_MODEL, BATCHNORM_MODEL], ids=["groupnorm", "batchnorm"])
+def test_interrupted_and_resumed_equals_uninterrupted(
+    tmp_path: Path, pairs_dir: Path, model: ModelSettings
+) -> None:
+    """Also with BatchNorm, whose statistics are recomputed at validations and at the end but
+    not when Ctrl-C saves."""
+
+    def settings_for(run_dir: Path, data_dir: Path, **overrides) -> TrainSettings:
+        return _settings_for(run_dir, data_dir, model=model, **overrides)
+
     straight = train(settings_for(tmp_path / "a", pairs_dir))
     steps_per_epoch = straight.steps // 3
     assert steps_per_epoch >= 2
@@ -191,6 +205,65 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, pairs_dir:
     # the resumed run knows the validations before the interruption (progress lines show them)
     assert [row["step"] for row in resumed.history] == steps
     assert resumed.history[0]["val_mse"] == pytest.approx(straight.history[0]["val_mse"])
+
+
+def test_batchnorm_statistics_recomputed_without_changing_training(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    """batchnorm_batches: last.pt holds BatchNorm statistics averaged over that many fixed
+    batches of training crops, as recompute_batchnorm gives them by hand; the training itself
+    (losses, weights) is the same as without."""
+    reported: list[tuple[str, int, int]] = []
+
+    def record(stage: str, done: int, total: int, detail: str = "") -> None:
+        reported.append((stage, done, total))
+
+    runs = {
+        count: train(
+            settings_for(
+                tmp_path / str(count), pairs_dir, model=BATCHNORM_MODEL, batchnorm_batches=count
+            ),
+            record,
+        )
+        for count in (0, 2)
+    }
+    validations = len(runs[2].history)
+    assert [r for r in reported if r[0] == "BatchNorm statistics"] == [
+        ("BatchNorm statistics", 1, 2),
+        ("BatchNorm statistics", 2, 2),
+    ] * validations  # the run ends validated: the final save needs no second pass
+    assert [row["train_loss"] for row in runs[0].history] == pytest.approx(
+        [row["train_loss"] for row in runs[2].history], rel=0, abs=0
+    )
+    plain, settled = _weights(runs[0].last_checkpoint), _weights(runs[2].last_checkpoint)
+    statistics = [k for k in plain if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(
+        torch.equal(plain[k], settled[k]) for k in plain if k not in statistics
+        and not k.endswith("num_batches_tracked")
+    )  # fmt: skip
+    assert not all(torch.equal(plain[k], settled[k]) for k in statistics)
+    trainer = Trainer(
+        settings_for(tmp_path / "0", pairs_dir, model=BATCHNORM_MODEL, batchnorm_batches=2,
+                     resume=runs[0].last_checkpoint),
+        start_cluster("cpu"),
+    )  # fmt: skip
+    batches = statistics_batches(trainer.train_set, 2, 2, seed=0)
+    used = recompute_batchnorm(trainer.model, batches, lambda b: trainer.model(b[0], density=b[2]))
+    assert used == 2
+    by_hand = trainer.model.state_dict()
+    assert all(torch.allclose(by_hand[k], settled[k], rtol=1e-5, atol=1e-7) for k in statistics)
+
+
+def test_recompute_batchnorm_takes_the_plain_mean_of_the_batches() -> None:
+    layer = torch.nn.BatchNorm1d(1, momentum=0.3)
+    model = torch.nn.Sequential(layer).eval()
+    batches = [torch.tensor([[1.0], [3.0]]), torch.tensor([[10.0], [20.0], [30.0]])]
+    assert recompute_batchnorm(model, batches, model) == 2
+    assert float(layer.running_mean) == pytest.approx((2.0 + 20.0) / 2)
+    assert float(layer.running_var) == pytest.approx((2.0 + 100.0) / 2)  # unbiased variances
+    assert layer.momentum == 0.3 and not model.training  # both put back
+    grouped = torch.nn.Sequential(torch.nn.GroupNorm(1, 1))
+    assert recompute_batchnorm(grouped, batches, grouped) == 0  # nothing to recompute
 
 
 def _logged_steps(run_dir: Path) -> list[int]:

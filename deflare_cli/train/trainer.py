@@ -40,6 +40,7 @@ from ..metrics import VOXEL_METRICS
 from ..model import TrueResidualUNet3D, count_parameters
 from ..progress import Progress, no_progress
 from ..settings import TrainSettings
+from .batchnorm import batchnorm_layers, recompute_batchnorm, statistics_batches
 from .data import load_datasets
 from .runlog import RunLog
 from .sampler import EpochSampler
@@ -94,6 +95,7 @@ class Trainer:
         self.pending_losses: list[float] = []  # training losses since the last validation
         self.log = RunLog(settings.run_dir)
         self.history: list[dict[str, float]] = []
+        self.settled_step = -1  # the step whose BatchNorm statistics were last recomputed
         torch.manual_seed(settings.seed)
         initial = None  # fine-tuning's weights, checked before minutes of encoding the pairs
         if settings.init_from is not None and settings.resume is None:
@@ -187,6 +189,8 @@ class Trainer:
         with self.stop.handling_signals():
             while self.position.epoch < self.settings.epochs and not self._finished():
                 self._train_epoch(started)
+        if not self.stop.requested:  # Ctrl-C saves at once, with the running averages
+            self._settle_batchnorm()
         last = self._save("last.pt")
         best = self.run_dir / "best.pt"
         return TrainResult(
@@ -340,7 +344,33 @@ class Trainer:
             max_pixels = CPU_VALIDATION_CELLS // self.settings.codec.num_bins
         return validate(self.model, self.val_set, batch_size, self.dtype, self.progress, max_pixels)
 
+    def _settle_batchnorm(self) -> None:
+        """Recompute the BatchNorm statistics for validation and saving (see
+        :mod:`deflare_cli.train.batchnorm`), once per step reached. Rank 0 alone: DDP hands
+        its buffers to the other ranks at their next forward."""
+        count = self.settings.batchnorm_batches
+        step = self.position.step
+        if not count or step == self.settled_step or not batchnorm_layers(self.model):
+            return
+        if self.cluster.is_main:
+            size = self.settings.batch_size
+            total = min(count, math.ceil(len(self.train_set) / size))
+            batches = statistics_batches(self.train_set, count, size, self.settings.seed)
+            done = 0
+
+            def forward(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+                nonlocal done
+                inputs, _targets, density = batch
+                with autocast(self.cluster.device, self.dtype):
+                    self.model(self._to_device(inputs), density=density.to(self.cluster.device))
+                done += 1
+                self.progress("BatchNorm statistics", done, total)
+
+            recompute_batchnorm(self.model, batches, forward)
+        self.settled_step = step
+
     def _validate_and_log(self, losses: list[float], started: float) -> None:
+        self._settle_batchnorm()
         if self.cluster.is_main:
             scores, raw_scores = self.validate()
             train_loss = sum(losses) / len(losses) if losses else math.nan
