@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
+from ..progress import Progress, no_progress
 from .data import EventVoxelDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, frame densities
@@ -37,12 +39,17 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recompute_batchnorm(
-    model: nn.Module, batches: Iterable[Batch], forward: Callable[[Batch], object]
+    model: nn.Module,
+    batches: Iterable[Batch],
+    forward: Callable[[Batch], object],
+    progress: Progress = no_progress,
+    total: int = 0,
 ) -> int:
     """Replace the running statistics of every BatchNorm layer of ``model`` by their plain mean
-    over ``batches`` (each run through ``forward`` in training mode, without gradients);
-    returns how many batches were used. Models without BatchNorm are left alone (0). The
-    layers' momentum and the model's mode are restored afterwards."""
+    over ``batches`` (each run through ``forward`` in training mode, without gradients, and
+    reported to ``progress`` as one of ``total``); returns how many batches were used. Models
+    without BatchNorm are left alone (0). The layers' momentum and the model's mode are
+    restored afterwards."""
     layers = batchnorm_layers(model)
     if not layers:
         return 0
@@ -54,9 +61,9 @@ def recompute_batchnorm(
     model.train()
     count = 0
     try:
-        for batch in batches:
+        for count, batch in enumerate(batches, start=1):
             forward(batch)
-            count += 1
+            progress("BatchNorm statistics", count, total)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
@@ -75,6 +82,4 @@ def statistics_batches(
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(crops), generator=generator)[: count * batch_size].tolist()
     for start in range(0, len(order), batch_size):
-        samples = [crops[index] for index in order[start : start + batch_size]]
-        inputs, targets, density = (torch.stack(parts) for parts in zip(*samples, strict=True))
-        yield inputs, targets, density
+        yield default_collate([crops[index] for index in order[start : start + batch_size]])

@@ -356,17 +356,13 @@ class Trainer:
             size = self.settings.batch_size
             total = min(count, math.ceil(len(self.train_set) / size))
             batches = statistics_batches(self.train_set, count, size, self.settings.seed)
-            done = 0
 
             def forward(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-                nonlocal done
                 inputs, _targets, density = batch
                 with autocast(self.cluster.device, self.dtype):
                     self.model(self._to_device(inputs), density=density.to(self.cluster.device))
-                done += 1
-                self.progress("BatchNorm statistics", done, total)
 
-            recompute_batchnorm(self.model, batches, forward)
+            recompute_batchnorm(self.model, batches, forward, self.progress, total)
         self.settled_step = step
 
     def _validate_and_log(self, losses: list[float], started: float) -> None:
