@@ -31,7 +31,10 @@ from torch import nn
 from .errors import DeflareError
 from .settings import ModelSettings
 
-MASK_START_LOGIT = -6.0  # sigmoid(-6) = 0.0025
+MASK_START_LOGIT = -6.0
+# DensityNet's features are log(1 + density / DENSITY_UNIT): about one event in a 49 px box of a
+# sparse night frame, after the frame scaling, is one unit
+DENSITY_UNIT = 1e-3  # sigmoid(-6) = 0.0025
 # input_norm frame: the input is multiplied by FRAME_REFERENCE / (events per pixel of its frame),
 # the density floored at FRAME_FLOOR; a sparse night frame (0.0035 events per pixel per 20 ms
 # at 0.16 M events/s and 1280x720) then sees its events at about 3x, a dense 640x480 one
@@ -84,15 +87,15 @@ def frame_density(voxels: torch.Tensor) -> torch.Tensor:
 def backbone_input(
     voxels: torch.Tensor, settings: ModelSettings, density: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels (``residual``) or
-    ``sign(v) log(1 + |v|)`` (``mask``), scaled per input by ``FRAME_REFERENCE / density``
-    with ``input_norm: frame`` (``density``: (N,) events per pixel of each input's whole frame,
-    default :func:`frame_density` of ``voxels``), zero-padded at the end of bins, height and
-    width to a multiple of ``settings.bin_multiple`` and ``settings.size_multiple``. Every
-    engine feeds its backbone this."""
+    """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels (``residual``,
+    ``DensityNet``) or ``sign(v) log(1 + |v|)`` (``mask``), scaled per input by
+    ``FRAME_REFERENCE / density`` with ``input_norm: frame`` (``density``: (N,) events per
+    pixel of each input's whole frame, default :func:`frame_density` of ``voxels``),
+    zero-padded at the end of bins, height and width to a multiple of ``settings.bin_multiple``
+    and ``settings.size_multiple``. Every engine feeds its backbone this."""
     if settings.input_norm == "frame" and density is None:
         density = frame_density(voxels)
-    if settings.output == "mask":
+    if settings.output == "mask" and settings.backbone != "DensityNet":
         voxels = torch.sign(voxels) * torch.log1p(voxels.abs())
     if settings.input_norm == "frame":
         density = density.to(device=voxels.device, dtype=voxels.dtype)
@@ -118,8 +121,79 @@ def finish(
     return voxels + out
 
 
+class DensityBackbone(nn.Module):
+    """A classifier of each cell's events by the event densities around it, in one 20 ms
+    segment: (N, 1, B, H, W) voxels (scaled by the frame, not log-scaled) in, (N, 1, B, H, W)
+    removal logits out.
+
+    Per pixel, the ON and OFF events of all bins are counted; their means over boxes of
+    half-width ``settings.density_radii`` (cut at the input's edges) are a cell's features,
+    its own polarity's first; ``log(1 + density / DENSITY_UNIT)`` of them goes through a
+    perceptron (hidden widths ``settings.f_maps``) to one logit, the same for every bin of a
+    pixel and polarity. It is ``benchmarks/context_probe.py``'s "local / frame density"
+    classifier, which carried over to real scenes where the U-Nets did not (docs/experiments.md);
+    its reach is its widest box, and it has no normalisation layer, so a tile with a halo of
+    that reach gives exactly the whole frame's output.
+
+    The perceptron runs only where a pixel has events of that polarity (a few percent of a
+    sparse frame: 30x less work in training); cells without events get logit 0, which no
+    output uses. Traced for export (OpenVINO), it runs on every pixel instead (a fixed graph), with
+    the same result.
+    """
+
+    def __init__(self, settings: ModelSettings) -> None:
+        super().__init__()
+        self.radii = tuple(settings.density_radii)
+        widths = [2 * len(self.radii), *settings.f_maps]
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        self.hidden = nn.Sequential(*layers)
+        self.final_conv = nn.Linear(widths[-1], 1)  # named as the U-Nets' last layer
+
+    def forward(self, voxels: torch.Tensor) -> torch.Tensor:
+        counts = torch.cat([voxels.clamp_min(0), (-voxels).clamp_min(0)], dim=1)
+        counts = counts.sum(dim=2, keepdim=True)  # (N, 2, 1, H, W): ON, OFF events per pixel
+        boxes = [box_mean(counts, radius) for radius in self.radii]
+        on_first = torch.cat([box[:, :1] for box in boxes] + [box[:, 1:] for box in boxes], 1)
+        off_first = torch.cat([box[:, 1:] for box in boxes] + [box[:, :1] for box in boxes], 1)
+        # (2N, H, W, features): ON pixels' features, then OFF pixels'
+        features = torch.cat([on_first, off_first])[:, :, 0].permute(0, 2, 3, 1)
+        occupied = torch.cat([counts[:, 0, 0], counts[:, 1, 0]]) > 0  # (2N, H, W)
+        if torch.jit.is_tracing():
+            logits = self.score(features)[..., 0] * occupied
+        else:
+            logits = features.new_zeros(occupied.shape)
+            logits[occupied] = self.score(features[occupied])[:, 0]
+        on_logit, off_logit = logits[:, None, None].chunk(2)
+        return torch.where(voxels > 0, on_logit, off_logit)
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., 1) removal logits of (..., features) box densities."""
+        return self.final_conv(self.hidden(torch.log1p(features / DENSITY_UNIT)))
+
+
+def box_mean(counts: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of (N, C, 1, H, W) ``counts`` over the box of half-width ``radius`` pixels around
+    each pixel, cut at the edges: two separable passes over the zero-padded counts, divided by
+    the share of the box inside (padded explicitly: pooling refuses inputs smaller than its
+    kernel)."""
+    pad = (radius, radius, radius, radius)
+    sums = _box_pass(F.pad(counts, pad), radius)
+    inside = _box_pass(F.pad(torch.ones_like(counts[:1, :1]), pad), radius)
+    return sums / inside
+
+
+def _box_pass(padded: torch.Tensor, radius: int) -> torch.Tensor:
+    size = 2 * radius + 1
+    return F.avg_pool3d(F.avg_pool3d(padded, (1, 1, size), 1), (1, size, 1), 1)
+
+
 def build_backbone(settings: ModelSettings) -> nn.Module:
-    """pytorch-3dunet's U-Net with a raw real-valued output (``is_segmentation=False``)."""
+    """pytorch-3dunet's U-Net with a raw real-valued output (``is_segmentation=False``), or
+    :class:`DensityBackbone`."""
+    if settings.backbone == "DensityNet":
+        return DensityBackbone(settings)
     try:
         from pytorch3dunet.unet3d.model import ResidualUNet3D, UNet3D
     except ImportError as error:

@@ -144,7 +144,8 @@ class DecodeSettings(Frozen):
     write: WriteSettings = WriteSettings()
 
 
-Backbone = Literal["ResidualUNet3D", "UNet3D"]
+# DensityNet: no U-Net; a per-pixel classifier of box densities (model.DensityBackbone)
+Backbone = Literal["ResidualUNet3D", "UNet3D", "DensityNet"]
 Loss = Literal["mse", "balanced", "mask"]
 ModelOutput = Literal["residual", "mask"]
 # Pooling between U-Net levels: over time bins and space (pytorch-3dunet's default), or space
@@ -165,7 +166,9 @@ class ModelSettings(Frozen):
 
     backbone: Backbone = "ResidualUNet3D"
     f_maps: tuple[PositiveInt, ...] = Field(
-        (16, 32, 64), min_length=2, description="features per level"
+        (16, 32, 64),
+        min_length=2,
+        description="features per level (DensityNet: widths of its hidden layers)",
     )
     layer_order: str = Field("gcr", pattern=r"^[cgrblei]+$", description="pytorch-3dunet order")
     num_groups: int = Field(8, ge=1, description="GroupNorm groups")
@@ -188,8 +191,19 @@ class ModelSettings(Frozen):
         "BatchNorm (layer_order 'bcr'): GroupNorm's per-crop statistics would undo it",
     )
 
+    density_radii: tuple[PositiveInt, ...] = Field(
+        (1, 3, 8, 24),
+        min_length=1,
+        description="DensityNet: half-widths (pixels) of the boxes whose event densities it "
+        "classifies by",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
+        if self.backbone == "DensityNet":
+            if self.output != "mask":
+                raise ValueError("backbone DensityNet classifies events: it needs output mask")
+            return self
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")
         if "g" in self.layer_order and any(f % self.num_groups for f in self.f_maps):
@@ -200,15 +214,19 @@ class ModelSettings(Frozen):
 
     @property
     def depth(self) -> int:
-        """Levels of the U-Net: one per ``f_maps`` entry (pytorch-3dunet ignores num_levels)."""
-        return len(self.f_maps)
+        """Levels of the U-Net: one per ``f_maps`` entry (pytorch-3dunet ignores num_levels);
+        1 for DensityNet, which never pools."""
+        return 1 if self.backbone == "DensityNet" else len(self.f_maps)
 
     @property
     def reach_px(self) -> int:
         """How far (pixels) an input cell can change an output cell through the convolutions:
         three 3x3x3 convolutions per level and encoder block, doubling per level down; measured
         10, 24 and 52 px for 2, 3 and 4 levels, 108 px for 5 (``pooling`` xy)
-        (``tests/test_tiles.py``). GroupNorm's statistics reach further, but only by a little."""
+        (``tests/test_tiles.py``). GroupNorm's statistics reach further, but only by a little.
+        DensityNet: its widest box."""
+        if self.backbone == "DensityNet":
+            return max(self.density_radii)
         return 7 * 2 ** (self.depth - 1) - 4
 
     @property

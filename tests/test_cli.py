@@ -290,7 +290,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "synth_sparse_textured.yaml": SynthSettings,
                    "default_model_sparse.yaml": TrainSettings,
                    "long_context.yaml": TrainSettings,
-                   "frame_norm.yaml": TrainSettings}  # fmt: skip
+                   "frame_norm.yaml": TrainSettings,
+                   "density_net.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))

@@ -58,6 +58,21 @@ def test_openvino_runs_a_network_that_pools_space_alone() -> None:
     assert (converted.run(voxels) - reference).abs().max() < 1e-3
 
 
+def test_openvino_runs_the_density_net() -> None:
+    torch.manual_seed(0)
+    settings = ModelSettings(
+        backbone="DensityNet", f_maps=(8, 8), output="mask", input_norm="frame"
+    )
+    model = TrueResidualUNet3D(settings).eval()
+    torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.5)
+    shape = (2, 8, 52, 70)
+    voxels = (torch.rand(*shape) < 0.1).float() * torch.randint(-3, 4, shape)
+    reference = engines.TorchEngine(model, CPU, None).run(voxels)
+    assert not torch.equal(reference, voxels)
+    converted = engines.make_engine(model, "openvino", "fp32", CPU, "test-parity-density")
+    assert (converted.run(voxels) - reference).abs().max() < 1e-3
+
+
 def test_the_converted_model_is_cached_per_checkpoint(monkeypatch) -> None:
     model = trained_like()
     engines.make_engine(model, "openvino", "fp32", CPU, "cached")

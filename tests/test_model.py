@@ -7,9 +7,11 @@ import torch
 from pydantic import ValidationError
 
 from deflare_cli.model import (
+    DENSITY_UNIT,
     FRAME_REFERENCE,
     TrueResidualUNet3D,
     backbone_input,
+    box_mean,
     count_parameters,
     frame_density,
 )
@@ -152,6 +154,7 @@ def test_crop_must_fit_the_depth() -> None:
         ({"dropout": 0.1}, "ignores dropout"),
         ({"f_maps": (16,)}, "at least 2"),
         ({"layer_order": "gr"}, "'c'"),
+        ({"backbone": "DensityNet", "f_maps": (8, 8)}, "needs output mask"),
     ],
 )
 def test_bad_model_settings_are_refused(values, message) -> None:
@@ -164,3 +167,63 @@ def test_data_needs_one_source() -> None:
         DataSettings()
     with pytest.raises(ValidationError, match="not both"):
         DataSettings(data_dir="d", flare_dir="a", clean_dir="b")
+
+
+DENSITY_NET = ModelSettings(backbone="DensityNet", f_maps=(8, 8), output="mask", input_norm="frame")
+
+
+def test_box_mean_is_the_mean_over_the_box_cut_at_the_edges() -> None:
+    torch.manual_seed(0)
+    counts = torch.randint(0, 4, (1, 2, 1, 9, 13)).float()
+    for radius in (1, 3, 8):
+        got = box_mean(counts, radius)
+        for y, x in [(0, 0), (4, 6), (8, 12), (2, 11)]:
+            box = counts[
+                ..., max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1
+            ]
+            assert torch.allclose(got[..., y, x], box.mean(dim=(-2, -1)), atol=1e-6)
+
+
+def test_density_net_scores_each_cell_by_the_densities_of_its_own_polarity_first() -> None:
+    """One logit per pixel and polarity, from the densities of the cell's own polarity and then
+    the opposite one, each within 1, 3, 8 and 24 px, over the frame's density."""
+    torch.manual_seed(0)
+    model = TrueResidualUNet3D(DENSITY_NET).eval()
+    torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 1.0)
+    voxels = torch.zeros(1, 1, 8, 40, 50)
+    voxels[0, 0, 1, 10, 10] = 2  # ON at (10, 10) in two bins ...
+    voxels[0, 0, 5, 10, 10] = 1
+    voxels[0, 0, 3, 10, 12] = -1  # ... an OFF event beside them
+    voxels[0, 0, 6, 30, 40] = 1
+    with torch.no_grad():
+        logits = model(voxels, raw=True)
+        scaled = voxels * FRAME_REFERENCE / frame_density(voxels)
+        on_map = scaled.clamp_min(0).sum(2, keepdim=True)[0, 0, 0]
+        off_map = (-scaled).clamp_min(0).sum(2, keepdim=True)[0, 0, 0]
+
+        def by_hand(own: torch.Tensor, other: torch.Tensor, y: int, x: int) -> torch.Tensor:
+            means = [
+                [
+                    plane[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1].mean()
+                    for r in (1, 3, 8, 24)
+                ]
+                for plane in (own, other)
+            ]
+            features = torch.log1p(torch.tensor(means[0] + means[1]) / DENSITY_UNIT)
+            return model.backbone.final_conv(model.backbone.hidden(features))[0]
+
+        assert torch.allclose(logits[0, 0, 1, 10, 10], by_hand(on_map, off_map, 10, 10), atol=1e-5)
+        assert logits[0, 0, 1, 10, 10] == logits[0, 0, 5, 10, 10]  # every bin of a pixel
+        assert torch.allclose(logits[0, 0, 3, 10, 12], by_hand(off_map, on_map, 10, 12), atol=1e-5)
+        # polarity flipped everywhere: each event keeps its logit (own polarity first)
+        occupied = voxels != 0
+        assert torch.allclose(model(-voxels, raw=True)[occupied], logits[occupied], atol=1e-6)
+
+
+def test_an_untrained_density_net_changes_no_count_after_rounding() -> None:
+    model = TrueResidualUNet3D(DENSITY_NET)
+    voxels = torch.randint(-30, 31, (2, 1, 8, 26, 35)).float()
+    with torch.no_grad():
+        assert torch.equal(model(voxels).round(), voxels)
+    assert DENSITY_NET.reach_px == 24 and DENSITY_NET.size_multiple == 1
+    assert count_parameters(model) == 8 * 8 + 8 + 8 * 8 + 8 + 8 + 1

@@ -36,6 +36,16 @@ def conv_only_network(
     return model
 
 
+def density_network() -> TrueResidualUNet3D:
+    """A DensityNet whose logits vary: its box densities reach its widest radius."""
+    torch.manual_seed(0)
+    settings = ModelSettings(backbone="DensityNet", f_maps=(8, 8), output="mask",
+                             input_norm="frame", density_radii=(1, 5, 12))  # fmt: skip
+    model = TrueResidualUNet3D(settings).eval()
+    torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.5)
+    return model
+
+
 def as_network(model: TrueResidualUNet3D):
     @torch.no_grad()
     def network(voxels: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
@@ -62,12 +72,29 @@ def test_reach_is_what_the_network_reaches(f_maps: tuple[int, ...], pooling: str
     assert reach == model.settings.reach_px
 
 
+def test_density_net_reaches_its_widest_box() -> None:
+    model = density_network()
+    voxels = torch.zeros(1, 1, 8, 64, 64)
+    voxels[0, 0, 2, 32, 32] = 1
+    voxels[0, 0, 3] = (torch.rand(64, 64) < 0.3).float()  # events whose scores may change
+    with torch.no_grad():
+        before = model(voxels, raw=True, density=torch.tensor([0.1]))
+        voxels[0, 0, 2, 32, 32] = 2
+        changed = (model(voxels, raw=True, density=torch.tensor([0.1])) - before).abs()
+    rows, cols = torch.nonzero(changed.amax(dim=(0, 1, 2)) > 0, as_tuple=True)
+    assert int(rows.min()) == 32 - 12 and int(cols.max()) == 32 + 12 == 32 + model.settings.reach_px
+
+
 @pytest.mark.parametrize(
-    ("input_norm", "order"), [("none", "cr"), ("frame", "cr"), ("frame", "bcr")]
+    ("input_norm", "order"),
+    [("none", "cr"), ("frame", "cr"), ("frame", "bcr"), ("frame", "DensityNet")],
 )
 def test_tiles_with_a_full_halo_equal_the_whole_frame(input_norm: str, order: str) -> None:
     # with input_norm frame, each window is scaled by its whole segment's density, not its own
-    model = conv_only_network((16, 32, 64), input_norm=input_norm, order=order)
+    if order == "DensityNet":
+        model = density_network()
+    else:
+        model = conv_only_network((16, 32, 64), input_norm=input_norm, order=order)
     torch.manual_seed(1)
     # 2 segments, 100 x 140: tiles of 32 with partial ones at the right and bottom edges
     voxels = (torch.rand(2, 8, 100, 140) < 0.05).float() * torch.randint(-2, 3, (2, 8, 100, 140))

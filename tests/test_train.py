@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import importlib.util
+import itertools
 import os
 import platform
 import signal
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pairs
+from conftest import same_events, write_pairs
 from test_infer import SMALL, write_checkpoint
 from typer.testing import CliRunner
 
@@ -21,6 +23,7 @@ from deflare_cli.checkpoint import load_checkpoint, load_weights
 from deflare_cli.cli import app
 from deflare_cli.devices import freed_memory_kept, start_cluster
 from deflare_cli.errors import DeflareError, InputError
+from deflare_cli.io import read_events
 from deflare_cli.model import TrueResidualUNet3D
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
@@ -125,12 +128,17 @@ def test_mask_loss_by_hand() -> None:
     assert training_loss("mask", logits, inputs, targets) == mask_loss(logits, inputs, targets)
 
 
+DENSITY_NET = ModelSettings(backbone="DensityNet", f_maps=(8, 8), output="mask", input_norm="frame")
+
+
+@pytest.mark.parametrize(
+    ("model", "lr"), [(ModelSettings(f_maps=(8, 16), output="mask"), 1e-3), (DENSITY_NET, 0.01)]
+)
 def test_training_a_mask_model_learns_which_events_are_flare(
-    tmp_path: Path, pairs_dir: Path
+    tmp_path: Path, pairs_dir: Path, model: ModelSettings, lr: float
 ) -> None:
     settings = settings_for(
-        tmp_path, pairs_dir, epochs=12, loss="mask",
-        model=ModelSettings(f_maps=(8, 16), output="mask"),
+        tmp_path, pairs_dir, epochs=12, loss="mask", lr=lr, model=model,
         data=DataSettings(data_dir=pairs_dir, crop="full", flips=False, val_fraction=0),
     )  # fmt: skip
     result = train(settings)
@@ -448,6 +456,30 @@ def test_a_frame_normalised_network_trains_and_deflares(tmp_path: Path, pairs_di
                                           "--checkpoint", str(run_dir / "last.pt"),
                                           "--tiling", tiling])  # fmt: skip
         assert result.exit_code == 0, result.output
+
+
+def test_the_density_net_config_trains_and_deflares(tmp_path: Path, pairs_dir: Path) -> None:
+    """configs/density_net.yaml trains from the command line, and deflare runs the checkpoint
+    on tiles and whole frames, in torch and OpenVINO (where installed), to the same events."""
+    run_dir = tmp_path / "run"
+    config = Path(__file__).parents[1] / "configs" / "density_net.yaml"
+    args = ["train", "--config", str(config), "--data-dir", str(pairs_dir), "--val-dir",
+            str(pairs_dir), "--run-dir", str(run_dir), "--max-steps", "2", "--crop", "32x32",
+            "--batch-size", "2", "--val-every", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run_dir / "last.pt")["settings"]["model"]["backbone"] == "DensityNet"
+    source = pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"
+    engines = ["torch", "openvino"] if importlib.util.find_spec("openvino") else ["torch"]
+    outputs = []
+    for engine, tiling in itertools.product(engines, ("tiles", "frame")):
+        out = tmp_path / f"{engine}-{tiling}.h5"
+        result = CliRunner().invoke(app, ["deflare", str(source), str(out), "--checkpoint",
+                                          str(run_dir / "last.pt"), "--tiling", tiling,
+                                          "--engine", engine, "--precision", "fp32"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outputs.append(read_events(out))
+    assert all(same_events(events, outputs[0]) for events in outputs)
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
