@@ -844,7 +844,12 @@ def train(
         typer.Option("--f-maps", help="Features per level, e.g. 16,32,64 or 32,64,128,256."),
     ] = None,
     backbone: Annotated[
-        Backbone | None, typer.Option("--backbone", help="pytorch-3dunet backbone.")
+        Backbone | None,
+        typer.Option(
+            "--backbone",
+            help="pytorch-3dunet's U-Net, or DensityNet: a classifier of box densities "
+            "(configs/density_net.yaml).",
+        ),
     ] = None,
     pooling: Annotated[
         Pooling | None,

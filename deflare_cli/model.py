@@ -31,10 +31,10 @@ from torch import nn
 from .errors import DeflareError
 from .settings import ModelSettings
 
-MASK_START_LOGIT = -6.0
+MASK_START_LOGIT = -6.0  # sigmoid(-6) = 0.0025
 # DensityNet's features are log(1 + density / DENSITY_UNIT): about one event in a 49 px box of a
 # sparse night frame, after the frame scaling, is one unit
-DENSITY_UNIT = 1e-3  # sigmoid(-6) = 0.0025
+DENSITY_UNIT = 1e-3
 # input_norm frame: the input is multiplied by FRAME_REFERENCE / (events per pixel of its frame),
 # the density floored at FRAME_FLOOR; a sparse night frame (0.0035 events per pixel per 20 ms
 # at 0.16 M events/s and 1280x720) then sees its events at about 3x, a dense 640x480 one
@@ -87,15 +87,15 @@ def frame_density(voxels: torch.Tensor) -> torch.Tensor:
 def backbone_input(
     voxels: torch.Tensor, settings: ModelSettings, density: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels (``residual``,
-    ``DensityNet``) or ``sign(v) log(1 + |v|)`` (``mask``), scaled per input by
+    """What the backbone sees, (N, 1, B, H, W) or (N, B, H, W): the voxels, or
+    ``sign(v) log(1 + |v|)`` of them (``settings.log_input``), scaled per input by
     ``FRAME_REFERENCE / density`` with ``input_norm: frame`` (``density``: (N,) events per
     pixel of each input's whole frame, default :func:`frame_density` of ``voxels``),
     zero-padded at the end of bins, height and width to a multiple of ``settings.bin_multiple``
     and ``settings.size_multiple``. Every engine feeds its backbone this."""
     if settings.input_norm == "frame" and density is None:
         density = frame_density(voxels)
-    if settings.output == "mask" and settings.backbone != "DensityNet":
+    if settings.log_input:
         voxels = torch.sign(voxels) * torch.log1p(voxels.abs())
     if settings.input_norm == "frame":
         density = density.to(device=voxels.device, dtype=voxels.dtype)
@@ -143,7 +143,7 @@ class DensityBackbone(nn.Module):
 
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__()
-        self.radii = tuple(settings.density_radii)
+        self.radii = settings.density_radii
         widths = [2 * len(self.radii), *settings.f_maps]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):

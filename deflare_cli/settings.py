@@ -203,6 +203,10 @@ class ModelSettings(Frozen):
         if self.backbone == "DensityNet":
             if self.output != "mask":
                 raise ValueError("backbone DensityNet classifies events: it needs output mask")
+            if self.dropout or self.pooling != "xyt":
+                raise ValueError(
+                    "backbone DensityNet ignores dropout and pooling; leave them unset"
+                )
             return self
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")
@@ -211,6 +215,12 @@ class ModelSettings(Frozen):
         if self.backbone == "ResidualUNet3D" and self.dropout:
             raise ValueError("ResidualUNet3D ignores dropout; use backbone UNet3D or dropout 0")
         return self
+
+    @property
+    def log_input(self) -> bool:
+        """Whether the backbone sees ``sign(v) log(1 + |v|)`` of the voxels: a mask U-Net does,
+        so dense cores do not swamp sparse scenes; DensityNet counts events itself."""
+        return self.output == "mask" and self.backbone != "DensityNet"
 
     @property
     def depth(self) -> int:

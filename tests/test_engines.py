@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import same_events
 from test_infer import write_checkpoint
+from test_tiles import density_network
 from typer.testing import CliRunner
 
 from deflare_cli import engines
@@ -59,12 +60,7 @@ def test_openvino_runs_a_network_that_pools_space_alone() -> None:
 
 
 def test_openvino_runs_the_density_net() -> None:
-    torch.manual_seed(0)
-    settings = ModelSettings(
-        backbone="DensityNet", f_maps=(8, 8), output="mask", input_norm="frame"
-    )
-    model = TrueResidualUNet3D(settings).eval()
-    torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.5)
+    model = density_network()
     shape = (2, 8, 52, 70)
     voxels = (torch.rand(*shape) < 0.1).float() * torch.randint(-3, 4, shape)
     reference = engines.TorchEngine(model, CPU, None).run(voxels)

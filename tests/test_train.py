@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import same_events, write_pairs
 from test_infer import SMALL, write_checkpoint
+from test_model import DENSITY_NET
 from typer.testing import CliRunner
 
 from deflare_cli.checkpoint import load_checkpoint, load_weights
@@ -126,9 +127,6 @@ def test_mask_loss_by_hand() -> None:
     # without flare, the scene half alone; sure and right costs next to nothing
     assert mask_loss(torch.full((5,), -20.0), inputs, inputs) < 1e-8
     assert training_loss("mask", logits, inputs, targets) == mask_loss(logits, inputs, targets)
-
-
-DENSITY_NET = ModelSettings(backbone="DensityNet", f_maps=(8, 8), output="mask", input_norm="frame")
 
 
 @pytest.mark.parametrize(
