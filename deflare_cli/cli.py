@@ -474,7 +474,8 @@ def info(
         bool, typer.Option("--summary", help="One line per argument: min / median / max.")
     ] = False,
 ) -> None:
-    """Statistics of recordings: size, duration, rate, pixels active per 20 ms, ON share."""
+    """Statistics of recordings: size, duration, rate, pixels active per 20 ms, ON share, flips
+    (events whose pixel fires next with the opposite polarity within 20 ms)."""
     from .stats import collect_stats
 
     with reporting_errors():
@@ -493,13 +494,14 @@ def info(
         return
     table = Table(title="recordings")
     for column in ("file", "format", "sensor", "duration", "events", "M ev/s", "active/20 ms",
-                   "ON", "ev/active px p50/p90/p99"):  # fmt: skip
+                   "ON", "ev/active px p50/p90/p99", "flips"):  # fmt: skip
         table.add_column(column, justify="left" if column == "file" else "right", no_wrap=True)
     for row in rows:
         table.add_row(escape(row.name), row.format, f"{row.width}x{row.height}",
                       f"{row.duration_s:.3f} s", f"{row.events:,}", f"{row.rate_meps:.3f}",
                       f"{row.active_percent:.2f}%", f"{row.on_percent:.1f}%",
-                      "/".join(f"{q:g}" for q in row.per_active_pixel))  # fmt: skip
+                      "/".join(f"{q:g}" for q in row.per_active_pixel),
+                      f"{row.flip_percent:.1f}%")  # fmt: skip
     _wide_console().print(table)
     for row in rows:
         if row.provenance:
@@ -521,7 +523,7 @@ def _print_stats_summary(sources: list[Path], groups: list) -> None:
     from .stats import summarise
 
     table = Table(title="recordings: min / median / max over files")
-    for column in ("source", "files", "M ev/s", "active/20 ms", "median ev/active px"):
+    for column in ("source", "files", "M ev/s", "active/20 ms", "median ev/active px", "flips"):
         table.add_column(column, justify="left" if column == "source" else "right", no_wrap=True)
     for source, rows in zip(sources, groups, strict=True):
         ranges = summarise(rows)
@@ -531,6 +533,7 @@ def _print_stats_summary(sources: list[Path], groups: list) -> None:
                 ("rate_meps", ".2f"),
                 ("active_percent", ".1f"),
                 ("median_per_active_pixel", "g"),
+                ("flip_percent", ".1f"),
             )
         ]
         table.add_row(escape(str(source)), str(len(rows)), *cells)
@@ -835,6 +838,14 @@ def train(
         str | None,
         typer.Option("--crop", help="Training crop HxW in pixels, or 'full' [128x128]."),
     ] = None,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            "--context",
+            help="Pixels of context around each crop that the model sees and the loss leaves "
+            "out, as deflare's tiles carry a halo (a DensityNet: its widest box) [0].",
+        ),
+    ] = None,
     flare_crops: Annotated[
         float | None,
         typer.Option("--flare-crops", help="Share of crops centred on flare (sparse data) [0]."),
@@ -926,6 +937,7 @@ def train(
                     "val_dir": val_dir,
                     "val_fraction": val_fraction,
                     "crop": _crop_setting(crop),
+                    "context": context,
                     "flare_crops": flare_crops,
                     "num_workers": num_workers,
                     "cache_dir": cache_dir,

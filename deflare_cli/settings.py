@@ -261,6 +261,14 @@ class DataSettings(Frozen):
     crop: tuple[PositiveInt, PositiveInt] | Literal["full"] = Field(
         (128, 128), description="training crop (h, w)"
     )
+    context: int = Field(
+        0,
+        ge=0,
+        description="pixels of context around each training crop: the model sees them, the "
+        "loss leaves them out, as deflare's tiles carry a halo. With the model's reach (a "
+        "DensityNet's widest box) every trained pixel gets the features a whole frame gives it; "
+        "crops then lie at least this far inside the sensor",
+    )
     flips: bool = Field(True, description="random horizontal and vertical flips in training")
     flare_crops: float = Field(
         0.0,
@@ -367,6 +375,11 @@ class TrainSettings(Frozen):
             raise ValueError(
                 f"crop {crop} must be a multiple of {multiple} for depth {self.model.depth}"
             )
+        if self.data.context and (crop == "full" or 2 * self.data.context % multiple):
+            raise ValueError(
+                f"data.context {self.data.context} needs crops (not 'full'), and twice it must be "
+                f"a multiple of {multiple} for depth {self.model.depth}"
+            )
         return self
 
 
@@ -415,6 +428,11 @@ class SynthSettings(Frozen):
     cutoff_hz: float = Field(300.0, gt=0, description="photoreceptor cutoff in bright light")
     refractory_us: tuple[int, int] = Field((100, 1000), description="refractory period range")
     shot_noise_hz: Range = Field((0.1, 3.0), description="per-pixel noise rate at night")
+    noise_pairs: Range = Field(
+        (0.0, 0.0),
+        description="share of shot-noise events that the opposite event follows at their pixel "
+        "a few ms later, as a noise excursion returns (Prophesee sensors; 0: none)",
+    )
     leak_hz: Range = Field((0.01, 0.1), description="per-pixel leak (ON) event rate")
     hot_pixels: tuple[int, int] = Field((0, 8), description="range of hot pixels per file")
     samples_per_cycle: int = Field(12, ge=4, description="flare samples per flicker cycle")
@@ -433,8 +451,9 @@ class SynthSettings(Frozen):
     @model_validator(mode="after")
     def _ranges(self) -> SynthSettings:
         names = ("pwm_hz", "drift_px_per_ms", "vibration_hz", "vibration_px", "threshold",
-                 "threshold_sigma", "refractory_us", "shot_noise_hz", "leak_hz", "hot_pixels",
-                 "scene_flicker_depth", "object_radius_px", "object_speed_px_per_ms")  # fmt: skip
+                 "threshold_sigma", "refractory_us", "shot_noise_hz", "noise_pairs", "leak_hz",
+                 "hot_pixels", "scene_flicker_depth", "object_radius_px",
+                 "object_speed_px_per_ms")  # fmt: skip
         ranges = {name: getattr(self, name) for name in names} | {
             f"scene_flicker_depth_by_regime.{regime}": depth
             for regime, depth in self.scene_flicker_depth_by_regime.items()

@@ -2,7 +2,11 @@
 
 Real and synthetic recordings differ most in how sparse they are, so next to size, duration and
 rate this reports the share of pixels that fire at least once per 20 ms window (the model's
-segment) and how many events an active pixel fires in such a window.
+segment) and how many events an active pixel fires in such a window, and how often a pixel's
+next event follows within 20 ms with the opposite polarity: real sensors do that often (edges
+that move back and forth, textures, and on Prophesee sensors noise that comes as an OFF event
+with an ON a few milliseconds later), while a synthetic scene whose pixels only ever see a
+monotone change hardly does, and a model trained on it learns that mixed polarity means flare.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class RecordingStats:
     active_percent: float  # pixels with at least one event per 20 ms window, mean over windows
     on_percent: float
     per_active_pixel: tuple[float, ...]  # quantiles QUANTILES of events per active pixel per window
+    flip_percent: float = 0.0  # events whose pixel's next event is opposite and within 20 ms
     format: str = ""  # HDF5 layout or camera format (deflare_cli.io.formats)
     provenance: dict[str, str] = field(default_factory=dict)  # deflare_* attributes
 
@@ -71,7 +76,20 @@ def recording_stats(events: Events, name: str = "", window_us: int = WINDOW_US) 
         active_percent=100 * active,
         on_percent=100 * float((events.p > 0).mean()),
         per_active_pixel=tuple(float(q) for q in quantiles),
+        flip_percent=100 * flip_share(events, window_us),
     )
+
+
+def flip_share(events: Events, within_us: int = WINDOW_US) -> float:
+    """Share of ``events`` whose pixel's next event comes less than ``within_us`` later with the
+    opposite polarity (over the whole recording, not cut into windows)."""
+    if len(events) < 2:
+        return 0.0
+    pixel = events.y.astype(np.int64) * events.sensor_size[1] + events.x
+    order = np.lexsort((events.t, pixel))
+    pixel, t, on = pixel[order], events.t[order].astype(np.int64), events.p[order] > 0
+    flips = (pixel[1:] == pixel[:-1]) & (t[1:] - t[:-1] < within_us) & (on[1:] != on[:-1])
+    return float(flips.sum()) / len(events)
 
 
 def file_stats(path: Path, read: ReadSettings = ReadSettings()) -> RecordingStats:
@@ -84,11 +102,13 @@ def file_stats(path: Path, read: ReadSettings = ReadSettings()) -> RecordingStat
 
 
 def summarise(rows: list[RecordingStats]) -> dict[str, tuple[float, float, float]]:
-    """(min, median, max) over recordings of rate, active share and median events per pixel."""
+    """(min, median, max) over recordings of rate, active share, median events per active pixel
+    and flip share."""
     columns = {
         "rate_meps": [row.rate_meps for row in rows],
         "active_percent": [row.active_percent for row in rows],
         "median_per_active_pixel": [row.per_active_pixel[0] for row in rows],
+        "flip_percent": [row.flip_percent for row in rows],
     }
     return {name: (float(np.min(v)), float(np.median(v)), float(np.max(v)))
             for name, v in columns.items()}  # fmt: skip

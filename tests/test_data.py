@@ -104,6 +104,19 @@ def test_corrupt_pair_fails_with_its_name_or_is_skipped(tmp_path: Path) -> None:
         prepare_pairs(pairs, VoxelCache(tmp_path / "c2"), CodecSettings(), ReadSettings(), True)
 
 
+def cut_from(full: tuple, inputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether (inputs, targets) are one window of the full frame's pair, cut from the same
+    place and flipped alike."""
+    height, width = inputs.shape[-2:]
+    frame_h, frame_w = full[0].shape[-2:]
+    return any(
+        torch.equal(inputs, full[0][..., top : top + height, left : left + width].flip(dims))
+        and torch.equal(targets, full[1][..., top : top + height, left : left + width].flip(dims))
+        for top in range(frame_h - height + 1) for left in range(frame_w - width + 1)
+        for dims in ([], [-1], [-2], [-1, -2])
+    )  # fmt: skip
+
+
 def test_crops_and_flips_are_deterministic_and_paired(tmp_path: Path) -> None:
     pair, cache = _one_pair(tmp_path)
     entry = cache.get(pair, CodecSettings(), ReadSettings())
@@ -121,13 +134,24 @@ def test_crops_and_flips_are_deterministic_and_paired(tmp_path: Path) -> None:
     full = EventVoxelDataset([entry])[1]
     for inputs, targets, density in samples:
         assert density == full[2] == frame_density(full[0])  # the whole frame's, not the crop's
-        matches = [
-            torch.equal(inputs, full[0][..., top : top + 16, left : left + 16].flip(dims))
-            and torch.equal(targets, full[1][..., top : top + 16, left : left + 16].flip(dims))
-            for top in range(17) for left in range(33) for dims in ([], [-1], [-2], [-1, -2])
-        ]  # fmt: skip
-        assert any(matches)
+        assert cut_from(full, inputs, targets)
     assert any(frame_density(inputs) != density for inputs, _, density in samples)
+
+
+def test_context_widens_each_crop_within_the_frame(tmp_path: Path) -> None:
+    """With ``context`` a sample is its crop and that many pixels of the frame around it, a
+    window inside the frame, cut and flipped together with its target."""
+    pair, cache = _one_pair(tmp_path)
+    entry = cache.get(pair, CodecSettings(), ReadSettings())  # 32x48 frames
+    dataset = EventVoxelDataset([entry], crop=(16, 16), flips=True, seed=3, context=4)
+    full = EventVoxelDataset([entry])[1]
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        inputs, targets, density = dataset[1]
+        assert inputs.shape == targets.shape == (1, 8, 24, 24) and density == full[2]
+        assert cut_from(full, inputs, targets)
+    with pytest.raises(DeflareError, match="with 9 px of context around it is larger"):
+        EventVoxelDataset([entry], crop=(16, 16), context=9)  # 34 rows > 32
 
 
 def test_flare_crops_hold_flare(tmp_path: Path) -> None:

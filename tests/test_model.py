@@ -145,6 +145,10 @@ def test_pooling_space_alone_keeps_the_bins_and_lets_the_network_go_deeper() -> 
 def test_crop_must_fit_the_depth() -> None:
     with pytest.raises(ValidationError, match="crop"):
         _train_settings(data=DataSettings(data_dir="d", crop=(30, 64)))
+    with pytest.raises(ValidationError, match="context"):  # the window too
+        _train_settings(data=DataSettings(data_dir="d", crop=(32, 64), context=3))
+    with pytest.raises(ValidationError, match="context"):
+        _train_settings(data=DataSettings(data_dir="d", crop="full", context=4))
 
 
 @pytest.mark.parametrize(

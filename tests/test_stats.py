@@ -39,6 +39,17 @@ def test_statistics_by_hand() -> None:
     assert stats.per_active_pixel[0] == 1 and stats.per_active_pixel[1] == pytest.approx(2.0)
 
 
+def test_flip_share_by_hand() -> None:
+    """A flip: the pixel's next event is opposite and less than 20 ms later."""
+    t = [0, 5_000, 30_000, 40_000, 59_999, 70_000, 70_500]
+    x = [0, 0, 0, 1, 1, 2, 3]  # pixel 0: ON, OFF after 5 ms (flip), ON 25 ms later (too late)
+    y = [0, 0, 0, 0, 0, 0, 0]  # pixel 1: OFF, ON 19.999 ms later (flip); 2 and 3: alone
+    p = [1, 0, 1, 0, 1, 1, 0]  # pixels 2 and 3 are opposite and 0.5 ms apart, but not one pixel
+    stats = recording_stats(make_events(t, x, y, p, (4, 4)))
+    assert stats.flip_percent == pytest.approx(100 * 2 / 7)
+    assert recording_stats(known_recording()).flip_percent == 0  # repeats, all of one polarity
+
+
 def test_short_and_empty_recordings() -> None:
     short = recording_stats(make_events([0, 10], [0, 1], [0, 0], [1, 1], (4, 4)))
     assert short.active_percent == pytest.approx(100 * 2 / 16)  # the one partial window
@@ -55,7 +66,7 @@ def test_info_command_on_files_of_two_layouts(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in result.output.splitlines() if line.strip()]
     assert [row["name"] for row in rows] == ["a.h5", "b.h5"]
     assert rows[0]["active_percent"] == pytest.approx(1.5)
-    assert rows[1]["events"] == 8
+    assert rows[1]["events"] == 8 and rows[1]["flip_percent"] == 0
     assert [row["format"] for row in rows] == ["deflare", "dsec"]
     table = runner.invoke(app, ["info", str(tmp_path)])
     assert table.exit_code == 0 and "a.h5" in table.output and "1.50%" in table.output

@@ -526,3 +526,38 @@ def test_a_textured_scene_fires_inside_its_surfaces(tmp_path: Path) -> None:
     plain, _ = synthesise_pair(settings, 0)
     textured, _ = synthesise_pair(settings.model_copy(update={"surface_texture": 1.0}), 0)
     assert textured.counts["target_events"] > 1.3 * plain.counts["target_events"]
+
+
+def test_noise_returns_follow_their_shot_noise_event_at_its_pixel() -> None:
+    """Each return is the opposite event at a chosen noise event's pixel, 2-7 ms later for most
+    (log-normal, median 4 ms), and none falls after the pair's end."""
+    rng = np.random.default_rng(0)
+    count, duration_us = 20_000, 100_000
+    t = np.sort(rng.integers(0, duration_us, count))
+    x, y = np.arange(count) % 640, np.arange(count) // 640  # one noise event per pixel
+    p = np.where(rng.random(count) < 0.5, 1, -1)
+    rt, rx, ry, rp = sensor_module.noise_returns((t, x, y, p), 0.3, duration_us, rng)
+    source = ry * 640 + rx  # the index of the noise event at that pixel
+    assert np.all(rp == -p[source]) and np.all(rt > t[source]) and rt.max() < duration_us
+    delay = rt - t[source]
+    assert 2_000 < np.quantile(delay, 0.1) and np.quantile(delay, 0.9) < 7_000
+    assert abs(np.median(delay) - 4_000) < 200
+    inside = t < duration_us - 10_000  # a return can only be lost past the end
+    assert abs(np.isin(np.flatnonzero(inside), source).mean() - 0.3) < 0.02
+
+
+def test_noise_pairs_give_the_target_opposite_events_at_one_pixel(tmp_path: Path) -> None:
+    """Noise returns are sensor noise, so the clean target has them too: its pixels then fire
+    the opposite polarity within 20 ms far more often (deflare info's flips)."""
+    from deflare_cli.stats import flip_share
+
+    noisy = {"shot_noise_hz": (20.0, 20.0), "leak_hz": (0, 0), "hot_pixels": (0, 0),
+             "num_files": 1, "regimes": {"night": 1.0}}  # fmt: skip
+    single, params = synthesise_pair(small_settings(tmp_path, **noisy), 0)
+    paired, paired_params = synthesise_pair(
+        small_settings(tmp_path, noise_pairs=(0.5, 0.5), **noisy), 0
+    )
+    assert params.noise_pair_share == 0 and paired_params.noise_pair_share == 0.5
+    assert replace(paired_params, noise_pair_share=0.0) == params
+    assert flip_share(paired.clean_target) > flip_share(single.clean_target) + 0.1
+    assert paired.counts["target_events"] > single.counts["target_events"]

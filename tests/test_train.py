@@ -30,7 +30,7 @@ from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 from deflare_cli.train import Trainer, train
 from deflare_cli.train.batchnorm import recompute_batchnorm, statistics_batches
 from deflare_cli.train.data import CachedPair, EventVoxelDataset
-from deflare_cli.train.trainer import mask_loss, training_loss
+from deflare_cli.train.trainer import loss_window, mask_loss, training_loss
 from deflare_cli.train.validation import same_size_batches
 
 SMALL_MODEL = ModelSettings(f_maps=(8, 16))
@@ -152,6 +152,29 @@ def test_training_a_mask_model_learns_which_events_are_flare(
     assert float(torch.stack(after).mean()) < 0.5 * float(torch.stack(before).mean())
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
+
+
+def test_the_loss_leaves_out_the_context_around_crops(tmp_path: Path, pairs_dir: Path) -> None:
+    """With ``data.context`` the model sees the band around each crop, and the loss counts only
+    the crop: flare events in the band alone cost nothing and move no weight."""
+    band_only = torch.zeros(2, 1, 8, 24, 24)
+    band_only[..., 0, :] = 1.0  # events in the first row: inside a 4-px band
+    targets = torch.zeros_like(band_only)  # all flare
+    density = torch.ones(2)
+    losses = {}
+    for context in (0, 4):
+        data = DataSettings(data_dir=pairs_dir, crop=(16, 16), context=context)
+        # no weight decay: it alone moves weights
+        settings = settings_for(tmp_path / str(context), pairs_dir, loss="mask", data=data,
+                                model=DENSITY_NET, weight_decay=0)  # fmt: skip
+        trainer = Trainer(settings, start_cluster("cpu"))
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        losses[context] = trainer.train_step(band_only, targets, density)
+        after = trainer.model.parameters()
+        moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert moved == (context == 0)
+    assert losses[0] > 0.1 and losses[4] == 0
+    assert loss_window(4) == (..., slice(4, -4), slice(4, -4)) and loss_window(0) == (...,)
 
 
 def test_checkpoint_reloads_to_identical_outputs(tmp_path: Path, pairs_dir: Path) -> None:

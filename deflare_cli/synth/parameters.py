@@ -122,6 +122,7 @@ class PairParameters:
     # grain in pixels; 0: flat surfaces, whose events lie on their outlines alone
     texture_contrast: float = 0.0
     texture_grain_px: float = 0.0
+    noise_pair_share: float = 0.0  # shot-noise events followed by their return (sensor_noise)
 
     @property
     def scale(self) -> float:
@@ -179,8 +180,8 @@ def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
 
 def _draw_own_streams(settings: SynthSettings, params: PairParameters) -> None:
     """The choices that each draw from a stream of their own (textured objects, no light, a
-    lit scene, textured surfaces), so that a share of 0 makes the pairs of versions before it
-    and the other pairs of a seed do not depend on the share."""
+    lit scene, textured surfaces, noise pairs), so that a share of 0 makes the pairs of versions
+    before it and the other pairs of a seed do not depend on the share."""
     index = params.index
     textures = np.random.default_rng([settings.seed, index, 5])
     for moving in params.objects:
@@ -204,6 +205,9 @@ def _draw_own_streams(settings: SynthSettings, params: PairParameters) -> None:
     if textured.random() < settings.surface_texture:
         params.texture_contrast = float(textured.uniform(*TEXTURE_CONTRAST))
         params.texture_grain_px = log_uniform(textured, *TEXTURE_GRAIN_PX) * params.scale
+    if settings.noise_pairs[1] > 0:
+        pairs = np.random.default_rng([settings.seed, index, 7])
+        params.noise_pair_share = float(pairs.uniform(*settings.noise_pairs))
 
 
 def _draw_scene_flicker(

@@ -187,7 +187,9 @@ class EventVoxelDataset(Dataset):
 
     Training samples are random crops with random flips; their randomness is a function of
     (seed, epoch, index) alone, so a resumed run draws exactly the samples the first run would
-    have. Validation samples are full frames.
+    have. With ``context``, each sample is its crop with that many pixels of the frame around it
+    (the window lies inside the frame), which the trainer's loss leaves out
+    (:func:`~.trainer.loss_window`). Validation samples are full frames.
     """
 
     def __init__(
@@ -197,9 +199,12 @@ class EventVoxelDataset(Dataset):
         flips: bool = False,
         seed: int = 0,
         flare_crops: float = 0.0,
+        context: int = 0,
     ) -> None:
         self.entries = entries
         self.crop = crop
+        if crop is not None and context:
+            self.crop = (crop[0] + 2 * context, crop[1] + 2 * context)  # the window drawn
         self.flips = flips
         self.flare_crops = flare_crops
         self.seed = seed
@@ -208,10 +213,12 @@ class EventVoxelDataset(Dataset):
         self._open: dict[int, dict[str, torch.Tensor]] = {}
         self._densities: dict[tuple[int, int], torch.Tensor] = {}
         for entry in entries:
-            if crop and (crop[0] > entry.sensor_size[0] or crop[1] > entry.sensor_size[1]):
+            window = self.crop
+            if window and (window[0] > entry.sensor_size[0] or window[1] > entry.sensor_size[1]):
+                with_context = f" with {context} px of context around it" if context else ""
                 raise DeflareError(
-                    f"crop {crop} is larger than the sensor {entry.sensor_size} of "
-                    f"{entry.pair.flare_path}"
+                    f"crop {crop}{with_context} is larger than the sensor {entry.sensor_size} "
+                    f"of {entry.pair.flare_path}"
                 )
 
     def set_epoch(self, epoch: int) -> None:
@@ -292,5 +299,6 @@ def load_datasets(settings: TrainSettings, progress: Progress = no_progress) -> 
         val, val_skipped = prepare_pairs(val_pairs, cache, settings.codec, data.read,
                                          data.skip_bad, progress, data.num_workers)  # fmt: skip
     crop = None if data.crop == "full" else data.crop
-    train_set = EventVoxelDataset(train, crop, data.flips, settings.seed, data.flare_crops)
+    train_set = EventVoxelDataset(train, crop, data.flips, settings.seed, data.flare_crops,
+                                  data.context)  # fmt: skip
     return Datasets(train_set, EventVoxelDataset(val) if val else None, skipped + val_skipped)

@@ -297,7 +297,10 @@ class Trainer:
             density = density.to(self.cluster.device)
         with autocast(self.cluster.device, self.dtype):
             outputs = self.network(inputs, raw=raw, density=density)
-        loss = training_loss(self.settings.loss, outputs.float(), inputs, targets)
+        window = loss_window(self.settings.data.context)
+        loss = training_loss(
+            self.settings.loss, outputs.float()[window], inputs[window], targets[window]
+        )
         if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
             raise DeflareError(
                 f"training diverged at step {self.position.step + 1}: the loss is "
@@ -391,6 +394,15 @@ class Trainer:
             best = torch.tensor([self.position.best_metric], dtype=torch.float64)
             dist.broadcast(best, src=0)
             self.position.best_metric = float(best)
+
+
+def loss_window(context: int) -> tuple[slice, ...]:
+    """The part of a training sample (N, 1, B, h, w) that the loss counts: all of it, or the
+    crop inside ``context`` pixels of context (``data.context``)."""
+    if not context:
+        return (...,)
+    inner = slice(context, -context)
+    return (..., inner, inner)
 
 
 def training_loss(
