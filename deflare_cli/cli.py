@@ -999,7 +999,8 @@ def _print_training(result) -> None:
     table.add_row("best metric", f"{result.best_metric:.5g}")
     table.add_row("last checkpoint", str(result.last_checkpoint))
     table.add_row("best checkpoint", str(result.best_checkpoint or "-"))
-    table.add_row("metrics", str(result.run_dir / "metrics.csv"))
+    metrics = result.run_dir / "metrics.csv"  # none for fitted trees: nothing validated
+    table.add_row("metrics", str(metrics) if metrics.exists() else "-")
     for reason in result.skipped_pairs:
         table.add_row("[yellow]skipped[/]", escape(reason))
     Console().print(table)

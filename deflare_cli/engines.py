@@ -202,7 +202,10 @@ def make_engine(
         raise DeflareError("fp16 needs a CUDA GPU; use --precision fp32 or bf16")
     if choice == "openvino" and device.type != "cpu":
         raise DeflareError("--engine openvino runs on the CPU; use --device cpu or --engine torch")
-    if choice == "openvino" or (choice == "auto" and device.type == "cpu"):
+    exportable = model.settings.exportable
+    if choice == "openvino" and not exportable:
+        raise DeflareError("this model (DensityNet with trees) runs in torch: use --engine torch")
+    if choice == "openvino" or (choice == "auto" and device.type == "cpu" and exportable):
         if openvino_available():
             return _openvino_engine(model, key, chosen)
         if choice == "openvino":

@@ -55,6 +55,8 @@ class TrueResidualUNet3D(nn.Module):
         super().__init__()
         self.settings = settings
         self.backbone = build_backbone(settings)
+        if settings.density_head == "trees":
+            return  # no last layer: the unfitted trees start at MASK_START_LOGIT themselves
         nn.init.zeros_(self.backbone.final_conv.weight)
         start = MASK_START_LOGIT if settings.output == "mask" else 0.0
         nn.init.constant_(self.backbone.final_conv.bias, start)
@@ -139,11 +141,18 @@ class DensityBackbone(nn.Module):
     sparse frame: 30x less work in training); cells without events get logit 0, which no
     output uses. Traced for export (OpenVINO), it runs on every pixel instead (a fixed graph), with
     the same result.
+
+    With ``density_head: trees`` a gradient-boosted ensemble (:class:`TreeEnsemble`, fitted by
+    ``deflare train``: ``train/trees.py``) scores the same features instead of the perceptron.
     """
 
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__()
         self.radii = settings.density_radii
+        self.trees = None
+        if settings.density_head == "trees":
+            self.trees = TreeEnsemble(*settings.density_trees)
+            return
         widths = [2 * len(self.radii), *settings.f_maps]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
@@ -152,14 +161,7 @@ class DensityBackbone(nn.Module):
         self.final_conv = nn.Linear(widths[-1], 1)  # named as the U-Nets' last layer
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
-        counts = torch.cat([voxels.clamp_min(0), (-voxels).clamp_min(0)], dim=1)
-        counts = counts.sum(dim=2, keepdim=True)  # (N, 2, 1, H, W): ON, OFF events per pixel
-        boxes = [box_mean(counts, radius) for radius in self.radii]
-        on_first = torch.cat([box[:, :1] for box in boxes] + [box[:, 1:] for box in boxes], 1)
-        off_first = torch.cat([box[:, 1:] for box in boxes] + [box[:, :1] for box in boxes], 1)
-        # (2N, H, W, features): ON pixels' features, then OFF pixels'
-        features = torch.cat([on_first, off_first])[:, :, 0].permute(0, 2, 3, 1)
-        occupied = torch.cat([counts[:, 0, 0], counts[:, 1, 0]]) > 0  # (2N, H, W)
+        features, occupied = self.features(voxels)
         if torch.jit.is_tracing():
             logits = self.score(features)[..., 0] * occupied
         else:
@@ -168,9 +170,79 @@ class DensityBackbone(nn.Module):
         on_logit, off_logit = logits[:, None, None].chunk(2)
         return torch.where(voxels > 0, on_logit, off_logit)
 
+    def features(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2N, H, W, features) box densities of each pixel, own polarity first (the N inputs'
+        ON pixels, then their OFF pixels), and (2N, H, W) whether the pixel has such events."""
+        counts = torch.cat([voxels.clamp_min(0), (-voxels).clamp_min(0)], dim=1)
+        counts = counts.sum(dim=2, keepdim=True)  # (N, 2, 1, H, W): ON, OFF events per pixel
+        boxes = [box_mean(counts, radius) for radius in self.radii]
+        on_first = torch.cat([box[:, :1] for box in boxes] + [box[:, 1:] for box in boxes], 1)
+        off_first = torch.cat([box[:, 1:] for box in boxes] + [box[:, :1] for box in boxes], 1)
+        features = torch.cat([on_first, off_first])[:, :, 0].permute(0, 2, 3, 1)
+        occupied = torch.cat([counts[:, 0, 0], counts[:, 1, 0]]) > 0
+        return features, occupied
+
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """(..., 1) removal logits of (..., features) box densities."""
-        return self.final_conv(self.hidden(torch.log1p(features / DENSITY_UNIT)))
+        scaled = density_scale(features)
+        if self.trees is not None:
+            return self.trees(scaled)
+        return self.final_conv(self.hidden(scaled))
+
+
+def density_scale(features: torch.Tensor) -> torch.Tensor:
+    """What DensityNet's scorer sees of box densities: ``log(1 + density / DENSITY_UNIT)``."""
+    return torch.log1p(features / DENSITY_UNIT)
+
+
+class TreeEnsemble(nn.Module):
+    """A fitted gradient-boosted ensemble of binary trees as tensors: (trees, nodes) of split
+    feature, threshold (``x <= threshold`` goes left), children and leaf value; a leaf is its
+    own child, so ``depth`` steps from the roots reach every leaf. The logit is ``bias`` plus
+    the leaf values. Buffers, not parameters: no optimiser moves them. Evaluated in float32
+    (bf16 would move thresholds), in chunks of pixels to bound memory. Unfitted (no trees), the
+    logit is the mask models' starting logit, which changes no event."""
+
+    CHUNK = 16_384  # pixels per evaluation: 16k x 200 trees of int64 indices = 26 MB
+
+    def __init__(self, trees: int, nodes: int, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.register_buffer("feature", torch.zeros(trees, nodes, dtype=torch.long))
+        self.register_buffer("threshold", torch.zeros(trees, nodes))
+        self.register_buffer("left", torch.zeros(trees, nodes, dtype=torch.long))
+        self.register_buffer("right", torch.zeros(trees, nodes, dtype=torch.long))
+        self.register_buffer("value", torch.zeros(trees, nodes))
+        self.register_buffer("bias", torch.tensor([MASK_START_LOGIT]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., 1) logits of (..., features)."""
+        flat = x.reshape(-1, x.shape[-1]).float()
+        with torch.autocast(flat.device.type, enabled=False):
+            pieces = [self._logits(chunk) for chunk in flat.split(self.CHUNK)]
+        logits = torch.cat(pieces) if pieces else flat.new_zeros(0)
+        return logits.reshape(*x.shape[:-1], 1)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every (row, tree) walks down from its root; those at a leaf (its own child) drop
+        out of the walk, so deep trees cost only the rows that reach their depth."""
+        trees, nodes = self.feature.shape
+        offset = torch.arange(trees, device=x.device)[:, None] * nodes  # flat node numbers
+        left, right = (self.left + offset).view(-1), (self.right + offset).view(-1)
+        feature, threshold = self.feature.view(-1), self.threshold.view(-1)
+        node = offset.view(-1).repeat(len(x))  # (rows x trees,) row-major
+        first = torch.arange(len(x), device=x.device).repeat_interleave(trees) * x.shape[1]
+        values = x.reshape(-1)
+        walking = torch.arange(len(node), device=x.device)
+        for _ in range(self.depth):
+            here = node[walking]
+            goes_left = values[first[walking] + feature[here]] <= threshold[here]
+            step = torch.where(goes_left, left[here], right[here])
+            node[walking] = step
+            walking = walking[step != here]
+            if not len(walking):
+                break
+        return self.value.view(-1)[node].view(len(x), trees).sum(1) + self.bias
 
 
 def box_mean(counts: torch.Tensor, radius: int) -> torch.Tensor:

@@ -146,6 +146,9 @@ class DecodeSettings(Frozen):
 
 # DensityNet: no U-Net; a per-pixel classifier of box densities (model.DensityBackbone)
 Backbone = Literal["ResidualUNet3D", "UNet3D", "DensityNet"]
+# DensityNet's scorer: a perceptron trained by the optimiser, or gradient-boosted trees that
+# deflare train fits per event (train/trees.py) and the model evaluates in torch
+DensityHead = Literal["perceptron", "trees"]
 Loss = Literal["mse", "balanced", "mask"]
 ModelOutput = Literal["residual", "mask"]
 # Pooling between U-Net levels: over time bins and space (pytorch-3dunet's default), or space
@@ -197,6 +200,16 @@ class ModelSettings(Frozen):
         description="DensityNet: half-widths (pixels) of the boxes whose event densities it "
         "classifies by",
     )
+    density_head: DensityHead = Field(
+        "perceptron",
+        description="DensityNet: perceptron (hidden widths f_maps, trained by the optimiser) or "
+        "trees (gradient-boosted, fitted per event by deflare train; torch engine only)",
+    )
+    density_trees: tuple[int, int, int] = Field(
+        (0, 1, 0),
+        description="DensityNet with trees: (trees, nodes per tree, depth) of the fitted "
+        "ensemble, written by deflare train; the model's tensors take this shape",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
@@ -208,6 +221,8 @@ class ModelSettings(Frozen):
                     "backbone DensityNet ignores dropout and pooling; leave them unset"
                 )
             return self
+        if self.density_head != "perceptron":
+            raise ValueError("density_head trees needs backbone DensityNet")
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")
         if "g" in self.layer_order and any(f % self.num_groups for f in self.f_maps):
@@ -215,6 +230,12 @@ class ModelSettings(Frozen):
         if self.backbone == "ResidualUNet3D" and self.dropout:
             raise ValueError("ResidualUNet3D ignores dropout; use backbone UNet3D or dropout 0")
         return self
+
+    @property
+    def exportable(self) -> bool:
+        """Whether the model can be traced for OpenVINO: trees gather per pixel and tree, which
+        a graph over every pixel of a frame cannot afford (torch runs them on events only)."""
+        return self.density_head == "perceptron"
 
     @property
     def log_input(self) -> bool:

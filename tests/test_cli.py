@@ -291,7 +291,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "default_model_sparse.yaml": TrainSettings,
                    "long_context.yaml": TrainSettings,
                    "frame_norm.yaml": TrainSettings,
-                   "density_net.yaml": TrainSettings}  # fmt: skip
+                   "density_net.yaml": TrainSettings,
+                   "density_trees.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))

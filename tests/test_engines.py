@@ -176,3 +176,15 @@ def test_an_unwritable_cache_only_costs_time(monkeypatch, tmp_path: Path) -> Non
     reference = engines.TorchEngine(model, CPU, None).run(voxels)
     assert (engine.run(voxels) - reference).abs().max() < 1e-3
     assert blocked.read_text() == "not a folder"
+
+
+def test_a_tree_model_runs_in_torch() -> None:
+    """Trees gather per pixel and tree: auto picks torch for them even where OpenVINO is."""
+    from test_model import TREES
+
+    from deflare_cli.model import TrueResidualUNet3D
+
+    engine = engines.make_engine(TrueResidualUNet3D(TREES), "auto", "fp32", CPU, "trees")
+    assert isinstance(engine, engines.TorchEngine)
+    with pytest.raises(DeflareError, match="--engine torch"):
+        engines.make_engine(TrueResidualUNet3D(TREES), "openvino", "fp32", CPU, "trees")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -9,6 +10,8 @@ from pydantic import ValidationError
 from deflare_cli.model import (
     DENSITY_UNIT,
     FRAME_REFERENCE,
+    MASK_START_LOGIT,
+    TreeEnsemble,
     TrueResidualUNet3D,
     backbone_input,
     box_mean,
@@ -232,3 +235,43 @@ def test_an_untrained_density_net_changes_no_count_after_rounding() -> None:
         assert torch.equal(model(voxels).round(), voxels)
     assert DENSITY_NET.reach_px == 24 and DENSITY_NET.size_multiple == 1
     assert count_parameters(model) == 8 * 8 + 8 + 8 * 8 + 8 + 8 + 1
+
+
+TREES = ModelSettings(backbone="DensityNet", output="mask", input_norm="frame",
+                      density_head="trees")  # fmt: skip
+
+
+def test_the_tree_ensemble_scores_as_scikit_learn_does() -> None:
+    """Trees copied from a fitted HistGradientBoostingClassifier give its decision function,
+    also on values that fall exactly on a threshold and outside the training range."""
+    from sklearn.ensemble import HistGradientBoostingClassifier  # the dev extra has it
+
+    from deflare_cli.train.trees import load_trees, tree_shape
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(1.0, 2.0, (4000, 8))
+    y = (x[:, 0] - x[:, 4] + rng.normal(0, 1, 4000)) > 1
+    classifier = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y)
+    ensemble = TreeEnsemble(*tree_shape(classifier))
+    load_trees(ensemble, classifier)
+    probe = np.concatenate([rng.gamma(1.0, 2.0, (500, 8)), rng.gamma(1.0, 20.0, (50, 8))])
+    node = classifier._predictors[0][0].nodes[0]
+    probe[0, node["feature_idx"]] = node["num_threshold"]  # on the root's threshold: left
+    expected = classifier.decision_function(probe)
+    got = ensemble(torch.tensor(probe, dtype=torch.float32))[:, 0].double().numpy()
+    assert np.allclose(got, expected, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # trees run in float32 whatever is asked
+        under_bf16 = ensemble(torch.tensor(probe, dtype=torch.float32))[:, 0]
+    assert np.allclose(under_bf16.double().numpy(), expected, atol=1e-4)
+
+
+def test_an_unfitted_tree_model_changes_nothing_and_runs_in_torch_only() -> None:
+    model = TrueResidualUNet3D(TREES)
+    voxels = torch.zeros(1, 1, 8, 20, 30)
+    voxels[0, 0, 0, 5, 5], voxels[0, 0, 2, 6, 6] = 1.0, -2.0
+    assert torch.equal(model(voxels).round(), voxels)  # removal sigmoid(-6): no count changes
+    assert model(voxels, raw=True)[voxels != 0].eq(MASK_START_LOGIT).all()
+    assert not TREES.exportable and DENSITY_NET.exportable
+    assert [name for name, _ in model.named_parameters()] == []  # buffers: no optimiser moves them
+    with pytest.raises(ValidationError, match="trees needs backbone DensityNet"):
+        ModelSettings(output="mask", density_head="trees")

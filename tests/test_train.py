@@ -20,16 +20,16 @@ from test_infer import SMALL, write_checkpoint
 from test_model import DENSITY_NET
 from typer.testing import CliRunner
 
-from deflare_cli.checkpoint import load_checkpoint, load_weights
+from deflare_cli.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
 from deflare_cli.cli import app
 from deflare_cli.devices import freed_memory_kept, start_cluster
 from deflare_cli.errors import DeflareError, InputError
-from deflare_cli.io import read_events
+from deflare_cli.io import find_pairs, read_events
 from deflare_cli.model import TrueResidualUNet3D
-from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
+from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings, paired_dirs
 from deflare_cli.train import Trainer, train
 from deflare_cli.train.batchnorm import recompute_batchnorm, statistics_batches
-from deflare_cli.train.data import CachedPair, EventVoxelDataset
+from deflare_cli.train.data import CachedPair, EventVoxelDataset, encode_pair
 from deflare_cli.train.trainer import loss_window, mask_loss, training_loss
 from deflare_cli.train.validation import same_size_batches
 
@@ -501,6 +501,63 @@ def test_the_density_net_config_trains_and_deflares(tmp_path: Path, pairs_dir: P
         assert result.exit_code == 0, result.output
         outputs.append(read_events(out))
     assert all(same_events(events, outputs[0]) for events in outputs)
+
+
+def test_event_counts_split_each_pixel_into_flare_and_the_rest() -> None:
+    from deflare_cli.train.trees import event_counts
+
+    inputs = torch.zeros(1, 3, 2, 2)
+    targets = torch.zeros(1, 3, 2, 2)
+    inputs[0, :, 0, 0] = torch.tensor([3.0, 1.0, -2.0])  # 4 ON events, 2 OFF events
+    targets[0, :, 0, 0] = torch.tensor([1.0, 1.0, 0.0])  # the target keeps 2 ON, no OFF
+    inputs[0, 0, 1, 1], targets[0, 0, 1, 1] = -1.0, -1.0  # one OFF event, kept
+    flare, rest = event_counts(inputs, targets)
+    assert flare.shape == rest.shape == (2, 2, 2)  # ON pixels, then OFF pixels
+    assert flare[0, 0, 0] == 2 and rest[0, 0, 0] == 2 and flare[1, 0, 0] == 2
+    assert rest[1, 0, 0] == 0 and rest[1, 1, 1] == 1 and flare.sum() == 4 and rest.sum() == 3
+
+
+def test_the_density_trees_config_fits_and_deflares(tmp_path: Path, pairs_dir: Path) -> None:
+    """configs/density_trees.yaml fits trees from the command line, without an optimiser;
+    the checkpoint ranks the training pairs' flare events above the rest, and deflare runs it
+    in torch on tiles and frames to the same events (OpenVINO is refused with the reason)."""
+    from sklearn.metrics import roc_auc_score  # the dev extra has it
+
+    run_dir = tmp_path / "run"
+    config = Path(__file__).parents[1] / "configs" / "density_trees.yaml"
+    args = ["train", "--config", str(config), "--data-dir", str(pairs_dir), "--val-dir",
+            str(pairs_dir), "--run-dir", str(run_dir)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    trees, nodes, depth = checkpoint["settings"]["model"]["density_trees"]
+    assert trees > 10 and nodes > 3 and depth >= 2
+    model, codec = model_from_checkpoint(run_dir / "last.pt")
+    scores, labels = [], []
+    for pair in find_pairs(*paired_dirs(pairs_dir)):
+        inputs, targets = encode_pair(pair, codec)
+        with torch.no_grad():
+            logits = model(inputs[:, None].float(), raw=True)[:, 0]
+        occupied = inputs != 0
+        scores.append(logits[occupied])
+        labels.append((inputs != targets)[occupied])  # cells flare changed
+    auc = roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy())
+    assert auc > 0.8
+    source = pairs_dir / "background_with_flare_events" / "composed_00000_bg_flare.h5"
+    outputs = []
+    for tiling in ("tiles", "frame"):
+        out = tmp_path / f"{tiling}.h5"
+        checkpoint_args = ["--checkpoint", str(run_dir / "last.pt"), "--tiling", tiling]
+        result = CliRunner().invoke(app, ["deflare", str(source), str(out), *checkpoint_args])
+        assert result.exit_code == 0, result.output
+        outputs.append(read_events(out))
+    assert same_events(*outputs)
+    refused = CliRunner().invoke(app, ["deflare", str(source), str(tmp_path / "ov.h5"),
+                                       "--checkpoint", str(run_dir / "last.pt"), "--engine",
+                                       "openvino"])  # fmt: skip
+    assert refused.exit_code != 0 and "--engine torch" in refused.output
+    again = CliRunner().invoke(app, [*args, "--resume", str(run_dir / "last.pt")])
+    assert again.exit_code != 0 and "fitted in one go" in again.output
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:

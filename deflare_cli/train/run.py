@@ -7,11 +7,13 @@ from contextlib import nullcontext
 import torch.distributed as dist
 
 from ..devices import freed_memory_kept, start_cluster
+from ..errors import DeflareError
 from ..progress import Progress, no_progress
 from ..settings import TrainSettings
 from .debug import run_debug
 from .rundir import claim_run_dir
 from .trainer import Trainer, TrainResult
+from .trees import fit_trees
 
 
 def train(settings: TrainSettings, progress: Progress = no_progress) -> TrainResult:
@@ -26,6 +28,13 @@ def train(settings: TrainSettings, progress: Progress = no_progress) -> TrainRes
             claim if cluster.is_main else nullcontext(),  # ranks > 0 share rank 0's claim
             freed_memory_kept(cluster.device),  # a third faster on a CPU (see there)
         ):
+            if settings.model.density_head == "trees":
+                if cluster.distributed or settings.debug or settings.resume:
+                    raise DeflareError(
+                        "model.density_head trees is fitted in one go, in one process: "
+                        "no torchrun, --debug or --resume"
+                    )
+                return fit_trees(settings, progress)
             trainer = Trainer(settings, cluster, progress)
             if settings.debug:
                 return run_debug(trainer)
