@@ -32,7 +32,7 @@ def tile_removals(path: Path, deflarer) -> tuple[int, dict[tuple[int, int], tupl
     tiles = dict.fromkeys(TILE_SIZES, 0)
     removed = 0
     for _, voxels, predicted, _ in predict_windows(deflarer, events, events.time_span()):
-        removals = removal_counts(voxels.data, predicted, deflarer.margin).abs()
+        removals = removal_counts(voxels.data, predicted, deflarer.margin, deflarer.removal).abs()
         removed += int(removals.sum())
         for size in TILE_SIZES:
             counts, removed_per_tile = event_counts(voxels.data, size), event_counts(removals, size)

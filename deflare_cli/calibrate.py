@@ -38,7 +38,7 @@ from .infer import Deflarer, decode_window, load_deflarer, predict_windows, remo
 from .io import Pair, find_pairs, read_events, read_flare_labels
 from .metrics import kept_mask
 from .progress import Progress, no_progress
-from .settings import CalibrateSettings, CodecSettings
+from .settings import CalibrateSettings, CodecSettings, Removal
 
 MARGINS = tuple(round(0.05 * step, 2) for step in range(19))  # 0 .. 0.9
 
@@ -132,7 +132,8 @@ def _score_pair(
         for score in scores:
             output = decode_window(replace(deflarer, margin=score.margin), *window)
             kept[score.margin].append(kept_mask(window[0], output))
-    reachable = reachable_flare(source, flare, deflarer.codec, [score.margin for score in scores])
+    margins = [score.margin for score in scores]
+    reachable = reachable_flare(source, flare, deflarer.codec, margins, deflarer.removal)
     for score, perfect in zip(scores, reachable, strict=True):
         mask = np.concatenate(kept[score.margin])
         if flare.any():
@@ -143,7 +144,11 @@ def _score_pair(
 
 
 def reachable_flare(
-    events: Events, flare: np.ndarray, codec: CodecSettings, margins: list[float]
+    events: Events,
+    flare: np.ndarray,
+    codec: CodecSettings,
+    margins: list[float],
+    rule: Removal = "rounded",
 ) -> list[float]:
     """Per margin, the share of the ``flare`` events (a boolean mask of ``events``) that a
     perfect model, one predicting every cell's clean count, could remove: the flare's net count
@@ -158,7 +163,7 @@ def reachable_flare(
     net = torch.from_numpy(np.bincount(inverse, weights=np.sign(ours.p).astype(float)))
     count = np.bincount(inverse)
     removable = [
-        removal_counts(net, torch.zeros_like(net), margin).abs().numpy() for margin in margins
+        removal_counts(net, torch.zeros_like(net), margin, rule).abs().numpy() for margin in margins
     ]
     return [float(np.minimum(per_cell, count).sum() / len(ours)) for per_cell in removable]
 

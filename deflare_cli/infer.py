@@ -58,7 +58,7 @@ from .io import (
 )
 from .model import TrueResidualUNet3D
 from .progress import Progress, no_progress
-from .settings import CodecSettings, InferSettings, ModelSettings, TileSettings
+from .settings import CodecSettings, InferSettings, ModelSettings, Removal, TileSettings
 from .tiles import Core, TiledVoxels, encode_tiles, run_network, run_tiles
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ Predicted = torch.Tensor | list[Core]
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "default.pt"
 STAGES = ("read", "encode", "model", "decode", "write")
+# removal threshold: shares this close below 0.5 + margin count as reaching it (float rounding)
+SHARE_TOLERANCE = 1e-6
 LONE_EVENT_MARGIN = 0.5  # removal_counts: above it a one-event cell never loses its event
 
 
@@ -105,6 +107,11 @@ class Deflarer:
     provenance: dict[str, str]
     engine: Engine
     margin: float = 0.0  # of removal_counts: the setting, else the checkpoint's calibrated one
+
+    @property
+    def removal(self) -> Removal:
+        """How the model's output becomes removed events (:func:`removal_counts`' rule)."""
+        return self.model.settings.removal
 
     @property
     def engine_description(self) -> str:
@@ -391,7 +398,12 @@ def _decode_window(
             if deflarer.settings.output_mode == "preserve":
                 pieces.append(
                     preserve_events(
-                        segment_events, voxels.data[index], single, rng, deflarer.margin
+                        segment_events,
+                        voxels.data[index],
+                        single,
+                        rng,
+                        deflarer.margin,
+                        deflarer.removal,
                     )
                 )
             else:
@@ -408,11 +420,25 @@ def run_model(
     return run_network(deflarer.engine.run, voxels, tiles or deflarer.settings.tiles)
 
 
-def removal_counts(net: torch.Tensor, predicted: torch.Tensor, margin: float) -> torch.Tensor:
+def removal_counts(
+    net: torch.Tensor, predicted: torch.Tensor, margin: float, rule: Removal = "rounded"
+) -> torch.Tensor:
     """Net count to take out of each cell: ``net - predicted`` rounded towards zero by
     ``margin`` (0: plain rounding; 0.3: a one-event cell loses its event only where the model
-    predicts at most 0.2). Cells the model leaves alone give 0."""
+    predicts at most 0.2). Cells the model leaves alone give 0.
+
+    ``rule`` ``threshold`` (``ModelSettings.removal``, mask models): a cell is edited only where
+    the share it would lose, ``(net - predicted) / net``, is at least ``0.5 + margin``, and then
+    loses that excess rounded. A lone event goes at the same shares under both rules; a cell of
+    several events that the model scores at 0.5 keeps them all, where rounding takes some. A
+    model that gives every event of a pixel one score says "all flare or none" by it, and
+    rounding turned its uncertain shares of dense scene cells into removals
+    (docs/experiments.md, 2026-12-07)."""
     excess = net - predicted
+    if rule == "threshold":
+        sure = excess.abs() >= (0.5 + margin - SHARE_TOLERANCE) * net.abs()
+        rounded = torch.sign(excess) * torch.floor(excess.abs() + 0.5)
+        return torch.where(sure & (net != 0), rounded, torch.zeros_like(excess))
     return torch.sign(excess) * torch.floor(excess.abs() + (0.5 - margin)).clamp_min(0)
 
 
@@ -422,6 +448,7 @@ def preserve_events(
     predicted: Voxels,
     rng: np.random.Generator,
     margin: float = 0.0,
+    rule: Removal = "rounded",
 ) -> Events:
     """The input events of one segment, edited as little as possible to match the prediction.
 
@@ -431,6 +458,7 @@ def preserve_events(
         predicted: the model's voxel of the segment (1, B, H, W); rounded per cell.
         rng: chooses which events go and the timestamps of new ones.
         margin: how sure the model must be before it edits a cell (:func:`removal_counts`).
+        rule: :func:`removal_counts`' rule (the model's ``removal`` setting).
 
     Per cell, with ``P``/``N`` input events of each polarity and ``d`` from
     :func:`removal_counts` (with margin 0: ``(P - N) - round(predicted)``):
@@ -445,10 +473,10 @@ def preserve_events(
     predicted_grid = predicted.data[0].flatten()
     differs = input_grid != predicted_grid
     if 4 * int(differs.count_nonzero()) > len(input_grid):  # a residual model: everywhere
-        return _edit_cells(events, None, input_grid, predicted_grid, predicted, rng, margin)
+        return _edit_cells(events, None, input_grid, predicted_grid, predicted, rng, margin, rule)
     cells = torch.nonzero(differs).flatten()
     return _edit_cells(
-        events, cells, input_grid[cells], predicted_grid[cells], predicted, rng, margin
+        events, cells, input_grid[cells], predicted_grid[cells], predicted, rng, margin, rule
     )
 
 
@@ -460,10 +488,11 @@ def _edit_cells(
     layout: Voxels,
     rng: np.random.Generator,
     margin: float,
+    rule: Removal = "rounded",
 ) -> Events:
     """:func:`preserve_events` on the flat cells ``cells`` of the segment laid out as ``layout``
     (ascending; ``None``: all of them), whose input and predicted values are given."""
-    excess_all = removal_counts(net_values, predicted_values, margin)
+    excess_all = removal_counts(net_values, predicted_values, margin, rule)
     edited = torch.nonzero(excess_all).flatten()
     if not len(edited):
         return events
@@ -508,7 +537,9 @@ def _preserve_tiled(
         )
         cells, before, after = _differing_cells(by_segment.get(index, []), height, width)
         pieces.append(
-            _edit_cells(segment_events, cells, before, after, layout, rng, deflarer.margin)
+            _edit_cells(
+                segment_events, cells, before, after, layout, rng, deflarer.margin, deflarer.removal
+            )
         )
     return concat_events(pieces, events)
 

@@ -158,6 +158,8 @@ Pooling = Literal["xyt", "xy"]
 # What the backbone's input is divided by: nothing, or the event density of the input's whole
 # 20 ms frame (model.backbone_input), so that a dense scene is judged against its own frame.
 InputNorm = Literal["none", "frame"]
+# how a cell's predicted excess becomes removed events (infer.removal_counts)
+Removal = Literal["rounded", "threshold"]
 
 
 class ModelSettings(Frozen):
@@ -210,9 +212,18 @@ class ModelSettings(Frozen):
         description="DensityNet with trees: (trees, nodes per tree, depth) of the fitted "
         "ensemble, written by deflare train; the model's tensors take this shape",
     )
+    removal: Removal = Field(
+        "rounded",
+        description="how deflare turns the output into removed events: rounded (a cell loses "
+        "its predicted excess, rounded towards zero by the margin) or threshold (mask models: "
+        "a cell is edited only where its removal share is at least 0.5 + margin, then loses "
+        "its rounded excess; for a model that scores a pixel's events alike, as DensityNet does)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
+        if self.removal == "threshold" and self.output != "mask":
+            raise ValueError("removal threshold reads a removal share: it needs output mask")
         if self.backbone == "DensityNet":
             if self.output != "mask":
                 raise ValueError("backbone DensityNet classifies events: it needs output mask")

@@ -40,6 +40,26 @@ def test_removal_counts_round_with_a_margin() -> None:
     assert removal_counts(torch.tensor([-1.0]), torch.tensor([0.9]), 0.3).tolist() == [-2]
 
 
+def test_removal_threshold_edits_only_cells_the_model_is_sure_of() -> None:
+    """Rule threshold: a cell loses its rounded excess only where the share it loses is at least
+    0.5 + margin; lone events go at the same shares as with rounding."""
+    net = torch.tensor([1.0, 1.0, 3.0, 3.0, 4.0, -2.0, -2.0, 0.0])
+    share = torch.tensor([0.9, 0.8, 0.5, 0.9, 0.86, 0.9, 0.6, 0.9])
+    predicted = net * (1 - share)  # a mask model's output
+    assert removal_counts(net, predicted, 0.35, "threshold").tolist() == [1, 0, 0, 3, 3, -2, 0, 0]
+    # rounding takes one of the three events the model scores at 0.5, and one of the two at 0.6
+    assert removal_counts(net, predicted, 0.35).tolist() == [1, 0, 1, 2, 3, -1, -1, 0]
+    lone = torch.ones(101)
+    shares = torch.linspace(0, 1, 101)
+    for margin in (0.0, 0.2, 0.35, 0.45):
+        assert torch.equal(
+            removal_counts(lone, lone * (1 - shares), margin, "threshold"),
+            removal_counts(lone, lone * (1 - shares), margin),
+        )
+    # above 0.5 no cell is edited, however many events it holds
+    assert not removal_counts(net, torch.zeros_like(net), 0.55, "threshold").any()
+
+
 def test_a_perfect_model_reaches_lone_flare_events_up_to_margin_one_half() -> None:
     # bins of 2.5 ms: three lone ON flare events, a cell of three ON ones, a cell of one ON and
     # one OFF (net 0: nothing to remove), and two scene events
@@ -51,6 +71,14 @@ def test_a_perfect_model_reaches_lone_flare_events_up_to_margin_one_half() -> No
     reach = reachable_flare(events, flare, CodecSettings(), [0.0, 0.5, 0.55, 0.9])
     assert reach == [6 / 8, 6 / 8, 2 / 8, 2 / 8]
     assert np.isnan(reachable_flare(events, ~np.ones(10, bool), CodecSettings(), [0.0])).all()
+    # rule threshold: the flare-only cells go whole up to 0.5, nothing above
+    margins = [0.0, 0.5, 0.55, 0.9]
+    assert reachable_flare(events, flare, CodecSettings(), margins, "threshold") == [
+        6 / 8,
+        6 / 8,
+        0,
+        0,
+    ]
 
 
 def labelled_pairs(folder: Path, count: int) -> Path:

@@ -135,6 +135,22 @@ def test_preserve_edits_cells_minimally() -> None:
     assert len(new) == 2 and np.all((new.t >= 12_500) & (new.t < 15_000))
 
 
+def test_preserve_with_removal_threshold_keeps_cells_the_model_is_unsure_of() -> None:
+    """A mask model's removal share of 0.5 everywhere, margin 0.35: rounding takes one event of
+    the three-event cell; the threshold rule keeps all of them, and the lone event too."""
+    t = np.array([100, 200, 300, 2600])
+    events = make_events(t, [0, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 0], (2, 2), span_us=(0, 20_000))
+    input_voxel = events_to_voxel(events).data[0]
+    predicted = Voxels(input_voxel[None] * 0.5, 0, 20_000)
+    rng = np.random.default_rng(0)
+    rounded = preserve_events(events, input_voxel, predicted, rng, 0.35)
+    assert len(rounded) == 3 and 2600 in rounded.t
+    kept = preserve_events(events, input_voxel, predicted, rng, 0.35, "threshold")
+    assert same_events(kept, events)
+    sure = Voxels(input_voxel[None] * 0.1, 0, 20_000)  # 90% flare: every event goes
+    assert len(preserve_events(events, input_voxel, sure, rng, 0.35, "threshold")) == 0
+
+
 @pytest.mark.parametrize("everywhere", [False, True])
 def test_preserve_edits_the_cells_the_prediction_changes_on_a_large_sensor(everywhere) -> None:
     """At 1280x720, whether the prediction differs from the input in a few cells (a mask model,

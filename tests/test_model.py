@@ -163,6 +163,7 @@ def test_crop_must_fit_the_depth() -> None:
         ({"layer_order": "gr"}, "'c'"),
         ({"backbone": "DensityNet", "f_maps": (8, 8)}, "needs output mask"),
         ({"backbone": "DensityNet", "output": "mask", "dropout": 0.1}, "ignores dropout"),
+        ({"removal": "threshold"}, "needs output mask"),
     ],
 )
 def test_bad_model_settings_are_refused(values, message) -> None:

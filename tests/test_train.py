@@ -532,6 +532,7 @@ def test_the_density_trees_config_fits_and_deflares(tmp_path: Path, pairs_dir: P
     checkpoint = load_checkpoint(run_dir / "last.pt")
     trees, nodes, depth = checkpoint["settings"]["model"]["density_trees"]
     assert trees > 10 and nodes > 3 and depth >= 2
+    assert checkpoint["settings"]["model"]["removal"] == "threshold"
     model, codec = model_from_checkpoint(run_dir / "last.pt")
     scores, labels = [], []
     for pair in find_pairs(*paired_dirs(pairs_dir)):
