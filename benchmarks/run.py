@@ -338,6 +338,11 @@ def engine_recording(name: str, folder: Path) -> Path:
 ENGINE_CONFIGS = [("torch", "frame", "fp32"), ("torch", "auto", "auto"),
                   ("openvino", "frame", "auto"), ("openvino", "auto", "fp32"),
                   ("openvino", "auto", "auto")]  # fmt: skip
+# The engines are compared on the U-Net that was the default model until 2026-12-07 (issue 13's
+# figures): the default model since, fitted trees, runs in torch alone, in its own rows.
+ENGINE_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "candidates" / ("unet_mask_2026-11-29.calibrated.pt")
+)
 RECORDING_NAMES = {
     "dense": "dense synthetic 640x480 (100 ms, 1.8 M events)",
     "night": "sparse 1280x720 night-like (first 200 ms: 15 k events)",
@@ -345,10 +350,16 @@ RECORDING_NAMES = {
 
 
 def bench_engine(
-    recording: str, engine: str, tiling: str, precision: str = "auto", min_events: int | None = None
+    recording: str,
+    engine: str,
+    tiling: str,
+    precision: str = "auto",
+    min_events: int | None = None,
+    checkpoint: Path | None = ENGINE_CHECKPOINT,
 ) -> list[dict]:
-    """deflare with the shipped default model, one engine, tiling and precision, on one
-    recording (``min_events``: the tiles' --tile-min-events, else the default)."""
+    """deflare with one model (default: the U-Net of :data:`ENGINE_CHECKPOINT`; None: the
+    shipped default model), engine, tiling and precision, on one recording (``min_events``:
+    the tiles' --tile-min-events, else the default)."""
     from deflare_cli.infer import deflare, load_deflarer
     from deflare_cli.settings import InferSettings, RuntimeSettings, TileSettings
 
@@ -359,15 +370,17 @@ def bench_engine(
         memory = {"memory_gb": 8.0} if tiling == "frame" else {}
         tiles = TileSettings(mode=tiling, **({"min_events": min_events} if min_events else {}))
         runtime = RuntimeSettings(device="cpu", engine=engine, precision=precision)
-        settings = InferSettings(runtime=runtime, tiles=tiles, **memory)
+        settings = InferSettings(checkpoint=checkpoint, runtime=runtime, tiles=tiles, **memory)
         load_deflarer(settings)  # converts (once per checkpoint) and compiles (once per process)
         reset_peak()
         [result] = deflare(source, Path(folder) / "out.h5", settings)
     return [{
-        "name": f"{RECORDING_NAMES[recording]}: {engine}, {tiling}"
+        "name": f"{RECORDING_NAMES[recording]}: "
+        + ("the U-Net, " if checkpoint else "**the default model (trees)**, ")
+        + f"{engine}, {tiling}"
         + (f", --precision {precision}" if precision != "auto" else "")
         + (f", --tile-min-events {min_events}" if min_events else ""),
-        "baseline": (engine, tiling, precision) == ENGINE_CONFIGS[0],
+        "baseline": (engine, tiling, precision) == ENGINE_CONFIGS[0] and checkpoint is not None,
         "group": recording, "engine": result.engine, "tiling": tiling,
         "seconds": result.seconds, "realtime_factor": result.duration_s / result.seconds,
         "segment_seconds": result.seconds / result.segments,
@@ -442,6 +455,12 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "engine-night-openvino-auto-min32": lambda: bench_engine(
         "night", "openvino", "auto", min_events=32
     ),
+    **{
+        f"engine-{recording}-default": (
+            lambda recording=recording: bench_engine(recording, "torch", "auto", checkpoint=None)
+        )
+        for recording in RECORDING_NAMES
+    },
     "stream-10min": lambda: bench_stream_memory(10, 0.4),
 }
 
@@ -530,8 +549,10 @@ def engine_table(rows: list[dict]) -> list[str]:
         return []
     lines = [
         "",
-        "Inference engines and tiling, the shipped default model, batch 1 (speed: against torch "
-        "fp32 on whole frames, the path of deflare 0.1, measured in the same run):",
+        "Inference engines and tiling, batch 1: the U-Net that was the default model until "
+        "2026-12-07 (`candidates/`) in every engine, and the default model since (gradient-"
+        "boosted trees, torch only). Speed: against the U-Net in torch fp32 on whole frames, the "
+        "path of deflare 0.1, measured in the same run:",
         "",
         "| recording: engine, tiling | engine as reported | s per 20 ms | x real time | speed "
         "| kept | peak memory |",

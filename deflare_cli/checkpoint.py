@@ -102,6 +102,14 @@ def load_weights(path: Path, model_settings: ModelSettings) -> tuple[dict[str, A
     """A checkpoint's weights alone (fine-tuning) and its step: a training checkpoint or an
     exported model, whose model settings must equal ``model_settings``."""
     checkpoint = load_checkpoint(path)
+    if checkpoint["settings"]["model"].get("density_head") == "trees":
+        raise InputError(
+            path,
+            "holds fitted trees (model.density_head trees, as the default model since "
+            "2026-12-07), which no optimiser moves: fit trees on your pairs instead "
+            "(deflare train --config configs/density_trees.yaml), or fine-tune a U-Net such as "
+            "candidates/unet_mask_2026-11-29.calibrated.pt",
+        )
     _check_model_settings(path, checkpoint, model_settings, "fine-tune")
     return checkpoint["model"], int(checkpoint.get("step", 0))
 

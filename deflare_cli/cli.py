@@ -883,7 +883,8 @@ def train(
         typer.Option(
             "--init-from",
             help="Start from a checkpoint's weights with a fresh optimizer at step 0 "
-            "(fine-tuning); 'default': the shipped model (f_maps 16,32,64, --loss mask).",
+            "(fine-tuning), e.g. candidates/unet_mask_2026-11-29.calibrated.pt (f_maps "
+            "16,32,64, --loss mask); the shipped default is fitted trees, which do not fine-tune.",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything [0].")] = None,

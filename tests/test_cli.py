@@ -292,7 +292,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "long_context.yaml": TrainSettings,
                    "frame_norm.yaml": TrainSettings,
                    "density_net.yaml": TrainSettings,
-                   "density_trees.yaml": TrainSettings}  # fmt: skip
+                   "density_trees.yaml": TrainSettings,
+                   "default_trees.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))

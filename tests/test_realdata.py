@@ -20,9 +20,9 @@ from realdata import KEEP_TARGET, REALDATA, check  # noqa: E402
 from deflare_cli.settings import InferSettings, RuntimeSettings  # noqa: E402
 
 # fp32 on every machine, as the README's figures: where a CPU computes bf16 (AMX, AVX512-BF16),
-# auto precision shifts removal shares by up to ~0.01, and the shipped model keeps the lamp
-# scene only 0.04 points above the target in fp32 (97.04%) and misses it in bf16 (96.96%
-# OpenVINO, 96.89% torch; measured 2026-11-29, README "Known limitations").
+# auto precision shifts a U-Net's removal shares by up to ~0.01 (the U-Net shipped until
+# 2026-12-07 kept the lamp scene at 97.04% in fp32 and 96.89-96.96% in bf16); the default
+# model's trees give the same output in both.
 SETTINGS = InferSettings(runtime=RuntimeSettings(device="cpu", precision="fp32"))
 needs_realdata = pytest.mark.skipif(
     not REALDATA.is_dir(), reason=f"{REALDATA} is not on this machine"

@@ -356,12 +356,13 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimizer(
     assert not (tmp_path / "d" / "last.pt").exists()
 
 
-def test_fine_tuning_the_shipped_model_from_the_command_line(
-    tmp_path: Path, pairs_dir: Path
-) -> None:
+def test_fine_tuning_a_shipped_unet_from_the_command_line(tmp_path: Path, pairs_dir: Path) -> None:
+    """The U-Net shipped until 2026-12-07 fine-tunes; the default model, fitted trees, is refused
+    with what to do instead."""
+    unet = Path(__file__).parents[1] / "candidates" / "unet_mask_2026-11-29.calibrated.pt"
     run_dir = tmp_path / "run"
     args = ["train", "--data-dir", str(pairs_dir), "--run-dir", str(run_dir), "--init-from",
-            "default", "--loss", "mask", "--f-maps", "16,32,64", "--max-steps", "1",
+            str(unet), "--loss", "mask", "--f-maps", "16,32,64", "--max-steps", "1",
             "--crop", "32x32", "--batch-size", "2"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -369,8 +370,13 @@ def test_fine_tuning_the_shipped_model_from_the_command_line(
     wrong = [str(tmp_path / "w") if arg == str(run_dir) else arg for arg in args]
     wrong[wrong.index("16,32,64")] = "8,16"
     result = CliRunner().invoke(app, wrong)
-    assert result.exit_code == 1 and "default.pt" in result.output
+    assert result.exit_code == 1 and unet.name in result.output
     assert "model settings" in result.output
+    trees = [str(tmp_path / "t") if arg == str(run_dir) else arg for arg in args]
+    trees[trees.index(str(unet))] = "default"
+    result = CliRunner().invoke(app, trees)
+    assert result.exit_code == 1 and "default.pt" in result.output
+    assert "fitted trees" in result.output
 
 
 def test_debug_writes_the_seed_folders(tmp_path: Path, pairs_dir: Path) -> None:

@@ -33,7 +33,7 @@ STATISTICS_EPOCH = 1_000_000
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers (none in GroupNorm models such as the shipped one)."""
+    """The model's BatchNorm layers (none in GroupNorm models such as the first U-Nets)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
