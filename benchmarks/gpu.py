@@ -4,8 +4,9 @@
 
 Deflares the sparse 1280x720 night-like stream of ``benchmarks/run.py`` (``night_stream``) and a
 dense 1280x720 stream (a synthetic 640x480 input pair tiled 2x2 and stretched to 1280x720 is not
-physical, so the dense case is uniform noise at 10 M events/s instead) with two model sizes:
-the shipped default model and an E-DeflareNet-sized one (f_maps 32, 64, 128, 256, random
+physical, so the dense case is uniform noise at 10 M events/s instead) with three models: the
+shipped default model (gradient-boosted trees since 2026-12-07), the U-Net shipped before it
+(``run.ENGINE_CHECKPOINT``) and an E-DeflareNet-sized U-Net (f_maps 32, 64, 128, 256, random
 weights: speed does not depend on them). Each case runs once to warm up (CUDA kernels, autotuning)
 and is then timed end to end: reading, encoding, the model, decoding and writing. Real-time factor
 = recording seconds / wall seconds.
@@ -36,7 +37,14 @@ from deflare_cli.settings import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NIGHT_SENSOR, NIGHT_SOURCE, machine, night_stream, write_stream  # noqa: E402
+from run import (  # noqa: E402
+    ENGINE_CHECKPOINT,
+    NIGHT_SENSOR,
+    NIGHT_SOURCE,
+    machine,
+    night_stream,
+    write_stream,
+)
 
 E_DEFLARENET = (32, 64, 128, 256)
 # whole 1280x720 frames need ~5 GB of host memory per batch, over the 2 GB default budget (set
@@ -119,7 +127,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         models = {
-            "shipped default": DEFAULT_CHECKPOINT,
+            "shipped default (trees)": DEFAULT_CHECKPOINT,
+            "U-Net shipped until 2026-12-07": ENGINE_CHECKPOINT,
             "E-DeflareNet size, random weights": random_model(folder, E_DEFLARENET),
         }
         # without the real recording, the night stream is stray noise alone, in which no tile
