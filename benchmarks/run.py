@@ -340,9 +340,8 @@ ENGINE_CONFIGS = [("torch", "frame", "fp32"), ("torch", "auto", "auto"),
                   ("openvino", "auto", "auto")]  # fmt: skip
 # The engines are compared on the U-Net that was the default model until 2026-12-07 (issue 13's
 # figures): the default model since, fitted trees, runs in torch alone, in its own rows.
-ENGINE_CHECKPOINT = (
-    Path(__file__).resolve().parents[1] / "candidates" / ("unet_mask_2026-11-29.calibrated.pt")
-)
+CANDIDATES = Path(__file__).resolve().parents[1] / "candidates"
+ENGINE_CHECKPOINT = CANDIDATES / "unet_mask_2026-11-29.calibrated.pt"
 RECORDING_NAMES = {
     "dense": "dense synthetic 640x480 (100 ms, 1.8 M events)",
     "night": "sparse 1280x720 night-like (first 200 ms: 15 k events)",

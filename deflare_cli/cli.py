@@ -388,8 +388,9 @@ def deflare_command(
         typer.Option(
             "--margin",
             help="How sure the model must be to remove an event: 0 rounds its prediction, "
-            "0.3 removes a lone event only where it predicts <= 0.2 [the model's calibrated "
-            "margin, else 0].",
+            "0.3 removes a lone event only where it predicts <= 0.2 (models with removal "
+            "threshold, as the default: edits a cell only where its removal share is >= 0.8) "
+            "[the model's calibrated margin, else 0].",
         ),
     ] = None,
     sensor_size: SensorSizeOption = None,

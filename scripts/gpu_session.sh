@@ -65,9 +65,9 @@ say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
 # name -> "f_maps lr batch loss [pooling [crop [init [config]]]]" (loss: the recipe's balanced, or
 # mask: a mask model; pooling: xyt, or xy for space alone, README; crop: HxW, 128x128 by default;
-# init: a checkpoint to start from, e.g. the U-Net shipped until 2026-12-07, or - for none; config: the
-# settings file, configs/default_model.yaml by default). The default candidates are sizes a
-# CPU runs, as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment
+# init: a checkpoint to start from, e.g. the U-Net shipped until 2026-12-07, or - for none;
+# config: the settings file, configs/default_model.yaml by default). The default candidates are
+# sizes a CPU runs, as the shipped default must; E-DeflareNet's size costs ~16x the shipped one per segment
 # (and two would not fit the 64 MiB that $OUT brings back). The wide ones pool space alone, so five
 # levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
 # go at 97% of the rest kept (docs/experiments.md).
@@ -83,7 +83,8 @@ declare -A RECIPE=(
     [wide-mask-big]="16,32,64,128,128 0.0005 16 mask xy"  # the same reach, 4.0 M: 32 MB of weights
     # the wide model on crops that hold its reach (a 128 px crop cuts most of a 108 px context off)
     [wide-mask-256]="16,32,64,64,64 0.0007 8 mask xy 256x256"
-    # the U-Net shipped until 2026-12-07 fine-tuned on the training mix (configs/default_model_sparse.yaml)
+    # the U-Net shipped until 2026-12-07 fine-tuned on the training mix
+    # (as configs/default_model_sparse.yaml does)
     [shipped-ft]="16,32,64 0.0003 16 mask xyt 128x128 candidates/unet_mask_2026-11-29.calibrated.pt"
     # longer temporal context: 50 ms segments of 20 bins (configs/long_context.yaml), 2.5x the
     # cost of a step; a probe found it helping on the night recipe, not from the training one

@@ -526,13 +526,14 @@ def test_event_counts_split_each_pixel_into_flare_and_the_rest() -> None:
 def test_the_density_trees_config_fits_and_deflares(tmp_path: Path, pairs_dir: Path) -> None:
     """configs/density_trees.yaml fits trees from the command line, without an optimiser;
     the checkpoint ranks the training pairs' flare events above the rest, and deflare runs it
-    in torch on tiles and frames to the same events (OpenVINO is refused with the reason)."""
+    in torch on tiles and frames to the same events (OpenVINO is refused with the reason). The
+    fit reads no validation pairs (its --val-dir does not exist here)."""
     from sklearn.metrics import roc_auc_score  # the dev extra has it
 
     run_dir = tmp_path / "run"
     config = Path(__file__).parents[1] / "configs" / "density_trees.yaml"
     args = ["train", "--config", str(config), "--data-dir", str(pairs_dir), "--val-dir",
-            str(pairs_dir), "--run-dir", str(run_dir)]  # fmt: skip
+            str(tmp_path / "absent"), "--run-dir", str(run_dir)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     checkpoint = load_checkpoint(run_dir / "last.pt")
@@ -565,6 +566,9 @@ def test_the_density_trees_config_fits_and_deflares(tmp_path: Path, pairs_dir: P
     assert refused.exit_code != 0 and "--engine torch" in refused.output
     again = CliRunner().invoke(app, [*args, "--resume", str(run_dir / "last.pt")])
     assert again.exit_code != 0 and "fitted in one go" in again.output
+    other = [str(tmp_path / "other") if arg == str(run_dir) else arg for arg in args]
+    tuned = CliRunner().invoke(app, [*other, "--init-from", str(run_dir / "last.pt")])
+    assert tuned.exit_code != 0 and "--init-from" in tuned.output
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:

@@ -35,14 +35,17 @@ TREE_ROWS = 400_000  # pixel rows the fit samples (weights keep it a per-event f
 
 
 def fit_trees(settings: TrainSettings, progress: Progress = no_progress) -> TrainResult:
-    """Fit the trees of ``settings.model`` on the run's training pairs; write ``last.pt``."""
+    """Fit the trees of ``settings.model`` on every one of the run's training pairs (the
+    validation settings play no part); write ``last.pt``."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
         raise DeflareError(
             "model.density_head trees is fitted with scikit-learn: pip install 'deflare[trees]'"
         ) from None
-    datasets = load_datasets(settings, progress)
+    # no validation step: every pair is fitted on, and no validation pair is read or encoded
+    every_pair = settings.data.model_copy(update={"val_dir": None, "val_fraction": 0.0})
+    datasets = load_datasets(settings.model_copy(update={"data": every_pair}), progress)
     frames = EventVoxelDataset(datasets.train.entries)  # whole frames: no cut boxes
     features, flare, rest = pixel_rows(frames, settings, progress)
     rows = np.concatenate([features[flare > 0], features[rest > 0]])
