@@ -132,10 +132,12 @@ class DensityBackbone(nn.Module):
     half-width ``settings.density_radii`` (cut at the input's edges) are a cell's features,
     its own polarity's first; ``log(1 + density / DENSITY_UNIT)`` of them goes through a
     perceptron (hidden widths ``settings.f_maps``) to one logit, the same for every bin of a
-    pixel and polarity. It is ``benchmarks/context_probe.py``'s "local / frame density"
-    classifier, which carried over to real scenes where the U-Nets did not (docs/experiments.md);
-    its reach is its widest box, and it has no normalisation layer, so a tile with a halo of
-    that reach gives exactly the whole frame's output.
+    pixel and polarity. With ``settings.flicker_radii``, the pixel's polarity alternations
+    and busy bins (:func:`flicker_features`) join them. It is
+    ``benchmarks/context_probe.py``'s "local / frame density" classifier, which carried over to
+    real scenes where the U-Nets did not (docs/experiments.md); its reach is its widest box, and
+    it has no normalisation layer, so a tile with a halo of that reach gives exactly the whole
+    frame's output.
 
     The perceptron runs only where a pixel has events of that polarity (a few percent of a
     sparse frame: 30x less work in training); cells without events get logit 0, which no
@@ -149,11 +151,13 @@ class DensityBackbone(nn.Module):
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__()
         self.radii = settings.density_radii
+        self.flicker_radii = settings.flicker_radii
         self.trees = None
         if settings.density_head == "trees":
             self.trees = TreeEnsemble(*settings.density_trees)
             return
-        widths = [2 * len(self.radii), *settings.f_maps]
+        flicker = 2 + len(self.flicker_radii) if self.flicker_radii else 0
+        widths = [2 * len(self.radii) + flicker, *settings.f_maps]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
@@ -180,6 +184,9 @@ class DensityBackbone(nn.Module):
         off_first = torch.cat([box[:, 1:] for box in boxes] + [box[:, :1] for box in boxes], 1)
         features = torch.cat([on_first, off_first])[:, :, 0].permute(0, 2, 3, 1)
         occupied = torch.cat([counts[:, 0, 0], counts[:, 1, 0]]) > 0
+        if self.flicker_radii:
+            flicker = flicker_features(voxels, self.flicker_radii).repeat(2, 1, 1, 1)
+            features = torch.cat([features, flicker], dim=-1)
         return features, occupied
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
@@ -188,6 +195,24 @@ class DensityBackbone(nn.Module):
         if self.trees is not None:
             return self.trees(scaled)
         return self.final_conv(self.hidden(scaled))
+
+
+def flicker_features(voxels: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:
+    """(N, H, W, 2 + len(radii)) of (N, 1, B, H, W) voxels: per pixel, the polarity alternations
+    between its consecutive non-empty bins, its non-empty bins, and the alternations' means over
+    boxes of half-width ``radii``; times ``DENSITY_UNIT``, so that :func:`density_scale` gives
+    ``log(1 + count)``. A light flickering at 100-500 Hz alternates a pixel's polarity every few
+    bins, a moving edge once at most; these counts do not depend on the frame's density, so they
+    still tell flicker from scene where flare fills the frame (and scales every density to ~1)."""
+    signs = torch.sign(voxels[:, 0])  # (N, B, H, W)
+    last = torch.zeros_like(signs[:, 0])
+    alternations = torch.zeros_like(last)
+    for bin_signs in signs.unbind(1):
+        alternations += ((bin_signs * last) < 0).to(last.dtype)
+        last = torch.where(bin_signs != 0, bin_signs, last)
+    busy_bins = (signs != 0).sum(1).to(last.dtype)
+    boxes = [box_mean(alternations[:, None, None], radius)[:, 0, 0] for radius in radii]
+    return torch.stack([alternations, busy_bins, *boxes], dim=-1) * DENSITY_UNIT
 
 
 def density_scale(features: torch.Tensor) -> torch.Tensor:

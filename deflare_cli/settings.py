@@ -202,6 +202,12 @@ class ModelSettings(Frozen):
         description="DensityNet: half-widths (pixels) of the boxes whose event densities it "
         "classifies by",
     )
+    flicker_radii: tuple[PositiveInt, ...] = Field(
+        (),
+        description="DensityNet: also classify by each pixel's polarity alternations between its "
+        "non-empty time bins and its number of non-empty bins, and by the alternations' means "
+        "over boxes of these half-widths (pixels); empty: box densities alone",
+    )
     density_head: DensityHead = Field(
         "perceptron",
         description="DensityNet: perceptron (hidden widths f_maps, trained by the optimiser) or "
@@ -234,6 +240,8 @@ class ModelSettings(Frozen):
             return self
         if self.density_head != "perceptron":
             raise ValueError("density_head trees needs backbone DensityNet")
+        if self.flicker_radii:
+            raise ValueError("flicker_radii are DensityNet features: they need backbone DensityNet")
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")
         if "g" in self.layer_order and any(f % self.num_groups for f in self.f_maps):
@@ -268,7 +276,7 @@ class ModelSettings(Frozen):
         (``tests/test_tiles.py``). GroupNorm's statistics reach further, but only by a little.
         DensityNet: its widest box."""
         if self.backbone == "DensityNet":
-            return max(self.density_radii)
+            return max(self.density_radii + self.flicker_radii)
         return 7 * 2 ** (self.depth - 1) - 4
 
     @property

@@ -16,6 +16,7 @@ from deflare_cli.model import (
     backbone_input,
     box_mean,
     count_parameters,
+    flicker_features,
     frame_density,
 )
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
@@ -164,6 +165,7 @@ def test_crop_must_fit_the_depth() -> None:
         ({"backbone": "DensityNet", "f_maps": (8, 8)}, "needs output mask"),
         ({"backbone": "DensityNet", "output": "mask", "dropout": 0.1}, "ignores dropout"),
         ({"removal": "threshold"}, "needs output mask"),
+        ({"flicker_radii": (3,)}, "need backbone DensityNet"),
     ],
 )
 def test_bad_model_settings_are_refused(values, message) -> None:
@@ -236,6 +238,41 @@ def test_an_untrained_density_net_changes_no_count_after_rounding() -> None:
         assert torch.equal(model(voxels).round(), voxels)
     assert DENSITY_NET.reach_px == 24 and DENSITY_NET.size_multiple == 1
     assert count_parameters(model) == 8 * 8 + 8 + 8 * 8 + 8 + 8 + 1
+
+
+def test_flicker_features_count_polarity_alternations_between_busy_bins() -> None:
+    """A pixel of a flickering light alternates polarity from busy bin to busy bin; a moving edge
+    fires one polarity; empty bins between events do not break an alternation."""
+    voxels = torch.zeros(1, 1, 8, 20, 30)
+    voxels[0, 0, [0, 2, 3, 5, 7], 5, 5] = torch.tensor([2.0, -1.0, 3.0, -0.5, 1.0])  # flicker
+    voxels[0, 0, [1, 2], 5, 20] = 1.0  # an edge: ON twice
+    voxels[0, 0, 4, 15, 25] = -1.0  # a lone event
+    features = flicker_features(voxels, (2,)) / DENSITY_UNIT
+    assert features.shape == (1, 20, 30, 3)
+    assert features[0, 5, 5].tolist()[:2] == [4.0, 5.0]  # 4 alternations over 5 busy bins
+    assert features[0, 5, 20].tolist()[:2] == [0.0, 2.0]
+    assert features[0, 15, 25].tolist()[:2] == [0.0, 1.0]
+    assert features[0, 0, 0].tolist()[:2] == [0.0, 0.0]
+    assert torch.isclose(features[0, 6, 6, 2], torch.tensor(4 / 25))  # the mean within 2 px
+    assert features[0, 5, 20, 2] == 0  # no flicker within 2 px of the edge
+    # the counts do not depend on the scale of the frame (input_norm frame)
+    assert torch.equal(flicker_features(voxels * 0.01, (2,)), flicker_features(voxels, (2,)))
+
+
+def test_a_density_net_with_flicker_features_scores_them_for_both_polarities() -> None:
+    settings = DENSITY_NET.model_copy(update={"flicker_radii": (3, 8)})
+    model = TrueResidualUNet3D(settings).eval()
+    assert model.backbone.hidden[0].in_features == 8 + 4 and settings.reach_px == 24
+    voxels = torch.zeros(1, 1, 8, 20, 30)
+    voxels[0, 0, [0, 2, 4], 5, 5] = torch.tensor([1.0, -1.0, 1.0])
+    features, occupied = model.backbone.features(voxels)
+    assert features.shape == (2, 20, 30, 12)
+    assert torch.equal(features[0, ..., 8:], features[1, ..., 8:])  # ON rows, OFF rows alike
+    assert occupied[0, 5, 5] and occupied[1, 5, 5]
+    with torch.no_grad():
+        assert model(voxels).shape == voxels.shape
+    wide = DENSITY_NET.model_copy(update={"flicker_radii": (30,)})
+    assert wide.reach_px == 30  # a wider flicker box widens the reach (tiles' halo)
 
 
 TREES = ModelSettings(backbone="DensityNet", output="mask", input_norm="frame",
