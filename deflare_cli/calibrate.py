@@ -12,7 +12,9 @@ pair counting the same). The mean can meet the target while some pairs do not; s
 do-no-harm check judges each recording on its own, ``max_share_below`` can also bound the share
 of pairs that keep less than ``min_kept`` (1: no bound). The choice is written into an
 exported model, which ``deflare deflare`` then applies by default. Calibrate on validation
-pairs, never on the recordings you will judge the model by.
+pairs, never on the recordings you will judge the model by. With ``report``, every pair's
+scores at every margin go to a CSV: it names the pairs that keep less than ``min_kept`` and
+so hold the margin up.
 
 Above margin 0.5 a cell holding a single event never loses it, whatever the model predicts
 (:func:`deflare_cli.infer.removal_counts`; at margin ``m`` it goes only where the model predicts
@@ -25,8 +27,10 @@ therefore also gives the share of the flare a perfect model could remove there
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +39,7 @@ from .checkpoint import export_checkpoint
 from .codec import cell_index
 from .events import Events
 from .infer import Deflarer, decode_window, load_deflarer, predict_windows, removal_counts
-from .io import Pair, find_pairs, read_events, read_flare_labels
+from .io import Pair, atomic_output, find_pairs, read_events, read_flare_labels
 from .metrics import kept_mask
 from .progress import Progress, no_progress
 from .settings import CalibrateSettings, CodecSettings, Removal
@@ -79,11 +83,17 @@ def _mean(values: list[float]) -> float:
 
 @dataclass
 class Calibration:
-    """Every margin's scores and the one chosen (None: no margin keeps enough)."""
+    """Every margin's scores and the one chosen (None: no margin keeps enough); ``rows``: per
+    pair and margin, its input file and scores (``REPORT_COLUMNS``; NaN where it has no flare
+    or no other events)."""
 
     scores: list[MarginScore]
     margin: float | None
     pairs: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+REPORT_COLUMNS = ["pair", "margin", "flare_removed", "non_flare_kept", "reachable", "chosen"]
 
 
 def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> Calibration:
@@ -91,11 +101,16 @@ def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> 
     deflarer = load_deflarer(settings.infer.model_copy(update={"margin": 0.0}))
     pairs = find_pairs(*settings.paired_dirs())
     scores = [MarginScore(margin) for margin in MARGINS]
+    rows: list[dict[str, Any]] = []
     for done, pair in enumerate(pairs, start=1):
-        _score_pair(deflarer, pair, scores, settings)
+        rows += _score_pair(deflarer, pair, scores, settings)
         progress("calibrating", done, len(pairs))
     margin = choose_margin(scores, settings.min_kept, settings.max_share_below)
-    calibration = Calibration(scores, margin, len(pairs))
+    calibration = Calibration(scores, margin, len(pairs), rows)
+    for row in rows:
+        row["chosen"] = row["margin"] == margin
+    if settings.report is not None:
+        write_report(settings.report, rows)
     if calibration.margin is not None and settings.output is not None:
         notes = {"calibrated_on": str(settings.data_dir), "min_kept": settings.min_kept,
                  "max_share_below": settings.max_share_below}  # fmt: skip
@@ -119,10 +134,19 @@ def choose_margin(
     return min(good) if good else None
 
 
+def write_report(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-pair scores as a CSV (``REPORT_COLUMNS``), written atomically."""
+    with atomic_output(path) as temp_path, open(temp_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _score_pair(
     deflarer: Deflarer, pair: Pair, scores: list[MarginScore], settings: CalibrateSettings
-) -> None:
-    """Run the model once over a pair's input and add each margin's counts to ``scores``."""
+) -> list[dict[str, Any]]:
+    """Run the model once over a pair's input and add each margin's counts to ``scores``;
+    the pair's rows of the report."""
     source = read_events(pair.flare_path, settings.infer.read)
     flare = read_flare_labels(pair.flare_path, len(source))
     # Per window: preserve mode keeps each window's events inside it, so the kept masks of the
@@ -134,13 +158,21 @@ def _score_pair(
             kept[score.margin].append(kept_mask(window[0], output))
     margins = [score.margin for score in scores]
     reachable = reachable_flare(source, flare, deflarer.codec, margins, deflarer.removal)
+    rows = []
     for score, perfect in zip(scores, reachable, strict=True):
         mask = np.concatenate(kept[score.margin])
+        removed = others_kept = float("nan")
         if flare.any():
-            score.flare_removed.append(float((~mask[flare]).mean()))
+            removed = float((~mask[flare]).mean())
+            score.flare_removed.append(removed)
             score.flare_reachable.append(perfect)
         if (~flare).any():
-            score.others_kept.append(float(mask[~flare].mean()))
+            others_kept = float(mask[~flare].mean())
+            score.others_kept.append(others_kept)
+        rows.append({"pair": str(pair.flare_path), "margin": score.margin,
+                     "flare_removed": removed, "non_flare_kept": others_kept,
+                     "reachable": perfect})  # fmt: skip
+    return rows
 
 
 def reachable_flare(

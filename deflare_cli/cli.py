@@ -625,6 +625,14 @@ def calibrate(
             "mean; 0: every pair must keep it [1: no bound].",
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write every pair's flare removed and non-flare kept at every margin to "
+            "this CSV: the pairs below --min-kept are the ones that hold the margin up.",
+        ),
+    ] = None,
     device: DeviceOption = None,
     precision: InferPrecisionOption = None,
     engine: EngineOption = None,
@@ -640,6 +648,8 @@ def calibrate(
     with reporting_errors():
         target = output or default_output(checkpoint)
         check_distinct(checkpoint, target)
+        if report is not None:
+            check_distinct(checkpoint, report)
         settings = load_settings(
             CalibrateSettings,
             config,
@@ -648,6 +658,7 @@ def calibrate(
                 "min_kept": min_kept,
                 "max_share_below": max_share_below,
                 "output": target,
+                "report": report,
                 "infer": {
                     "checkpoint": checkpoint,
                     "tiles": {"mode": tiling},

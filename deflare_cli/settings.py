@@ -636,6 +636,9 @@ class CalibrateSettings(Frozen):
         1.0, ge=0, le=1, description="share of pairs that may keep less than min_kept on their own"
     )
     output: Path | None = Field(None, description="exported model with the chosen margin")
+    report: Path | None = Field(
+        None, description="CSV of every pair's flare removed and non-flare kept at every margin"
+    )
     infer: InferSettings = InferSettings()
 
     @model_validator(mode="after")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import h5py
@@ -109,12 +110,23 @@ def test_calibration_picks_the_smallest_margin_that_keeps_enough(
 ) -> None:
     data = labelled_pairs(tmp_path / "val", 2)
     output = tmp_path / "calibrated.pt"
+    report = tmp_path / "pairs.csv"
     settings = CalibrateSettings(
-        data_dir=data, min_kept=0.9, output=output, infer=InferSettings(checkpoint=remover)
-    )
+        data_dir=data, min_kept=0.9, output=output, report=report,
+        infer=InferSettings(checkpoint=remover),
+    )  # fmt: skip
     result = calibrate(settings)
     assert [score.margin for score in result.scores] == list(MARGINS) and result.pairs == 2
     by_margin = {score.margin: score for score in result.scores}
+    # the report: one row per pair and margin, the scores the table averages
+    with open(report, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * len(MARGINS) and len({row["pair"] for row in rows}) == 2
+    for margin, score in by_margin.items():
+        ours = [row for row in rows if float(row["margin"]) == margin]
+        assert [float(row["non_flare_kept"]) for row in ours] == score.others_kept
+        assert [float(row["flare_removed"]) for row in ours] == score.flare_removed
+        assert all((row["chosen"] == "True") == (margin == result.margin) for row in ours)
     assert by_margin[0.0].non_flare_kept < 0.9  # without a margin the model does harm
     assert result.margin is not None and result.margin > 0
     assert by_margin[result.margin].non_flare_kept >= 0.9
@@ -198,12 +210,21 @@ def test_calibration_reports_when_no_margin_is_enough(tmp_path: Path) -> None:
     data = labelled_pairs(tmp_path / "val", 1)
     output = tmp_path / "calibrated.pt"
     runner = CliRunner()
+    report = tmp_path / "pairs.csv"
     result = runner.invoke(
-        app, ["calibrate", str(remover), str(data), "-o", str(output), "--min-kept", "1"]
-    )
+        app, ["calibrate", str(remover), str(data), "-o", str(output), "--min-kept", "1",
+              "--report", str(report)],
+    )  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "no margin keeps 100.0%" in result.output
     assert not output.exists()
+    # the report is written all the same: it shows what kept the margin from being found
+    with open(report, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(MARGINS) and not any(row["chosen"] == "True" for row in rows)
+    assert all(float(row["non_flare_kept"]) < 1 for row in rows[:1])
+    result = runner.invoke(app, ["calibrate", str(remover), str(data), "--report", str(remover)])
+    assert result.exit_code != 0 and "overwrite the input" in result.output
 
 
 def test_calibration_runs_at_the_precision_asked_for(tmp_path: Path, remover: Path) -> None:
