@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 from rich.console import Console
@@ -65,6 +65,9 @@ from .settings import (
     parse_sensor_size,
     parse_time_window,
 )
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration
 
 app = typer.Typer(
     name="deflare",
@@ -668,21 +671,9 @@ def calibrate(
         )
         with progress_bar() as progress:
             result = run_calibration(settings, progress)
-    table = Table(title=f"calibration on {result.pairs} pairs")
-    below = f"pairs keeping < {settings.min_kept:.0%}"
-    columns = ("margin", "flare removed", "non-flare kept", below, "a perfect model's reach")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for score in result.scores:
-        chosen = " *" if score.margin == result.margin else ""
-        table.add_row(
-            f"{score.margin:.2f}{chosen}",
-            f"{score.flare_recall:.1%}",
-            f"{score.non_flare_kept:.1%}",
-            f"{score.pairs_below(settings.min_kept)} of {len(score.others_kept)}",
-            f"{score.reachable:.1%}",
-        )
-    _wide_console().print(table)
+    _wide_console().print(_calibration_table(result, settings.min_kept))
+    if report is not None:
+        say(f"every pair at every margin: {escape(str(report))}")
     if result.margin is not None and result.margin > LONE_EVENT_MARGIN:
         picked = next(score for score in result.scores if score.margin == result.margin)
         say(
@@ -701,6 +692,25 @@ def calibrate(
         )
         raise typer.Exit(1)
     say(f"[green]margin {result.margin:.2f}[/]: model written to {escape(str(target))}")
+
+
+def _calibration_table(result: Calibration, min_kept: float) -> Table:
+    """Each margin's mean scores, the pairs under ``min_kept``, the chosen margin starred."""
+    table = Table(title=f"calibration on {result.pairs} pairs")
+    below = f"pairs keeping < {min_kept:.0%}"
+    columns = ("margin", "flare removed", "non-flare kept", below, "a perfect model's reach")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for score in result.scores:
+        chosen = " *" if score.margin == result.margin else ""
+        table.add_row(
+            f"{score.margin:.2f}{chosen}",
+            f"{score.flare_recall:.1%}",
+            f"{score.non_flare_kept:.1%}",
+            f"{score.pairs_below(min_kept)} of {len(score.others_kept)}",
+            f"{score.reachable:.1%}",
+        )
+    return table
 
 
 @app.command()
