@@ -83,16 +83,15 @@ def _mean(values: list[float]) -> float:
 
 @dataclass
 class Calibration:
-    """Every margin's scores and the one chosen (None: no margin keeps enough); ``rows``: per
-    pair and margin, its input file and scores (``REPORT_COLUMNS``; NaN where it has no flare
-    or no other events)."""
+    """Every margin's scores and the one chosen (None: no margin keeps enough)."""
 
     scores: list[MarginScore]
     margin: float | None
     pairs: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+# settings.report: per pair and margin, its input file and scores (NaN where it has no flare or
+# no other events), and whether the margin is the chosen one
 REPORT_COLUMNS = ["pair", "margin", "flare_removed", "non_flare_kept", "reachable", "chosen"]
 
 
@@ -106,11 +105,9 @@ def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> 
         rows += _score_pair(deflarer, pair, scores, settings)
         progress("calibrating", done, len(pairs))
     margin = choose_margin(scores, settings.min_kept, settings.max_share_below)
-    calibration = Calibration(scores, margin, len(pairs), rows)
-    for row in rows:
-        row["chosen"] = row["margin"] == margin
+    calibration = Calibration(scores, margin, len(pairs))
     if settings.report is not None:
-        write_report(settings.report, rows)
+        write_report(settings.report, [{**row, "chosen": row["margin"] == margin} for row in rows])
     if calibration.margin is not None and settings.output is not None:
         notes = {"calibrated_on": str(settings.data_dir), "min_kept": settings.min_kept,
                  "max_share_below": settings.max_share_below}  # fmt: skip

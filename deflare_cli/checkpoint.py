@@ -108,7 +108,7 @@ def load_weights(path: Path, model_settings: ModelSettings) -> tuple[dict[str, A
             "holds fitted trees (model.density_head trees, as the default model since "
             "2026-12-07), which no optimiser moves: fit trees on your pairs instead "
             "(deflare train --config configs/density_trees.yaml), or fine-tune a U-Net such as "
-            "candidates/unet_mask_2026-11-29.calibrated.pt",
+            "candidates/unet_mask_2026-11-29.calibrated.pt in deflare's repository",
         )
     _check_model_settings(path, checkpoint, model_settings, "fine-tune")
     return checkpoint["model"], int(checkpoint.get("step", 0))

@@ -36,8 +36,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import DeflareError, InputError
-from .io import check_distinct, decode_file, encode_file
+from .errors import DeflareError, InputError, OutputError
+from .io import check_distinct, check_writable, decode_file, encode_file
 from .methods import METHODS, resolve_methods
 from .progress import ProgressLines
 from .settings import (
@@ -650,9 +650,12 @@ def calibrate(
 
     with reporting_errors():
         target = output or default_output(checkpoint)
-        check_distinct(checkpoint, target)
-        if report is not None:
-            check_distinct(checkpoint, report)
+        written = [target] if report is None else [target, report]
+        for path in written:
+            check_distinct(checkpoint, path)
+            check_writable(path)  # now, not after the whole calibration
+        if report is not None and report.resolve() == target.resolve():
+            raise OutputError(f"{report}: --report and the model's output name the same file")
         settings = load_settings(
             CalibrateSettings,
             config,
@@ -905,8 +908,9 @@ def train(
         typer.Option(
             "--init-from",
             help="Start from a checkpoint's weights with a fresh optimizer at step 0 "
-            "(fine-tuning), e.g. candidates/unet_mask_2026-11-29.calibrated.pt (f_maps "
-            "16,32,64, --loss mask); the shipped default is fitted trees, which do not fine-tune.",
+            "(fine-tuning), e.g. the repository's candidates/unet_mask_2026-11-29.calibrated.pt "
+            "(f_maps 16,32,64, --loss mask); the shipped default is fitted trees, which do not "
+            "fine-tune.",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything [0].")] = None,

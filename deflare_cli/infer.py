@@ -488,7 +488,7 @@ def _edit_cells(
     layout: Voxels,
     rng: np.random.Generator,
     margin: float,
-    rule: Removal = "rounded",
+    rule: Removal,
 ) -> Events:
     """:func:`preserve_events` on the flat cells ``cells`` of the segment laid out as ``layout``
     (ascending; ``None``: all of them), whose input and predicted values are given."""

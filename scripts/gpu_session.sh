@@ -72,6 +72,7 @@ say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 # levels reach 108 px: a probe found context at 64-160 px doubling the sparse flare that can
 # go at 97% of the rest kept (docs/experiments.md).
 LONG_CONTEXT=configs/long_context.yaml
+UNET_BEFORE=candidates/unet_mask_2026-11-29.calibrated.pt  # the default model until 2026-12-07
 declare -A RECIPE=(
     [small]="16,32,64 0.0007 16 balanced"           # the shipped size: fast on CPU
     [deep]="16,32,64,128 0.0007 16 balanced"        # one more level: twice the reach
@@ -85,11 +86,11 @@ declare -A RECIPE=(
     [wide-mask-256]="16,32,64,64,64 0.0007 8 mask xy 256x256"
     # the U-Net shipped until 2026-12-07 fine-tuned on the training mix
     # (as configs/default_model_sparse.yaml does)
-    [shipped-ft]="16,32,64 0.0003 16 mask xyt 128x128 candidates/unet_mask_2026-11-29.calibrated.pt"
+    [shipped-ft]="16,32,64 0.0003 16 mask xyt 128x128 $UNET_BEFORE"
     # longer temporal context: 50 ms segments of 20 bins (configs/long_context.yaml), 2.5x the
     # cost of a step; a probe found it helping on the night recipe, not from the training one
     # (docs/experiments.md, 2026-12-06). long-ft starts from that U-Net's weights.
-    [long-ft]="16,32,64 0.0003 16 mask xyt 128x128 candidates/unet_mask_2026-11-29.calibrated.pt $LONG_CONTEXT"
+    [long-ft]="16,32,64 0.0003 16 mask xyt 128x128 $UNET_BEFORE $LONG_CONTEXT"
     [long-mask]="16,32,64 0.0007 16 mask xyt 128x128 - $LONG_CONTEXT"
     # input divided by its whole frame's event density, no GroupNorm (configs/frame_norm.yaml):
     # a probe found local densities over the frame's keeping 94.5-99.8% of six real scenes at

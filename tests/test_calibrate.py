@@ -227,6 +227,30 @@ def test_calibration_reports_when_no_margin_is_enough(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "overwrite the input" in result.output
 
 
+def test_calibrate_refuses_outputs_it_cannot_write_before_it_runs(
+    tmp_path: Path, remover: Path
+) -> None:
+    """A missing folder or a report named as the model is refused up front, not after the run."""
+    data = labelled_pairs(tmp_path / "val", 1)
+    model = tmp_path / "m.pt"
+    cases = {
+        "--report and the model's output name the same file": ["--report", str(model)],
+        "does not exist": ["--report", str(tmp_path / "no" / "pairs.csv")],
+        "is a folder": ["--report", str(tmp_path)],
+    }
+    for message, extra in cases.items():
+        result = CliRunner().invoke(
+            app, ["calibrate", str(remover), str(data), "-o", str(model), *extra]
+        )
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "calibration on" not in result.output and not model.exists()
+    result = CliRunner().invoke(
+        app, ["calibrate", str(remover), str(data), "-o", str(tmp_path / "no" / "m.pt")]
+    )
+    assert result.exit_code != 0 and "does not exist" in result.output
+    assert "calibration on" not in result.output
+
+
 def test_calibration_runs_at_the_precision_asked_for(tmp_path: Path, remover: Path) -> None:
     # deflare runs bf16 where the hardware has it: calibrate can measure the margin there too
     data = labelled_pairs(tmp_path / "val", 1)

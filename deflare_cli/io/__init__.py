@@ -12,6 +12,7 @@
 from .files import (
     atomic_output,
     check_distinct,
+    check_writable,
     file_sha256,
     list_event_files,
     make_folder,
@@ -34,6 +35,7 @@ __all__ = [
     "Pair",
     "atomic_output",
     "check_distinct",
+    "check_writable",
     "decode_file",
     "encode_file",
     "file_sha256",

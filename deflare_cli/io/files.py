@@ -58,6 +58,19 @@ def make_folder(folder: Path) -> None:
         raise OutputError(f"{folder}: cannot create this folder ({reason})") from None
 
 
+def check_writable(target: Path) -> None:
+    """The :class:`OutputError` that :func:`atomic_output` would raise for ``target`` (a
+    folder, or a file in a folder that does not exist), raised now: before long work, not
+    after it."""
+    final = Path(target)
+    if final.is_dir():
+        raise OutputError(f"{final}: is a folder; give a file name")
+    if not final.parent.exists():
+        raise OutputError(f"{final}: the folder {final.parent} does not exist")
+    if not final.parent.is_dir():
+        raise OutputError(f"{final}: {final.parent} is a file, not a folder")
+
+
 @contextlib.contextmanager
 def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` in one rename.
@@ -77,12 +90,7 @@ def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Ite
             target.flush()
         return
     final = Path(target)
-    if final.is_dir():
-        raise OutputError(f"{final}: is a folder; give a file name")
-    if not final.parent.exists():
-        raise OutputError(f"{final}: the folder {final.parent} does not exist")
-    if not final.parent.is_dir():
-        raise OutputError(f"{final}: {final.parent} is a file, not a folder")
+    check_writable(final)
     # The temporary name keeps the target's suffix, for writers that choose a format by it.
     try:
         handle, name = tempfile.mkstemp(
