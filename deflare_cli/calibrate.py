@@ -10,11 +10,15 @@ input events are flare), decodes the predictions with every margin of a grid, an
 smallest margin that keeps at least ``min_kept`` of the non-flare events (mean over pairs, each
 pair counting the same). The mean can meet the target while some pairs do not; since a
 do-no-harm check judges each recording on its own, ``max_share_below`` can also bound the share
-of pairs that keep less than ``min_kept`` (1: no bound). The choice is written into an
-exported model, which ``deflare deflare`` then applies by default. Calibrate on validation
-pairs, never on the recordings you will judge the model by. With ``report``, every pair's
-scores at every margin go to a CSV: it names the pairs that keep less than ``min_kept`` and
-so hold the margin up.
+of pairs that keep less than ``min_kept`` (1: no bound). Pairs from ``deflare synth`` also label
+the light sources' own events (``is_light``), which the target keeps. With ``min_light_kept``
+the two are judged apart, as the real goal of issue 12 is (background kept, light core kept):
+``min_kept`` then applies to the background (neither flare nor light) and ``min_light_kept`` to
+the light's events, each on average and, with ``max_share_below``, pair by pair. The choice is
+written into an exported model, which ``deflare deflare`` then applies by default. Calibrate
+on validation pairs, never on the recordings you will judge the model by. With ``report``,
+every pair's scores at every margin go to a CSV: it names the pairs that keep less than
+``min_kept`` and so hold the margin up.
 
 Above margin 0.5 a cell holding a single event never loses it, whatever the model predicts
 (:func:`deflare_cli.infer.removal_counts`; at margin ``m`` it goes only where the model predicts
@@ -37,9 +41,17 @@ import torch
 
 from .checkpoint import export_checkpoint
 from .codec import cell_index
+from .errors import InputError
 from .events import Events
 from .infer import Deflarer, decode_window, load_deflarer, predict_windows, removal_counts
-from .io import Pair, atomic_output, find_pairs, read_events, read_flare_labels
+from .io import (
+    Pair,
+    atomic_output,
+    find_pairs,
+    read_event_column,
+    read_events,
+    read_flare_labels,
+)
 from .metrics import kept_mask
 from .progress import Progress, no_progress
 from .settings import CalibrateSettings, CodecSettings, Removal
@@ -49,12 +61,16 @@ MARGINS = tuple(round(0.05 * step, 2) for step in range(19))  # 0 .. 0.9
 
 @dataclass
 class MarginScore:
-    """Per pair at one margin: the share of flare events removed and of other events kept."""
+    """Per pair at one margin: the share of flare events removed and of other events kept;
+    of these, the background (neither flare nor light) and the light's own events where the
+    pairs label them (pairs without light events have no light share)."""
 
     margin: float
     flare_removed: list[float] = field(default_factory=list)
     others_kept: list[float] = field(default_factory=list)
     flare_reachable: list[float] = field(default_factory=list)
+    background_kept: list[float] = field(default_factory=list)
+    light_kept: list[float] = field(default_factory=list)
 
     @property
     def flare_recall(self) -> float:
@@ -71,10 +87,22 @@ class MarginScore:
         """Mean over the pairs: each recording counts the same, as the do-no-harm check does."""
         return _mean(self.others_kept)
 
-    def pairs_below(self, min_kept: float) -> int:
-        """Pairs that keep less than ``min_kept`` of their non-flare events: the mean can meet
-        the target while some recordings do not (a lit scene, say)."""
-        return sum(kept < min_kept for kept in self.others_kept)
+    def mean(self, shares: str) -> float:
+        """The mean over the pairs of the list ``shares`` names (e.g. ``light_kept``)."""
+        return _mean(getattr(self, shares))
+
+    def pairs_below(self, min_kept: float, shares: str = "others_kept") -> int:
+        """Pairs that keep less than ``min_kept`` of their non-flare events (or of the list
+        ``shares`` names): the mean can meet the target while some recordings do not."""
+        return sum(kept < min_kept for kept in getattr(self, shares))
+
+    def meets(self, min_kept: float, max_share_below: float, shares: str = "others_kept") -> bool:
+        """The pairs' mean share (``shares``) reaches ``min_kept``, with at most
+        ``max_share_below`` of them under it on their own."""
+        values = getattr(self, shares)
+        return self.mean(shares) >= min_kept and self.pairs_below(
+            min_kept, shares
+        ) <= max_share_below * len(values)
 
 
 def _mean(values: list[float]) -> float:
@@ -88,11 +116,13 @@ class Calibration:
     scores: list[MarginScore]
     margin: float | None
     pairs: int
+    light_labels: bool = False  # every pair labels its light events
 
 
 # settings.report: per pair and margin, its input file and scores (NaN where it has no flare or
 # no other events), and whether the margin is the chosen one
-REPORT_COLUMNS = ["pair", "margin", "flare_removed", "non_flare_kept", "reachable", "chosen"]
+REPORT_COLUMNS = ["pair", "margin", "flare_removed", "non_flare_kept", "background_kept",
+                  "light_kept", "reachable", "chosen"]  # fmt: skip
 
 
 def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> Calibration:
@@ -104,13 +134,17 @@ def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> 
     for done, pair in enumerate(pairs, start=1):
         rows += _score_pair(deflarer, pair, scores, settings)
         progress("calibrating", done, len(pairs))
-    margin = choose_margin(scores, settings.min_kept, settings.max_share_below)
-    calibration = Calibration(scores, margin, len(pairs))
+    light_labels = all(row["background_kept"] is not None for row in rows)
+    margin = choose_margin(
+        scores, settings.min_kept, settings.max_share_below, settings.min_light_kept
+    )
+    calibration = Calibration(scores, margin, len(pairs), light_labels and bool(rows))
     if settings.report is not None:
         write_report(settings.report, [{**row, "chosen": row["margin"] == margin} for row in rows])
     if calibration.margin is not None and settings.output is not None:
         notes = {"calibrated_on": str(settings.data_dir), "min_kept": settings.min_kept,
-                 "max_share_below": settings.max_share_below}  # fmt: skip
+                 "max_share_below": settings.max_share_below,
+                 "min_light_kept": settings.min_light_kept}  # fmt: skip
         export_checkpoint(
             settings.infer.checkpoint, settings.output, notes=notes, margin=calibration.margin
         )
@@ -118,16 +152,24 @@ def calibrate(settings: CalibrateSettings, progress: Progress = no_progress) -> 
 
 
 def choose_margin(
-    scores: list[MarginScore], min_kept: float, max_share_below: float = 1.0
+    scores: list[MarginScore],
+    min_kept: float,
+    max_share_below: float = 1.0,
+    min_light_kept: float | None = None,
 ) -> float | None:
     """The smallest margin whose pairs keep ``min_kept`` of their non-flare events on average,
-    with at most ``max_share_below`` of them keeping less on their own; None if none does."""
-    good = [
-        score.margin
-        for score in scores
-        if score.non_flare_kept >= min_kept
-        and score.pairs_below(min_kept) <= max_share_below * len(score.others_kept)
-    ]
+    with at most ``max_share_below`` of them keeping less on their own; None if none does.
+    With ``min_light_kept``, ``min_kept`` applies to the background alone and the light's events
+    must meet ``min_light_kept`` in the same way."""
+    if min_light_kept is None:
+        good = [s.margin for s in scores if s.meets(min_kept, max_share_below)]
+    else:
+        good = [
+            s.margin
+            for s in scores
+            if s.meets(min_kept, max_share_below, "background_kept")
+            and (not s.light_kept or s.meets(min_light_kept, max_share_below, "light_kept"))
+        ]
     return min(good) if good else None
 
 
@@ -146,6 +188,7 @@ def _score_pair(
     the pair's rows of the report."""
     source = read_events(pair.flare_path, settings.infer.read)
     flare = read_flare_labels(pair.flare_path, len(source))
+    light = read_light_labels(pair.flare_path, len(source), settings.min_light_kept is not None)
     # Per window: preserve mode keeps each window's events inside it, so the kept masks of the
     # windows, in order, are the recording's (no copy of the whole output per margin).
     kept: dict[float, list[np.ndarray]] = {score.margin: [] for score in scores}
@@ -158,18 +201,42 @@ def _score_pair(
     rows = []
     for score, perfect in zip(scores, reachable, strict=True):
         mask = np.concatenate(kept[score.margin])
-        removed = others_kept = float("nan")
+        row = {"pair": str(pair.flare_path), "margin": score.margin, "reachable": perfect,
+               "flare_removed": _share(~mask, flare), "non_flare_kept": _share(mask, ~flare),
+               "background_kept": None, "light_kept": None}  # fmt: skip
+        if light is not None:
+            row["background_kept"] = _share(mask, ~flare & ~light)
+            row["light_kept"] = _share(mask, light)
+        for column, values in (("flare_removed", score.flare_removed),
+                               ("non_flare_kept", score.others_kept),
+                               ("background_kept", score.background_kept),
+                               ("light_kept", score.light_kept)):  # fmt: skip
+            if row[column] is not None and not np.isnan(row[column]):
+                values.append(row[column])
         if flare.any():
-            removed = float((~mask[flare]).mean())
-            score.flare_removed.append(removed)
             score.flare_reachable.append(perfect)
-        if (~flare).any():
-            others_kept = float(mask[~flare].mean())
-            score.others_kept.append(others_kept)
-        rows.append({"pair": str(pair.flare_path), "margin": score.margin,
-                     "flare_removed": removed, "non_flare_kept": others_kept,
-                     "reachable": perfect})  # fmt: skip
+        rows.append(row)
     return rows
+
+
+def _share(mask: np.ndarray, among: np.ndarray) -> float:
+    """The share of the ``among`` events that ``mask`` holds (NaN where there are none)."""
+    return float(mask[among].mean()) if among.any() else float("nan")
+
+
+def read_light_labels(path: Path, count: int, required: bool) -> np.ndarray | None:
+    """The ``is_light`` labels of a ``deflare synth`` input (bool), or None where the file has
+    none (pairs made before they existed); an :class:`InputError` then if ``required``."""
+    labels = read_event_column(path, "is_light")
+    if labels is not None and len(labels) == count:
+        return labels.astype(bool)
+    if required:
+        raise InputError(
+            path,
+            "has no /events/is_light labels (pairs from deflare synth before 2026-12-07): "
+            "make them again, or calibrate without --min-light-kept",
+        )
+    return None
 
 
 def reachable_flare(

@@ -628,6 +628,14 @@ def calibrate(
             "mean; 0: every pair must keep it [1: no bound].",
         ),
     ] = None,
+    min_light_kept: Annotated[
+        float | None,
+        typer.Option(
+            "--min-light-kept",
+            help="Share of the light sources' own events to keep (e.g. 0.9); --min-kept then "
+            "applies to the background alone [unset: both count as non-flare].",
+        ),
+    ] = None,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -663,6 +671,7 @@ def calibrate(
                 "data_dir": data_dir,
                 "min_kept": min_kept,
                 "max_share_below": max_share_below,
+                "min_light_kept": min_light_kept,
                 "output": target,
                 "report": report,
                 "infer": {
@@ -674,7 +683,7 @@ def calibrate(
         )
         with progress_bar() as progress:
             result = run_calibration(settings, progress)
-    _wide_console().print(_calibration_table(result, settings.min_kept))
+    _wide_console().print(_calibration_table(result, settings))
     if report is not None:
         say(f"every pair at every margin: {escape(str(report))}")
     if result.margin is not None and result.margin > LONE_EVENT_MARGIN:
@@ -690,29 +699,39 @@ def calibrate(
             if settings.max_share_below < 1
             else ""
         )
-        say(
-            f"[red]error:[/] no margin keeps {settings.min_kept:.1%} of the non-flare events{bound}"
-        )
+        kept = f"{settings.min_kept:.1%} of the non-flare events"
+        if settings.min_light_kept is not None:
+            kept = (f"{settings.min_kept:.1%} of the background and "
+                    f"{settings.min_light_kept:.1%} of the light's events")  # fmt: skip
+        say(f"[red]error:[/] no margin keeps {kept}{bound}")
         raise typer.Exit(1)
     say(f"[green]margin {result.margin:.2f}[/]: model written to {escape(str(target))}")
 
 
-def _calibration_table(result: Calibration, min_kept: float) -> Table:
-    """Each margin's mean scores, the pairs under ``min_kept``, the chosen margin starred."""
+def _calibration_table(result: Calibration, settings: CalibrateSettings) -> Table:
+    """Each margin's mean scores, the pairs under ``min_kept``, the chosen margin starred; the
+    background and the light's events apart where the pairs label them."""
     table = Table(title=f"calibration on {result.pairs} pairs")
-    below = f"pairs keeping < {min_kept:.0%}"
-    columns = ("margin", "flare removed", "non-flare kept", below, "a perfect model's reach")
+    split = settings.min_light_kept is not None
+    judged = "background_kept" if split else "others_kept"
+    below = f"pairs keeping < {settings.min_kept:.0%}" + (" of background" if split else "")
+    columns = ["margin", "flare removed", "non-flare kept", below, "a perfect model's reach"]
+    if result.light_labels:
+        columns[3:3] = ["background kept", "light kept"]
     for column in columns:
         table.add_column(column, justify="right")
     for score in result.scores:
         chosen = " *" if score.margin == result.margin else ""
-        table.add_row(
+        cells = [
             f"{score.margin:.2f}{chosen}",
             f"{score.flare_recall:.1%}",
             f"{score.non_flare_kept:.1%}",
-            f"{score.pairs_below(min_kept)} of {len(score.others_kept)}",
+            f"{score.pairs_below(settings.min_kept, judged)} of {len(getattr(score, judged))}",
             f"{score.reachable:.1%}",
-        )
+        ]
+        if result.light_labels:
+            cells[3:3] = [f"{score.mean('background_kept'):.1%}", f"{score.mean('light_kept'):.1%}"]
+        table.add_row(*cells)
     return table
 
 
@@ -799,14 +818,15 @@ def _method_list(text: str | None) -> list[str] | None:
 
 
 def _print_report(report, settings: EvaluateSettings) -> None:
-    from .metrics import EVENT_METRICS, TABLE_METRICS
+    from .metrics import EVENT_METRICS, LIGHT_METRICS, TABLE_METRICS
 
     files = len({row["file"] for row in report.files})
     console = Console(width=max(Console().width, 110))
     console.print(_metrics_table(report, TABLE_METRICS, f"E-Deflare metrics, {files} file(s)"))
     if any("flare_f1" in scores for scores in report.methods.values()):
         title = "flare removal per event (from the inputs' is_flare labels)"
-        console.print(_metrics_table(report, EVENT_METRICS, title))
+        labelled = [m for m in LIGHT_METRICS if any(m in s for s in report.methods.values())]
+        console.print(_metrics_table(report, (*EVENT_METRICS, *labelled), title))
     for method, counts in report.undefined.items():
         notes = ", ".join(f"{metric} in {count} file(s)" for metric, count in counts.items())
         err_console.print(f"[yellow]{method}[/]: undefined {notes} (left out of the mean)")

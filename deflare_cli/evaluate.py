@@ -23,6 +23,7 @@ from .io import Pair, atomic_output, find_pairs, make_folder, read_event_column,
 from .methods import Method, resolve_methods
 from .metrics import (
     EVENT_METRICS,
+    LIGHT_METRICS,
     LOWER_IS_BETTER,
     TABLE_METRICS,
     TargetScorer,
@@ -85,9 +86,9 @@ def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]
     """One row of scores per method for one pair."""
     source, target = read_pair(pair, settings.read)
     span = pair_span(source, target)
-    labels = None if settings.pred_dir else read_event_column(pair.flare_path, "is_flare")
-    if labels is not None and len(labels) != len(source):
-        labels = None
+    labels = light = None
+    if not settings.pred_dir:
+        labels, light = (_labels(pair, name, len(source)) for name in ("is_flare", "is_light"))
     methods = [PREDICTED] if settings.pred_dir else resolve_methods(settings.methods)
     scorer = TargetScorer(target, span, settings.codec)
     rows = []
@@ -97,9 +98,16 @@ def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]
         row.update(scorer.point_cloud(output))
         row.update(scorer.voxel(output))
         if labels is not None and method.keeps_input_events:
-            row.update(event_scores(source, labels, output))
+            row.update(event_scores(source, labels, output, light))
         rows.append(row)
     return rows
+
+
+def _labels(pair: Pair, name: str, count: int) -> np.ndarray | None:
+    """A per-event label column of the pair's input (``deflare synth``'s), or None where the
+    file has none or it does not line up with the events read."""
+    labels = read_event_column(pair.flare_path, name)
+    return labels if labels is not None and len(labels) == count else None
 
 
 def summarise(rows: list[dict[str, Any]]) -> Report:
@@ -108,7 +116,8 @@ def summarise(rows: list[dict[str, Any]]) -> Report:
     undefined: dict[str, dict[str, int]] = {}
     for method in dict.fromkeys(row["method"] for row in rows):
         mine = [row for row in rows if row["method"] == method]
-        metrics = [m for m in (*TABLE_METRICS, *EVENT_METRICS) if any(m in row for row in mine)]
+        names = (*TABLE_METRICS, *EVENT_METRICS, *LIGHT_METRICS)
+        metrics = [m for m in names if any(m in row for row in mine)]
         methods[method] = {}
         for metric in metrics:
             values = np.array([row.get(metric, math.nan) for row in mine], np.float64)

@@ -173,6 +173,9 @@ def point_cloud_metrics(
 
 LOWER_IS_BETTER = {"chamfer", "gaussian", "mse", "pmse_2", "pmse_4"}
 EVENT_METRICS = ("flare_precision", "flare_recall", "flare_f1", "non_flare_kept")
+# where the input also labels the light sources' own events (is_light): the rest of the
+# non-flare events, and those
+LIGHT_METRICS = ("background_kept", "light_kept")
 TABLE_METRICS = (*POINT_METRICS, *VOXEL_METRICS)
 
 
@@ -227,13 +230,17 @@ class TargetScorer:
         return events_to_voxel(replace(events, span_us=self.grid), self.codec).data
 
 
-def event_scores(source: Events, is_flare: np.ndarray, output: Events) -> dict[str, float]:
+def event_scores(
+    source: Events, is_flare: np.ndarray, output: Events, is_light: np.ndarray | None = None
+) -> dict[str, float]:
     """Flare removal per event, from the input's labels: which input events are gone.
 
     An input event counts as kept when the output holds an event with the same (t, x, y, p)
     (as a multiset). ``flare_precision``: share of removed events that were flare;
     ``flare_recall``: share of flare events removed; ``non_flare_kept``: share of the other
-    events kept. Outputs with new timestamps (resample) keep almost nothing by this rule, so
+    events kept. With ``is_light`` (the light sources' own events, which the target keeps), the
+    non-flare events split into ``background_kept`` and ``light_kept`` (NaN where a pair has no
+    light events). Outputs with new timestamps (resample) keep almost nothing by this rule, so
     read these scores for methods that keep events (filters, preserve mode).
     """
     kept = kept_mask(source, output)
@@ -248,14 +255,21 @@ def event_scores(source: Events, is_flare: np.ndarray, output: Events) -> dict[s
         f1 = 0.0  # nothing removed, or no flare among the removed
     else:
         f1 = 2 * precision * recall / (precision + recall)
-    others = ~flare
-    kept_share = int((kept & others).sum()) / int(others.sum()) if others.any() else math.nan
-    return {
+    scores = {
         "flare_precision": precision,
         "flare_recall": recall,
         "flare_f1": f1,
-        "non_flare_kept": kept_share,
+        "non_flare_kept": _kept_share(kept, ~flare),
     }
+    if is_light is not None:
+        light = is_light.astype(bool)
+        scores["background_kept"] = _kept_share(kept, ~flare & ~light)
+        scores["light_kept"] = _kept_share(kept, light)
+    return scores
+
+
+def _kept_share(kept: np.ndarray, among: np.ndarray) -> float:
+    return int((kept & among).sum()) / int(among.sum()) if among.any() else math.nan
 
 
 def kept_mask(source: Events, output: Events) -> np.ndarray:

@@ -635,6 +635,13 @@ class CalibrateSettings(Frozen):
     max_share_below: float = Field(
         1.0, ge=0, le=1, description="share of pairs that may keep less than min_kept on their own"
     )
+    min_light_kept: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="share of the light sources' own events to keep; min_kept then applies to "
+        "the background alone (pairs need is_light labels)",
+    )
     output: Path | None = Field(None, description="exported model with the chosen margin")
     report: Path | None = Field(
         None, description="CSV of every pair's flare removed and non-flare kept at every margin"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -165,6 +166,75 @@ def test_a_bound_on_the_pairs_below_the_target_asks_for_a_larger_margin() -> Non
     assert choose_margin(scores, 0.97, max_share_below=0.0) == 0.2
     assert choose_margin(scores, 0.97, max_share_below=0.34) == 0.1
     assert choose_margin(scores, 0.98, max_share_below=0.0) is None
+
+
+def test_the_light_and_the_background_can_be_judged_apart() -> None:
+    """At margin 0.1 both pairs keep 97% of their non-flare events and 98% of their background,
+    but one pair's light keeps 80%: judged as one, 0.1 is enough; with a light target of 90%
+    on average, 0.1 fails it (87.5%) and 0.2 is needed; with a light target of 85% the mean is
+    enough unless every pair must meet it. Where no pair has light events, only the background
+    counts."""
+    scores = [
+        MarginScore(0.0, others_kept=[0.9, 0.9], background_kept=[0.9, 0.9],
+                    light_kept=[0.8, 0.7]),
+        MarginScore(0.1, others_kept=[0.975, 0.97], background_kept=[0.98, 0.98],
+                    light_kept=[0.95, 0.8]),
+        MarginScore(0.2, others_kept=[0.99, 0.99], background_kept=[0.99, 0.99],
+                    light_kept=[0.95, 0.95]),
+    ]  # fmt: skip
+    assert choose_margin(scores, 0.97) == 0.1
+    assert choose_margin(scores, 0.97, min_light_kept=0.9) == 0.2
+    assert choose_margin(scores, 0.97, min_light_kept=0.85) == 0.1
+    assert choose_margin(scores, 0.97, max_share_below=0.0, min_light_kept=0.85) == 0.2
+    assert choose_margin(scores, 0.995, min_light_kept=0.5) is None  # the background decides
+    unlit = [replace(score, light_kept=[]) for score in scores]
+    assert choose_margin(unlit, 0.98, min_light_kept=0.9) == 0.1
+
+
+def test_calibration_reports_the_light_kept_where_pairs_label_it(
+    tmp_path: Path, remover: Path
+) -> None:
+    data = labelled_pairs(tmp_path / "val", 2)
+    inputs = sorted((data / "background_with_flare_events").glob("*.h5"))
+    # without is_light labels: the split criterion cannot be judged, and says which file
+    result = CliRunner().invoke(
+        app, ["calibrate", str(remover), str(data), "--min-light-kept", "0.9"]
+    )
+    assert result.exit_code == 1 and inputs[0].name in result.output
+    assert "is_light" in result.output
+    for path in inputs:  # call the first quarter of each pair's non-flare events the light's
+        with h5py.File(path, "a") as h5:
+            others = np.flatnonzero(h5["events/is_flare"][:] == 0)
+            light = np.zeros(len(h5["events/t"]), np.int8)
+            light[others[: len(others) // 4]] = 1
+            h5["events/is_light"] = light
+    report = tmp_path / "pairs.csv"
+    settings = CalibrateSettings(
+        data_dir=data, min_kept=0.9, min_light_kept=0.9, report=report,
+        infer=InferSettings(checkpoint=remover),
+    )  # fmt: skip
+    result = calibrate(settings)
+    assert result.light_labels
+    with open(report, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for score in result.scores:
+        ours = [row for row in rows if float(row["margin"]) == score.margin]
+        assert [float(row["light_kept"]) for row in ours] == score.light_kept
+        assert [float(row["background_kept"]) for row in ours] == score.background_kept
+        # the non-flare share is the two parts weighted by their counts: between them
+        for row in ours:
+            low, high = sorted((float(row["light_kept"]), float(row["background_kept"])))
+            assert low - 1e-12 <= float(row["non_flare_kept"]) <= high + 1e-12
+    assert result.margin == choose_margin(result.scores, 0.9, 1.0, 0.9)
+    chosen = next(score for score in result.scores if score.margin == result.margin)
+    assert chosen.mean("light_kept") >= 0.9 and chosen.mean("background_kept") >= 0.9
+    shown = CliRunner().invoke(
+        app, ["calibrate", str(remover), str(data), "-o", str(tmp_path / "c.pt"),
+              "--min-kept", "0.9", "--min-light-kept", "0.9"],
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert "light kept" in shown.output and "of background" in shown.output
+    assert load_checkpoint(tmp_path / "c.pt")["notes"]["min_light_kept"] == 0.9
 
 
 def test_calibrate_command_takes_the_bound_and_stores_it(tmp_path: Path, remover: Path) -> None:

@@ -73,6 +73,13 @@ def test_event_scores_by_hand() -> None:
                       "non_flare_kept": 0.5}  # fmt: skip
     nothing_removed = event_scores(source, labels, source)
     assert math.isnan(nothing_removed["flare_precision"]) and nothing_removed["flare_f1"] == 0
+    # with the light's own events labelled: the non-flare events split into background and light
+    light = np.array([0, 0, 0, 1])
+    split = event_scores(source, labels, output, light)
+    assert split["non_flare_kept"] == 0.5
+    assert split["background_kept"] == 1.0 and split["light_kept"] == 0.0
+    no_light = event_scores(source, labels, output, np.zeros(4, np.int8))
+    assert no_light["background_kept"] == 0.5 and math.isnan(no_light["light_kept"])
 
 
 def flicker_and_edge(duration_us: int = 300_000):

@@ -46,6 +46,9 @@ def test_layout_dtypes_and_manifest(dataset: Path) -> None:
     with h5py.File(flare[0]) as h5:
         assert h5["events/t"].dtype == np.int64 and h5["events/p"].dtype == np.int8
         assert h5["events/is_flare"].shape == h5["events/t"].shape
+        assert h5["events/is_light"].shape == h5["events/t"].shape
+        assert not np.any(h5["events/is_flare"][:] & h5["events/is_light"][:])
+        light_events = int(h5["events/is_light"][:].sum())
         assert (h5.attrs["resolution_height"], h5.attrs["resolution_width"]) == (96, 128)
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert len(manifest["pairs"]) == 2 and manifest["settings"]["seed"] == 5
@@ -54,6 +57,7 @@ def test_layout_dtypes_and_manifest(dataset: Path) -> None:
     assert 1 <= len(entry["parameters"]["lights"]) <= 3
     events = read_events(flare[0])
     assert entry["counts"]["input_events"] == len(events)
+    assert entry["counts"]["input_light_events"] == light_events
     assert events.t.min() >= 0 and events.t.max() < 30_000
     assert set(np.unique(events.p)) <= {-1, 1}
 
@@ -139,11 +143,16 @@ def test_mixing_keeps_input_background_in_target_and_labels_flare(tmp_path: Path
     assert 0.3 * count < len(from_background) < 0.7 * count
     assert set(from_background.tolist()) <= target_t  # kept in the input => kept in the target
     assert len(target_t & set(range(0, 4 * count, 4))) > len(from_background)
-    labels = pair.is_flare
+    labels, light = pair.is_flare, pair.is_light
     assert np.all(labels[input_t % 4 == 0] == 0)  # background is never flare
+    assert not np.any(light[input_t % 4 == 0])  # nor the light's
     from_flare = input_t % 4 == 1
     source = from_flare & (input_t < 400)
     assert np.all(labels[source] == 0) and np.all(labels[from_flare & ~source] == 1)
+    # the source's own events are labelled as the light's: the target keeps their like
+    assert np.array_equal(light, source) and not np.any(labels & light)
+    assert pair.counts["input_light_events"] == source.sum() > 0
+    assert pair.counts["input_flare_events"] == labels.sum()
     assert set((input_t[from_flare] - 1) // 4) <= set(range(500))
     assert not np.any(pair.clean_target.t % 4 == 1)  # no flare event reaches the target
 

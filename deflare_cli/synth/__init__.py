@@ -14,7 +14,9 @@ One module per physical stage, in the order a pair is made:
 - ``pairs``: one pair end to end, and the paired files with their manifest.
 
 The input file carries ``/events/is_flare`` (1 for events of the flare stream outside the light
-sources themselves), which ordinary readers ignore and evaluation uses for event-level scores.
+sources themselves) and ``/events/is_light`` (1 for the light sources' own events, which the
+target keeps), which ordinary readers ignore and evaluation and calibration use for event-level
+scores.
 """
 
 from .mixing import SynthPair

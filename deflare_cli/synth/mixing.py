@@ -22,13 +22,21 @@ from ..settings import ReadSettings
 from .parameters import PairParameters
 from .sensor import sensor_noise
 
+# what each input event comes from (the rest, 0: the scene and the sensor's noise)
+FLARE, LIGHT = 1, 2
+
 
 @dataclass
 class SynthPair:
-    """A synthesised pair and what it is made of."""
+    """A synthesised pair and what it is made of.
+
+    Per input event: ``is_flare`` (flare outside the light sources) and ``is_light`` (the light
+    sources' own events, which the target keeps); events with neither are the scene's and noise.
+    """
 
     flare_input: Events
     is_flare: np.ndarray
+    is_light: np.ndarray
     clean_target: Events
     counts: dict[str, int]
 
@@ -196,14 +204,14 @@ def mix(
     fl_t, fl_x, fl_y, _ = flare_events
     f_flare, f_light = flare_lookup.at(fl_t, fl_x, fl_y)
     # An event of the flare stream where the source itself dominates is a light event, not flare.
-    is_flare = (f_light <= 0.5 * f_flare).astype(np.int8)
+    source = np.where(f_light <= 0.5 * f_flare, FLARE, LIGHT).astype(np.int8)
 
     li_t, li_x, li_y, _ = light_events
     light_kept = rng.random(len(li_t)) < weights.light_kept(li_t, li_x, li_y)
 
     noise = (*sensor_noise(params, duration_us, rng), 0)
     size = (params.height, params.width)
-    flare_part = _pick(flare_events, flare_kept, is_flare[flare_kept])
+    flare_part = _pick(flare_events, flare_kept, source[flare_kept])
     flare_input, labels = _stream(
         size, duration_us, _pick(bg_events, in_input, 0), flare_part, noise
     )
@@ -217,9 +225,10 @@ def mix(
         "noise_events": int(len(noise[0])),
         "input_events": len(flare_input),
         "target_events": len(clean_target),
-        "input_flare_events": int(labels.sum()),
+        "input_flare_events": int((labels == FLARE).sum()),
+        "input_light_events": int((labels == LIGHT).sum()),
     }
-    return SynthPair(flare_input, labels, clean_target, counts)
+    return SynthPair(flare_input, labels == FLARE, labels == LIGHT, clean_target, counts)
 
 
 def _pick(stream: tuple[np.ndarray, ...], mask: np.ndarray, label: object) -> tuple:

@@ -126,7 +126,8 @@ def write_pair(settings: SynthSettings, index: int, backgrounds: Sequence[Path] 
     flare_path, clean_path = pair_paths(settings.out_dir, index)
     write = settings.write
     attrs = {"deflare_synth_seed": settings.seed, "deflare_synth_index": index}
-    write_events(flare_path, pair.flare_input, write, attrs, columns={"is_flare": pair.is_flare})
+    labels = {"is_flare": pair.is_flare.astype(np.int8), "is_light": pair.is_light.astype(np.int8)}
+    write_events(flare_path, pair.flare_input, write, attrs, columns=labels)
     write_events(clean_path, pair.clean_target, write, attrs)
     return {
         "index": index,
