@@ -77,6 +77,18 @@ def test_flare_inputs_hold_more_events_than_targets(dataset: Path) -> None:
             assert h5["events/is_flare"][:].sum() > 0
 
 
+def test_parameters_do_not_depend_on_the_order_regimes_are_listed_in(tmp_path: Path) -> None:
+    """A YAML file written by another tool (e.g. with sorted keys) lists the regimes in
+    another order: the pairs must stay the same."""
+    listed = small_settings(tmp_path, regimes={"night": 0.5, "dusk": 0.3, "day": 0.2})
+    shuffled = small_settings(tmp_path, regimes={"day": 0.2, "dusk": 0.3, "night": 0.5})
+    drawn = [[draw_parameters(settings, index).regime for index in range(40)]
+             for settings in (listed, shuffled)]  # fmt: skip
+    assert drawn[0] == drawn[1] and set(drawn[0]) == {"night", "dusk", "day"}
+    for index in range(5):
+        assert draw_parameters(listed, index) == draw_parameters(shuffled, index)
+
+
 def test_deterministic_for_a_seed_and_independent_of_workers(tmp_path: Path, dataset: Path) -> None:
     again = tmp_path / "again"
     synthesise(small_settings(again, seed=5, runtime=RuntimeSettings(workers=2)))

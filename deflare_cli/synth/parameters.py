@@ -138,10 +138,12 @@ def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
 
 
 def draw_parameters(settings: SynthSettings, index: int) -> PairParameters:
-    """The random scene of pair ``index``: a function of (seed, index) alone."""
+    """The random scene of pair ``index``: a function of (seed, index) and the settings' values
+    alone (not of how many pairs are made, nor of the order a settings file lists them in)."""
     rng = np.random.default_rng([settings.seed, index, 1])
     height, width = settings.sensor_sizes[int(rng.integers(len(settings.sensor_sizes)))]
-    regimes = list(settings.regimes)
+    # in a fixed order, so that a settings file listing them otherwise makes the same pairs
+    regimes = [name for name in REGIME_LEVELS if name in settings.regimes]
     shares = np.array([settings.regimes[name] for name in regimes], float)
     regime = regimes[int(rng.choice(len(regimes), p=shares / shares.sum()))]
     scale = min(height, width) / 480
