@@ -41,16 +41,15 @@ import torch
 
 from .checkpoint import export_checkpoint
 from .codec import cell_index
-from .errors import InputError
 from .events import Events
 from .infer import Deflarer, decode_window, load_deflarer, predict_windows, removal_counts
 from .io import (
     Pair,
     atomic_output,
     find_pairs,
-    read_event_column,
     read_events,
     read_flare_labels,
+    read_light_labels,
 )
 from .metrics import kept_mask
 from .progress import Progress, no_progress
@@ -222,21 +221,6 @@ def _score_pair(
 def _share(mask: np.ndarray, among: np.ndarray) -> float:
     """The share of the ``among`` events that ``mask`` holds (NaN where there are none)."""
     return float(mask[among].mean()) if among.any() else float("nan")
-
-
-def read_light_labels(path: Path, count: int, required: bool) -> np.ndarray | None:
-    """The ``is_light`` labels of a ``deflare synth`` input (bool), or None where the file has
-    none (pairs made before they existed); an :class:`InputError` then if ``required``."""
-    labels = read_event_column(path, "is_light")
-    if labels is not None and len(labels) == count:
-        return labels.astype(bool)
-    if required:
-        raise InputError(
-            path,
-            "has no /events/is_light labels (pairs from deflare synth before 2026-12-07): "
-            "make them again, or calibrate without --min-light-kept",
-        )
-    return None
 
 
 def reachable_flare(

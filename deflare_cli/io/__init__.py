@@ -20,7 +20,13 @@ from .files import (
 )
 from .formats import camera_format, output_format, output_suffix
 from .pairs import Pair, find_pairs, pair_id, read_pair
-from .reader import EventFileReader, read_event_column, read_events, read_flare_labels
+from .reader import (
+    EventFileReader,
+    read_event_column,
+    read_events,
+    read_flare_labels,
+    read_light_labels,
+)
 from .voxels import decode_file, encode_file, read_voxels, write_voxels
 from .writer import CameraFileWriter, EventFileWriter, open_writer, write_events
 
@@ -45,6 +51,7 @@ __all__ = [
     "pair_id",
     "read_event_column",
     "read_flare_labels",
+    "read_light_labels",
     "read_events",
     "read_pair",
     "read_voxels",

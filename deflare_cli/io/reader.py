@@ -335,6 +335,21 @@ def read_flare_labels(path: Path, count: int) -> np.ndarray:
     return labels.astype(bool)
 
 
+def read_light_labels(path: Path, count: int, required: bool) -> np.ndarray | None:
+    """The ``is_light`` labels of a ``deflare synth`` input (bool), or None where the file has
+    none (pairs made before they existed); an :class:`InputError` then if ``required``."""
+    labels = read_event_column(path, "is_light")
+    if labels is not None and len(labels) == count:
+        return labels.astype(bool)
+    if required:
+        raise InputError(
+            path,
+            "has no /events/is_light labels (pairs from deflare synth before 2026-12-07): "
+            "make them again, or calibrate without --min-light-kept",
+        )
+    return None
+
+
 def read_event_column(path: Path, name: str) -> np.ndarray | None:
     """A per-event dataset ``/events/NAME`` (e.g. ``is_flare`` from ``deflare synth``), or None.
 
