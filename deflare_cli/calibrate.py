@@ -51,7 +51,7 @@ from .io import (
     read_flare_labels,
     read_light_labels,
 )
-from .metrics import kept_mask
+from .metrics import kept_mask, kept_share
 from .progress import Progress, no_progress
 from .settings import CalibrateSettings, CodecSettings, Removal
 
@@ -201,11 +201,12 @@ def _score_pair(
     for score, perfect in zip(scores, reachable, strict=True):
         mask = np.concatenate(kept[score.margin])
         row = {"pair": str(pair.flare_path), "margin": score.margin, "reachable": perfect,
-               "flare_removed": _share(~mask, flare), "non_flare_kept": _share(mask, ~flare),
+               "flare_removed": kept_share(~mask, flare),
+               "non_flare_kept": kept_share(mask, ~flare),
                "background_kept": None, "light_kept": None}  # fmt: skip
         if light is not None:
-            row["background_kept"] = _share(mask, ~flare & ~light)
-            row["light_kept"] = _share(mask, light)
+            row["background_kept"] = kept_share(mask, ~flare & ~light)
+            row["light_kept"] = kept_share(mask, light)
         for column, values in (("flare_removed", score.flare_removed),
                                ("non_flare_kept", score.others_kept),
                                ("background_kept", score.background_kept),
@@ -216,11 +217,6 @@ def _score_pair(
             score.flare_reachable.append(perfect)
         rows.append(row)
     return rows
-
-
-def _share(mask: np.ndarray, among: np.ndarray) -> float:
-    """The share of the ``among`` events that ``mask`` holds (NaN where there are none)."""
-    return float(mask[among].mean()) if among.any() else float("nan")
 
 
 def reachable_flare(

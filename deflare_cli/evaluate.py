@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import Pair, atomic_output, find_pairs, make_folder, read_event_column, read_pair
+from .io import Pair, atomic_output, find_pairs, make_folder, read_labels, read_pair
 from .methods import Method, resolve_methods
 from .metrics import (
     EVENT_METRICS,
@@ -88,7 +88,8 @@ def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]
     span = pair_span(source, target)
     labels = light = None
     if not settings.pred_dir:
-        labels, light = (_labels(pair, name, len(source)) for name in ("is_flare", "is_light"))
+        labels, light = (read_labels(pair.flare_path, name, len(source))
+                         for name in ("is_flare", "is_light"))  # fmt: skip
     methods = [PREDICTED] if settings.pred_dir else resolve_methods(settings.methods)
     scorer = TargetScorer(target, span, settings.codec)
     rows = []
@@ -101,13 +102,6 @@ def evaluate_pair(settings: EvaluateSettings, pair: Pair) -> list[dict[str, Any]
             row.update(event_scores(source, labels, output, light))
         rows.append(row)
     return rows
-
-
-def _labels(pair: Pair, name: str, count: int) -> np.ndarray | None:
-    """A per-event label column of the pair's input (``deflare synth``'s), or None where the
-    file has none or it does not line up with the events read."""
-    labels = read_event_column(pair.flare_path, name)
-    return labels if labels is not None and len(labels) == count else None
 
 
 def summarise(rows: list[dict[str, Any]]) -> Report:

@@ -259,16 +259,17 @@ def event_scores(
         "flare_precision": precision,
         "flare_recall": recall,
         "flare_f1": f1,
-        "non_flare_kept": _kept_share(kept, ~flare),
+        "non_flare_kept": kept_share(kept, ~flare),
     }
     if is_light is not None:
         light = is_light.astype(bool)
-        scores["background_kept"] = _kept_share(kept, ~flare & ~light)
-        scores["light_kept"] = _kept_share(kept, light)
+        scores["background_kept"] = kept_share(kept, ~flare & ~light)
+        scores["light_kept"] = kept_share(kept, light)
     return scores
 
 
-def _kept_share(kept: np.ndarray, among: np.ndarray) -> float:
+def kept_share(kept: np.ndarray, among: np.ndarray) -> float:
+    """The share of the ``among`` events (a boolean mask) that ``kept`` holds; NaN if none."""
     return int((kept & among).sum()) / int(among.sum()) if among.any() else math.nan
 
 

@@ -18,29 +18,31 @@ import sys
 from pathlib import Path
 
 from deflare_cli.errors import DeflareError, InputError
-from deflare_cli.io import read_events, read_flare_labels, write_events
+from deflare_cli.io import read_event_column, read_events, read_flare_labels, write_events
 from deflare_cli.io.pairs import find_pairs
-
-FLARE_DIR = "background_with_flare_events"
-CLEAN_DIR = "background_with_light_events"
+from deflare_cli.settings import paired_dirs
 
 
 def label_targets(out_dir: Path, source: Path) -> int:
     """Link every input of ``source`` into ``out_dir`` beside a target made from its labels;
-    returns the number of pairs. Every input is checked for labels before anything is written."""
+    returns the number of pairs. Every input is checked for labels before anything is written,
+    and one pair at a time is held in memory."""
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(out_dir, "exists and is not empty; write the pairs into a new folder")
-    pairs = find_pairs(source / FLARE_DIR, source / CLEAN_DIR)
-    targets = []
+    pairs = find_pairs(*paired_dirs(source))
+    for pair in pairs:  # read_event_column checks the labels line up with the events' times
+        if read_event_column(pair.flare_path, "is_flare") is None:
+            raise InputError(
+                pair.flare_path, "has no /events/is_flare labels (made by deflare synth)"
+            )
+    flare_dir, clean_dir = paired_dirs(out_dir)
+    for folder in (flare_dir, clean_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     for pair in pairs:
         events = read_events(pair.flare_path)
-        flare = read_flare_labels(pair.flare_path, len(events))  # names the file if missing
-        targets.append(events.select(~flare))
-    for folder in (FLARE_DIR, CLEAN_DIR):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    for pair, target in zip(pairs, targets, strict=True):
-        (out_dir / FLARE_DIR / pair.flare_path.name).symlink_to(pair.flare_path.resolve())
-        write_events(out_dir / CLEAN_DIR / pair.clean_path.name, target)
+        flare = read_flare_labels(pair.flare_path, len(events))
+        (flare_dir / pair.flare_path.name).symlink_to(pair.flare_path.resolve())
+        write_events(clean_dir / pair.clean_path.name, events.select(~flare))
     return len(pairs)
 
 

@@ -25,6 +25,7 @@ from .reader import (
     read_event_column,
     read_events,
     read_flare_labels,
+    read_labels,
     read_light_labels,
 )
 from .voxels import decode_file, encode_file, read_voxels, write_voxels
@@ -51,6 +52,7 @@ __all__ = [
     "pair_id",
     "read_event_column",
     "read_flare_labels",
+    "read_labels",
     "read_light_labels",
     "read_events",
     "read_pair",

@@ -329,25 +329,30 @@ def _read_block(
 def read_flare_labels(path: Path, count: int) -> np.ndarray:
     """The per-event flare labels of a ``deflare synth`` input (bool), for ``count`` events;
     an :class:`InputError` naming the file where they are missing or do not line up."""
-    labels = read_event_column(path, "is_flare")
-    if labels is None or len(labels) != count:
+    labels = read_labels(path, "is_flare", count)
+    if labels is None:
         raise InputError(path, "has no /events/is_flare labels (made by deflare synth)")
-    return labels.astype(bool)
+    return labels
 
 
 def read_light_labels(path: Path, count: int, required: bool) -> np.ndarray | None:
     """The ``is_light`` labels of a ``deflare synth`` input (bool), or None where the file has
     none (pairs made before they existed); an :class:`InputError` then if ``required``."""
-    labels = read_event_column(path, "is_light")
-    if labels is not None and len(labels) == count:
-        return labels.astype(bool)
-    if required:
+    labels = read_labels(path, "is_light", count)
+    if labels is None and required:
         raise InputError(
             path,
             "has no /events/is_light labels (pairs from deflare synth before 2026-12-07): "
             "make them again, or calibrate without --min-light-kept",
         )
-    return None
+    return labels
+
+
+def read_labels(path: Path, name: str, count: int) -> np.ndarray | None:
+    """The per-event labels ``/events/NAME`` of a file read as ``count`` events (bool), or None
+    where the file has none or they do not line up with those events."""
+    labels = read_event_column(path, name)
+    return labels.astype(bool) if labels is not None and len(labels) == count else None
 
 
 def read_event_column(path: Path, name: str) -> np.ndarray | None:
