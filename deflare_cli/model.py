@@ -41,6 +41,8 @@ DENSITY_UNIT = 1e-3
 # (1.2) at 0.008x
 FRAME_REFERENCE = 0.01
 FRAME_FLOOR = 1e-4
+# coherence features (0-1) are stored times this, so that density_scale spreads them over 0-4.6
+COHERENCE_UNIT = 100 * DENSITY_UNIT
 
 
 class TrueResidualUNet3D(nn.Module):
@@ -133,7 +135,8 @@ class DensityBackbone(nn.Module):
     its own polarity's first; ``log(1 + density / DENSITY_UNIT)`` of them goes through a
     perceptron (hidden widths ``settings.f_maps``) to one logit, the same for every bin of a
     pixel and polarity. With ``settings.flicker_radii``, the pixel's polarity alternations
-    and busy bins (:func:`flicker_features`) join them. It is
+    and busy bins (:func:`flicker_features`) join them; with ``settings.coherence_radii``, how
+    line-like the events around the pixel lie (:func:`coherence_features`). It is
     ``benchmarks/context_probe.py``'s "local / frame density" classifier, which carried over to
     real scenes where the U-Nets did not (docs/experiments.md); its reach is its widest box, and
     it has no normalisation layer, so a tile with a halo of that reach gives exactly the whole
@@ -152,12 +155,13 @@ class DensityBackbone(nn.Module):
         super().__init__()
         self.radii = settings.density_radii
         self.flicker_radii = settings.flicker_radii
+        self.coherence_radii = settings.coherence_radii
         self.trees = None
         if settings.density_head == "trees":
             self.trees = TreeEnsemble(*settings.density_trees)
             return
         flicker = 2 + len(self.flicker_radii) if self.flicker_radii else 0
-        widths = [2 * len(self.radii) + flicker, *settings.f_maps]
+        widths = [2 * len(self.radii) + flicker + len(self.coherence_radii), *settings.f_maps]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
@@ -187,6 +191,9 @@ class DensityBackbone(nn.Module):
         if self.flicker_radii:
             flicker = flicker_features(voxels, self.flicker_radii).repeat(2, 1, 1, 1)
             features = torch.cat([features, flicker], dim=-1)
+        if self.coherence_radii:
+            coherence = coherence_features(counts.sum(1)[:, 0], self.coherence_radii)
+            features = torch.cat([features, coherence.repeat(2, 1, 1, 1)], dim=-1)
         return features, occupied
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
@@ -213,6 +220,27 @@ def flicker_features(voxels: torch.Tensor, radii: tuple[int, ...]) -> torch.Tens
     busy_bins = (signs != 0).sum(1).to(last.dtype)
     boxes = [box_mean(alternations[:, None, None], radius)[:, 0, 0] for radius in radii]
     return torch.stack([alternations, busy_bins, *boxes], dim=-1) * DENSITY_UNIT
+
+
+def coherence_features(counts: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:
+    """(N, H, W, len(radii)) of (N, H, W) event counts: the orientation coherence of the count
+    image around each pixel, ``sqrt((Jxx - Jyy)^2 + 4 Jxy^2) / (Jxx + Jyy)`` of its structure
+    tensor ``J`` (the products of the central differences of the counts' 3x3 means, averaged
+    over boxes of half-width ``radii``, cut at the edges); 0 where the box holds no gradient.
+    Events along a thin moving edge give about 1, a cloud of scattered events (a halo's, noise)
+    much less. Times ``COHERENCE_UNIT``, so that :func:`density_scale` gives
+    ``log(1 + 100 coherence)``. It is a ratio, so the frame's scaling does not change it."""
+    smooth = box_mean(counts[:, None, None], 1)[:, 0, 0]
+    dx = F.pad(smooth[:, :, 2:] - smooth[:, :, :-2], (1, 1)) / 2
+    dy = F.pad(smooth[:, 2:] - smooth[:, :-2], (0, 0, 1, 1)) / 2
+    products = torch.stack([dx * dx, dy * dy, dx * dy], dim=1)[:, :, None]  # (N, 3, 1, H, W)
+    coherence = []
+    for radius in radii:
+        jxx, jyy, jxy = box_mean(products, radius)[:, :, 0].unbind(1)
+        trace = jxx + jyy
+        spread = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2)
+        coherence.append(torch.where(trace > 0, spread / trace.clamp_min(1e-30), 0.0))
+    return torch.stack(coherence, dim=-1).clamp(0, 1) * COHERENCE_UNIT
 
 
 def density_scale(features: torch.Tensor) -> torch.Tensor:

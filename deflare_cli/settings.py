@@ -160,6 +160,9 @@ Pooling = Literal["xyt", "xy"]
 InputNorm = Literal["none", "frame"]
 # how a cell's predicted excess becomes removed events (infer.removal_counts)
 Removal = Literal["rounded", "threshold"]
+# DensityNet's coherence features smooth the count image over 3x3 pixels, then take central
+# differences: a coherence box of half-width r sees r + 2 pixels away (model.coherence_features)
+COHERENCE_REACH = 2
 
 
 class ModelSettings(Frozen):
@@ -208,6 +211,12 @@ class ModelSettings(Frozen):
         "non-empty time bins and its number of non-empty bins, and by the alternations' means "
         "over boxes of these half-widths (pixels); empty: box densities alone",
     )
+    coherence_radii: tuple[PositiveInt, ...] = Field(
+        (),
+        description="DensityNet: also classify by how line-like the events around a pixel lie: "
+        "the orientation coherence of their count image over boxes of these half-widths "
+        "(pixels); a thin moving edge gives about 1, a cloud of flare events less; empty: none",
+    )
     density_head: DensityHead = Field(
         "perceptron",
         description="DensityNet: perceptron (hidden widths f_maps, trained by the optimiser) or "
@@ -240,8 +249,11 @@ class ModelSettings(Frozen):
             return self
         if self.density_head != "perceptron":
             raise ValueError("density_head trees needs backbone DensityNet")
-        if self.flicker_radii:
-            raise ValueError("flicker_radii are DensityNet features: they need backbone DensityNet")
+        if self.flicker_radii or self.coherence_radii:
+            raise ValueError(
+                "flicker_radii and coherence_radii are DensityNet features: they need backbone "
+                "DensityNet"
+            )
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")
         if "g" in self.layer_order and any(f % self.num_groups for f in self.f_maps):
@@ -274,9 +286,10 @@ class ModelSettings(Frozen):
         three 3x3x3 convolutions per level and encoder block, doubling per level down; measured
         10, 24 and 52 px for 2, 3 and 4 levels, 108 px for 5 (``pooling`` xy)
         (``tests/test_tiles.py``). GroupNorm's statistics reach further, but only by a little.
-        DensityNet: its widest box."""
+        DensityNet: its widest box (a coherence box also sees the 2 px its gradients take)."""
         if self.backbone == "DensityNet":
-            return max(self.density_radii + self.flicker_radii)
+            coherence = tuple(radius + COHERENCE_REACH for radius in self.coherence_radii)
+            return max(self.density_radii + self.flicker_radii + coherence)
         return 7 * 2 ** (self.depth - 1) - 4
 
     @property

@@ -8,6 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from deflare_cli.model import (
+    COHERENCE_UNIT,
     DENSITY_UNIT,
     FRAME_REFERENCE,
     MASK_START_LOGIT,
@@ -15,6 +16,7 @@ from deflare_cli.model import (
     TrueResidualUNet3D,
     backbone_input,
     box_mean,
+    coherence_features,
     count_parameters,
     flicker_features,
     frame_density,
@@ -166,6 +168,7 @@ def test_crop_must_fit_the_depth() -> None:
         ({"backbone": "DensityNet", "output": "mask", "dropout": 0.1}, "ignores dropout"),
         ({"removal": "threshold"}, "needs output mask"),
         ({"flicker_radii": (3,)}, "need backbone DensityNet"),
+        ({"coherence_radii": (3,)}, "need backbone DensityNet"),
     ],
 )
 def test_bad_model_settings_are_refused(values, message) -> None:
@@ -273,6 +276,37 @@ def test_a_density_net_with_flicker_features_scores_them_for_both_polarities() -
         assert model(voxels).shape == voxels.shape
     wide = DENSITY_NET.model_copy(update={"flicker_radii": (30,)})
     assert wide.reach_px == 30  # a wider flicker box widens the reach (tiles' halo)
+
+
+def test_coherence_features_tell_a_thin_edge_from_a_cloud_of_events() -> None:
+    """Events along a line lie coherently (about 1), scattered ones do not; no events, 0; the
+    frame's scaling does not change it."""
+    counts = torch.zeros(1, 60, 80)
+    counts[0, 30, 5:35] = 1.0  # a thin horizontal edge
+    cloud = torch.rand(20, 20, generator=torch.Generator().manual_seed(0)) < 0.3
+    counts[0, 20:40, 50:70] = cloud.float()  # a halo's scattered events
+    features = coherence_features(counts, (3, 8)) / COHERENCE_UNIT
+    assert features.shape == (1, 60, 80, 2)
+    assert features[0, 30, 20].min() > 0.99
+    assert features[0, 30, 60].max() < 0.5
+    assert features[0, 5, 5].max() == 0  # nothing within reach
+    assert torch.allclose(coherence_features(counts * 0.01, (3,)), coherence_features(counts, (3,)))
+    turned = coherence_features(counts.transpose(1, 2).contiguous(), (3,)) / COHERENCE_UNIT
+    assert turned[0, 20, 30, 0] > 0.99  # a vertical edge alike
+
+
+def test_a_density_net_with_coherence_features_reaches_two_pixels_further() -> None:
+    settings = DENSITY_NET.model_copy(update={"coherence_radii": (3, 8)})
+    model = TrueResidualUNet3D(settings).eval()
+    assert model.backbone.hidden[0].in_features == 8 + 2
+    assert DENSITY_NET.model_copy(update={"coherence_radii": (30,)}).reach_px == 32
+    voxels = torch.zeros(1, 1, 8, 20, 30)
+    voxels[0, 0, 1, 10, 3:20] = 1.0
+    features, _ = model.backbone.features(voxels)
+    assert features.shape == (2, 20, 30, 10)
+    assert torch.equal(features[0, ..., 8:], features[1, ..., 8:])
+    with torch.no_grad():
+        assert model(voxels).shape == voxels.shape
 
 
 TREES = ModelSettings(backbone="DensityNet", output="mask", input_norm="frame",
