@@ -7,6 +7,8 @@ flare), and there the light's events do not line up: on synthetic night pairs a 
 light's own input events count as flare for the fit, though the event labels (`is_flare`) say
 they are not. A target written as the input minus its `is_flare` events makes the voxel
 difference the event labels exactly. The inputs are linked, not copied; nothing is modified.
+The pairs are written into a hidden folder beside OUT, renamed to OUT once all are there: an
+interrupted run leaves no half-made folder.
 
     python scripts/label_targets.py OUT SOURCE
 """
@@ -14,19 +16,21 @@ difference the event labels exactly. The inputs are linked, not copied; nothing 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.io import read_event_column, read_events, read_flare_labels, write_events
 from deflare_cli.io.pairs import find_pairs
+from deflare_cli.progress import Progress, ProgressLines, no_progress
 from deflare_cli.settings import paired_dirs
 
 
-def label_targets(out_dir: Path, source: Path) -> int:
+def label_targets(out_dir: Path, source: Path, progress: Progress = no_progress) -> int:
     """Link every input of ``source`` into ``out_dir`` beside a target made from its labels;
     returns the number of pairs. Every input is checked for labels before anything is written,
-    and one pair at a time is held in memory."""
+    one pair at a time is held in memory, and ``out_dir`` appears only once it is complete."""
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(out_dir, "exists and is not empty; write the pairs into a new folder")
     pairs = find_pairs(*paired_dirs(source))
@@ -35,24 +39,35 @@ def label_targets(out_dir: Path, source: Path) -> int:
             raise InputError(
                 pair.flare_path, "has no /events/is_flare labels (made by deflare synth)"
             )
-    flare_dir, clean_dir = paired_dirs(out_dir)
-    for folder in (flare_dir, clean_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    for pair in pairs:
-        events = read_events(pair.flare_path)
-        flare = read_flare_labels(pair.flare_path, len(events))
-        (flare_dir / pair.flare_path.name).symlink_to(pair.flare_path.resolve())
-        write_events(clean_dir / pair.clean_path.name, events.select(~flare))
+    staging = out_dir.with_name(f".{out_dir.name}.partial")  # this script's own, from a run cut off
+    shutil.rmtree(staging, ignore_errors=True)
+    flare_dir, clean_dir = paired_dirs(staging)
+    try:
+        for folder in (flare_dir, clean_dir):
+            folder.mkdir(parents=True)
+        for done, pair in enumerate(pairs, start=1):
+            events = read_events(pair.flare_path)
+            flare = read_flare_labels(pair.flare_path, len(events))
+            (flare_dir / pair.flare_path.name).symlink_to(pair.flare_path.resolve())
+            write_events(clean_dir / pair.clean_path.name, events.select(~flare))
+            progress("label targets", done, len(pairs))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, as checked above
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return len(pairs)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("source", type=Path)
+    parser.add_argument("out_dir", type=Path, help="new (or empty) folder for the pairs")
+    parser.add_argument("source", type=Path, help="pairs made by deflare synth (with labels)")
     arguments = parser.parse_args()
+    lines = ProgressLines(lambda line: print(line, file=sys.stderr))
     try:
-        count = label_targets(arguments.out_dir, arguments.source)
+        count = label_targets(arguments.out_dir, arguments.source, lines)
     except DeflareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -54,3 +54,29 @@ def test_unlabelled_inputs_are_refused_before_anything_is_written(tmp_path: Path
     with pytest.raises(InputError, match="not empty"):
         label_targets(tmp_path / "busy", source)
     assert (tmp_path / "busy" / "note.txt").read_text() == "mine"
+
+
+def test_a_run_cut_off_midway_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
+    """The pairs appear in OUT only once all are written; a failure (or Ctrl-C) leaves nothing,
+    and the next run starts afresh."""
+    import label_targets as script
+
+    source = labelled_pairs(tmp_path / "src", 3)
+    written = []
+
+    def fail_on_the_second(path, events):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        return original(path, events)
+
+    original = script.write_events
+    monkeypatch.setattr(script, "write_events", fail_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        label_targets(tmp_path / "out", source)
+    assert written and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    monkeypatch.undo()
+    seen = []
+    assert label_targets(tmp_path / "out", source, lambda *step: seen.append(step[1:3])) == 3
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
