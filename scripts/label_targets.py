@@ -7,8 +7,8 @@ flare), and there the light's events do not line up: on synthetic night pairs a 
 light's own input events count as flare for the fit, though the event labels (`is_flare`) say
 they are not. A target written as the input minus its `is_flare` events makes the voxel
 difference the event labels exactly. The inputs are linked, not copied; nothing is modified.
-The pairs are written into a hidden folder beside OUT, renamed to OUT once all are there: an
-interrupted run leaves no half-made folder.
+The pairs are written into a hidden folder beside OUT, renamed to OUT once all are there
+(`deflare_cli.io.atomic_folder`): an interrupted run leaves no half-made folder.
 
     python scripts/label_targets.py OUT SOURCE
 """
@@ -16,12 +16,17 @@ interrupted run leaves no half-made folder.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from deflare_cli.errors import DeflareError, InputError
-from deflare_cli.io import read_event_column, read_events, read_flare_labels, write_events
+from deflare_cli.io import (
+    atomic_folder,
+    read_event_column,
+    read_events,
+    read_flare_labels,
+    write_events,
+)
 from deflare_cli.io.pairs import find_pairs
 from deflare_cli.progress import Progress, ProgressLines, no_progress
 from deflare_cli.settings import paired_dirs
@@ -31,7 +36,7 @@ def label_targets(out_dir: Path, source: Path, progress: Progress = no_progress)
     """Link every input of ``source`` into ``out_dir`` beside a target made from its labels;
     returns the number of pairs. Every input is checked for labels before anything is written,
     one pair at a time is held in memory, and ``out_dir`` appears only once it is complete."""
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(out_dir.iterdir()):  # before reading every input's labels
         raise InputError(out_dir, "exists and is not empty; write the pairs into a new folder")
     pairs = find_pairs(*paired_dirs(source))
     for pair in pairs:  # read_event_column checks the labels line up with the events' times
@@ -39,24 +44,16 @@ def label_targets(out_dir: Path, source: Path, progress: Progress = no_progress)
             raise InputError(
                 pair.flare_path, "has no /events/is_flare labels (made by deflare synth)"
             )
-    staging = out_dir.with_name(f".{out_dir.name}.partial")  # this script's own, from a run cut off
-    shutil.rmtree(staging, ignore_errors=True)
-    flare_dir, clean_dir = paired_dirs(staging)
-    try:
+    with atomic_folder(out_dir) as staging:
+        flare_dir, clean_dir = paired_dirs(staging)
         for folder in (flare_dir, clean_dir):
-            folder.mkdir(parents=True)
+            folder.mkdir()
         for done, pair in enumerate(pairs, start=1):
             events = read_events(pair.flare_path)
             flare = read_flare_labels(pair.flare_path, len(events))
             (flare_dir / pair.flare_path.name).symlink_to(pair.flare_path.resolve())
             write_events(clean_dir / pair.clean_path.name, events.select(~flare))
             progress("label targets", done, len(pairs))
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, as checked above
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return len(pairs)
 
 

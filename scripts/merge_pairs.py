@@ -5,7 +5,8 @@ recipe": the default model's third stage trains on configs/synth.yaml and
 configs/synth_sparse.yaml pairs) is made of several `deflare synth` folders whose pair IDs
 collide, since every folder numbers its pairs from 0. This links each pair into OUT under an ID
 prefixed by its folder's position (folder 2's pair 00042 becomes 200042), so the files are
-neither copied nor modified.
+neither copied nor modified. OUT appears only once every link is made
+(`deflare_cli.io.atomic_folder`): an interrupted run leaves no half-made folder.
 
     python scripts/merge_pairs.py OUT SOURCE [SOURCE ...]
 """
@@ -16,7 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from deflare_cli.errors import DeflareError, InputError
+from deflare_cli.errors import DeflareError
+from deflare_cli.io import atomic_folder
 from deflare_cli.io.pairs import find_pairs
 
 FLARE_DIR = "background_with_flare_events"
@@ -25,25 +27,24 @@ CLEAN_DIR = "background_with_light_events"
 
 def merge_pairs(out_dir: Path, sources: list[Path]) -> int:
     """Link every pair of ``sources`` into ``out_dir``; returns the number of pairs linked."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(out_dir, "exists and is not empty; merge into a new folder")
     plans = []
     for position, source in enumerate(sources, start=1):
         for pair in find_pairs(source / FLARE_DIR, source / CLEAN_DIR):
             merged_id = f"{position}{pair.pair_id}"
             plans.append((pair.flare_path, FLARE_DIR, f"composed_{merged_id}_bg_flare"))
             plans.append((pair.clean_path, CLEAN_DIR, f"composed_{merged_id}_bg_light"))
-    for folder in (FLARE_DIR, CLEAN_DIR):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    for path, folder, stem in plans:
-        (out_dir / folder / f"{stem}{path.suffix}").symlink_to(path.resolve())
+    with atomic_folder(out_dir) as staging:
+        for folder in (FLARE_DIR, CLEAN_DIR):
+            (staging / folder).mkdir()
+        for path, folder, stem in plans:
+            (staging / folder / f"{stem}{path.suffix}").symlink_to(path.resolve())
     return len(plans) // 2
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("sources", type=Path, nargs="+")
+    parser.add_argument("out_dir", type=Path, help="new (or empty) folder for the links")
+    parser.add_argument("sources", type=Path, nargs="+", help="folders of pairs, in ID order")
     arguments = parser.parse_args()
     try:
         count = merge_pairs(arguments.out_dir, arguments.sources)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from deflare_cli.errors import InputError, OutputError
 from deflare_cli.events import make_events
-from deflare_cli.io import read_events, write_events
+from deflare_cli.io import atomic_folder, read_events, write_events
 from deflare_cli.settings import ReadSettings, WriteSettings
 
 
@@ -168,3 +168,24 @@ def test_camera_format_without_faery_says_how_to_install(tmp_path: Path, monkeyp
     path.write_bytes(b"\0" * 16)
     with pytest.raises(InputError, match=r"deflare\[formats\]"):
         read_events(path)
+
+
+def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    """Filled, the staging folder becomes the target (which may exist empty); a failure removes
+    it and leaves the target as it was; a full target is refused before anything is made."""
+    with atomic_folder(tmp_path / "out") as staging:
+        (staging / "a.txt").write_text("a")
+        assert not (tmp_path / "out").exists()
+    assert (tmp_path / "out" / "a.txt").read_text() == "a"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KeyboardInterrupt), atomic_folder(tmp_path / "empty") as staging:
+        (staging / "b.txt").write_text("b")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]
+    assert not any((tmp_path / "empty").iterdir())
+    with atomic_folder(tmp_path / "empty") as staging:
+        (staging / "c.txt").write_text("c")
+    assert (tmp_path / "empty" / "c.txt").read_text() == "c"
+    with pytest.raises(InputError, match="not empty"), atomic_folder(tmp_path / "out"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]

@@ -35,3 +35,25 @@ def test_merging_into_a_folder_that_holds_files_is_refused(tmp_path: Path) -> No
     with pytest.raises(InputError, match="not empty"):
         merge_pairs(tmp_path / "out", [source])
     assert (tmp_path / "out" / "note.txt").read_text() == "mine"
+
+
+def test_a_merge_cut_off_midway_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
+    """The links appear in OUT only once all are made; a failure (or Ctrl-C) leaves nothing,
+    and the next run starts afresh."""
+    source = labelled_pairs(tmp_path / "a", 2)
+    made = []
+    original = Path.symlink_to
+
+    def fail_on_the_third(self, target, *args, **kwargs):
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        made.append(self)
+        return original(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "symlink_to", fail_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        merge_pairs(tmp_path / "merged", [source])
+    assert len(made) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    monkeypatch.undo()
+    assert merge_pairs(tmp_path / "merged", [source]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "merged"]

@@ -6,10 +6,11 @@
 - :mod:`.writer`: writing every layout and camera format, atomically and piece by piece;
 - :mod:`.voxels`: voxel files and the whole-file encode/decode;
 - :mod:`.pairs`: pairs of input and target files;
-- :mod:`.files`: atomic outputs, distinct paths, listing event files, hashing.
+- :mod:`.files`: atomic outputs (files and folders), distinct paths, listing event files, hashing.
 """
 
 from .files import (
+    atomic_folder,
     atomic_output,
     check_distinct,
     check_writable,
@@ -40,6 +41,7 @@ __all__ = [
     "EventFileReader",
     "EventFileWriter",
     "Pair",
+    "atomic_folder",
     "atomic_output",
     "check_distinct",
     "check_writable",

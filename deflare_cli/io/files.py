@@ -1,5 +1,5 @@
-"""File helpers shared by every reader and writer: atomic outputs, distinct paths, listing event
-files by suffix, and hashing for provenance."""
+"""File helpers shared by every reader and writer: atomic outputs (files and folders), distinct
+paths, listing event files by suffix, and hashing for provenance."""
 
 from __future__ import annotations
 
@@ -114,6 +114,33 @@ def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Ite
                 f"{final}: no space left on the device ({_free_bytes(final.parent):,} bytes "
                 "free); nothing was written"
             ) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``target`` to fill; on success it becomes
+    ``target`` in one rename, so a run cut off (an error, Ctrl-C) leaves no half-made folder.
+
+    ``target`` must not exist or be empty. On any error the staging folder is removed. A staging
+    folder left by a run that was killed outright is this function's own, and is removed first.
+    """
+    final = Path(target)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise InputError(final, "exists and is not empty; write into a new folder")
+    staging = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:
+        raise OutputError(f"{final}: cannot be written ({error.strerror or error})") from None
+    try:
+        yield staging
+        if final.exists():
+            final.rmdir()  # empty, as checked above
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
