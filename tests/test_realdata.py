@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from realdata import KEEP_TARGET, REALDATA, check  # noqa: E402
+from realdata import KEEP_TARGET, REALDATA, check, no_lights_run, verdict  # noqa: E402
 
 from deflare_cli.settings import InferSettings, RuntimeSettings  # noqa: E402
 
@@ -56,3 +56,16 @@ def test_info_reads_every_real_recording() -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("{")]
     assert len(rows) == len(files) == 5
+
+
+def test_more_recordings_without_lights_are_judged_as_the_three() -> None:
+    """``--no-lights FILE[:HxW]``: the size reaches the reader (a camera file that does not say
+    it), a colon of the path's own is not taken for one, and such a row gets the 97% target."""
+    path, settings = no_lights_run("/data/street.raw:720x1280", SETTINGS)
+    assert path == Path("/data/street.raw") and settings.read.sensor_size == (720, 1280)
+    assert settings.runtime == SETTINGS.runtime and SETTINGS.read.sensor_size is None
+    assert no_lights_run("/data/a:b.es", SETTINGS) == (Path("/data/a:b.es"), SETTINGS)
+    row = {"recording": "street", "kept": KEEP_TARGET - 0.001, "no_lights": True}
+    assert verdict(row).startswith("FAIL")
+    assert verdict({**row, "kept": KEEP_TARGET}) == "pass"
+    assert verdict({**row, "no_lights": False}) == "(no target)"
