@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from deflare_cli.errors import DeflareError
 from deflare_cli.events import Events
 from deflare_cli.infer import deflare
 from deflare_cli.io import atomic_output, read_events
+from deflare_cli.io.files import check_readable
 from deflare_cli.settings import (
     InferSettings,
     RuntimeSettings,
@@ -95,11 +97,14 @@ def check(path: Path, settings: InferSettings) -> dict:
 
 
 def no_lights_run(given: str, settings: InferSettings) -> tuple[Path, InferSettings]:
-    """The path and settings of a ``--no-lights`` argument, ``FILE`` or ``FILE:HxW``."""
+    """The path and settings of a ``--no-lights`` argument, ``FILE`` or ``FILE:HxW``; refuses
+    a file that cannot be read before any recording runs."""
     name, colon, size = given.rpartition(":")
     if not colon or not size[:1].isdigit():  # no size given (a colon may be the path's own)
-        return Path(given), settings
-    read = settings.read.model_copy(update={"sensor_size": parse_sensor_size(size)})
+        name, read = given, settings.read
+    else:
+        read = settings.read.model_copy(update={"sensor_size": parse_sensor_size(size)})
+    check_readable(Path(name))
     return Path(name), settings.model_copy(update={"read": read})
 
 
@@ -155,12 +160,17 @@ def main() -> int:
         runtime=RuntimeSettings(device=args.device, engine=args.engine, precision=args.precision),
         tiles=TileSettings(mode=args.tiling),
     )
-    runs = [(path, settings, False) for path in files]
-    runs += [(*no_lights_run(given, settings), True) for given in args.no_lights]
-    rows = []
-    for path, run_settings, extra in runs:
-        rows.append(check(path, run_settings) | ({"no_lights": True} if extra else {}))
-        print(f"{path.stem}: kept {rows[-1]['kept']:.1%} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    try:
+        runs = [(path, settings, False) for path in files]
+        runs += [(*no_lights_run(given, settings), True) for given in args.no_lights]
+        rows = []
+        for path, run_settings, no_lights in runs:
+            rows.append(check(path, run_settings) | {"no_lights": no_lights})
+            print(f"{path.stem}: kept {rows[-1]['kept']:.1%} ({rows[-1]['seconds']:.0f} s)",
+                  flush=True)  # fmt: skip
+    except DeflareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     text = table(rows, str(args.checkpoint or "default"))
     print(text)
     if args.output:

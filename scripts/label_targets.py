@@ -22,6 +22,7 @@ from pathlib import Path
 from deflare_cli.errors import DeflareError, InputError
 from deflare_cli.io import (
     atomic_folder,
+    check_new_folder,
     read_event_column,
     read_events,
     read_flare_labels,
@@ -36,8 +37,7 @@ def label_targets(out_dir: Path, source: Path, progress: Progress = no_progress)
     """Link every input of ``source`` into ``out_dir`` beside a target made from its labels;
     returns the number of pairs. Every input is checked for labels before anything is written,
     one pair at a time is held in memory, and ``out_dir`` appears only once it is complete."""
-    if out_dir.exists() and any(out_dir.iterdir()):  # before reading every input's labels
-        raise InputError(out_dir, "exists and is not empty; write the pairs into a new folder")
+    check_new_folder(out_dir)  # before reading every input's labels
     pairs = find_pairs(*paired_dirs(source))
     for pair in pairs:  # read_event_column checks the labels line up with the events' times
         if read_event_column(pair.flare_path, "is_flare") is None:

@@ -20,25 +20,25 @@ from pathlib import Path
 from deflare_cli.errors import DeflareError
 from deflare_cli.io import atomic_folder
 from deflare_cli.io.pairs import find_pairs
-
-FLARE_DIR = "background_with_flare_events"
-CLEAN_DIR = "background_with_light_events"
+from deflare_cli.settings import paired_dirs
 
 
 def merge_pairs(out_dir: Path, sources: list[Path]) -> int:
     """Link every pair of ``sources`` into ``out_dir``; returns the number of pairs linked."""
-    plans = []
-    for position, source in enumerate(sources, start=1):
-        for pair in find_pairs(source / FLARE_DIR, source / CLEAN_DIR):
-            merged_id = f"{position}{pair.pair_id}"
-            plans.append((pair.flare_path, FLARE_DIR, f"composed_{merged_id}_bg_flare"))
-            plans.append((pair.clean_path, CLEAN_DIR, f"composed_{merged_id}_bg_light"))
-    with atomic_folder(out_dir) as staging:
-        for folder in (FLARE_DIR, CLEAN_DIR):
-            (staging / folder).mkdir()
-        for path, folder, stem in plans:
-            (staging / folder / f"{stem}{path.suffix}").symlink_to(path.resolve())
-    return len(plans) // 2
+    count = 0
+    with atomic_folder(out_dir) as staging:  # a source that fails midway leaves no OUT
+        flare_dir, clean_dir = paired_dirs(staging)
+        for folder in (flare_dir, clean_dir):
+            folder.mkdir()
+        for position, source in enumerate(sources, start=1):
+            for pair in find_pairs(*paired_dirs(source)):
+                merged = f"composed_{position}{pair.pair_id}"
+                flare_link = flare_dir / f"{merged}_bg_flare{pair.flare_path.suffix}"
+                flare_link.symlink_to(pair.flare_path.resolve())
+                clean_link = clean_dir / f"{merged}_bg_light{pair.clean_path.suffix}"
+                clean_link.symlink_to(pair.clean_path.resolve())
+                count += 1
+    return count
 
 
 def main() -> int:

@@ -10,18 +10,19 @@ from test_calibrate import labelled_pairs
 
 from deflare_cli.errors import InputError
 from deflare_cli.io.pairs import find_pairs, read_pair
+from deflare_cli.settings import paired_dirs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from merge_pairs import CLEAN_DIR, FLARE_DIR, merge_pairs  # noqa: E402
+from merge_pairs import merge_pairs  # noqa: E402
 
 
 def test_merged_pairs_keep_their_partners_under_ids_that_do_not_collide(tmp_path: Path) -> None:
     first, second = labelled_pairs(tmp_path / "a", 2), labelled_pairs(tmp_path / "b", 3)
     before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*.h5"))}
     assert merge_pairs(tmp_path / "merged", [first, second]) == 5
-    merged = find_pairs(tmp_path / "merged" / FLARE_DIR, tmp_path / "merged" / CLEAN_DIR)
+    merged = find_pairs(*paired_dirs(tmp_path / "merged"))
     assert [pair.pair_id for pair in merged] == ["100000", "100001", "200000", "200001", "200002"]
-    originals = find_pairs(second / FLARE_DIR, second / CLEAN_DIR)
+    originals = find_pairs(*paired_dirs(second))
     flare, clean = read_pair(merged[-1])
     want_flare, want_clean = read_pair(originals[-1])
     assert (flare.t == want_flare.t).all() and (clean.x == want_clean.x).all()

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from realdata import KEEP_TARGET, REALDATA, check, no_lights_run, verdict  # noqa: E402
 
+from deflare_cli.errors import InputError  # noqa: E402
 from deflare_cli.settings import InferSettings, RuntimeSettings  # noqa: E402
 
 # fp32 on every machine, as the README's figures: where a CPU computes bf16 (AMX, AVX512-BF16),
@@ -58,13 +59,18 @@ def test_info_reads_every_real_recording() -> None:
     assert len(rows) == len(files) == 5
 
 
-def test_more_recordings_without_lights_are_judged_as_the_three() -> None:
+def test_more_recordings_without_lights_are_judged_as_the_three(tmp_path: Path) -> None:
     """``--no-lights FILE[:HxW]``: the size reaches the reader (a camera file that does not say
-    it), a colon of the path's own is not taken for one, and such a row gets the 97% target."""
-    path, settings = no_lights_run("/data/street.raw:720x1280", SETTINGS)
-    assert path == Path("/data/street.raw") and settings.read.sensor_size == (720, 1280)
+    it), a colon of the path's own is not taken for one, a missing file is refused before any
+    recording runs, and such a row gets the 97% target."""
+    (tmp_path / "street.raw").write_bytes(b"")
+    (tmp_path / "a:b.es").write_bytes(b"")
+    path, settings = no_lights_run(f"{tmp_path}/street.raw:720x1280", SETTINGS)
+    assert path == tmp_path / "street.raw" and settings.read.sensor_size == (720, 1280)
     assert settings.runtime == SETTINGS.runtime and SETTINGS.read.sensor_size is None
-    assert no_lights_run("/data/a:b.es", SETTINGS) == (Path("/data/a:b.es"), SETTINGS)
+    assert no_lights_run(f"{tmp_path}/a:b.es", SETTINGS) == (tmp_path / "a:b.es", SETTINGS)
+    with pytest.raises(InputError, match="file not found"):
+        no_lights_run(f"{tmp_path}/missing.raw:720x1280", SETTINGS)
     row = {"recording": "street", "kept": KEEP_TARGET - 0.001, "no_lights": True}
     assert verdict(row).startswith("FAIL")
     assert verdict({**row, "kept": KEEP_TARGET}) == "pass"

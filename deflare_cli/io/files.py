@@ -117,6 +117,13 @@ def atomic_output(target: str | Path | BinaryIO, exclusive: bool = False) -> Ite
         raise
 
 
+def check_new_folder(target: Path) -> None:
+    """The :class:`InputError` that :func:`atomic_folder` would raise for ``target`` (a file,
+    or a folder that holds anything), raised now: before long work, not after it."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InputError(target, "exists and is not empty; write into a new folder")
+
+
 @contextlib.contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``target`` to fill; on success it becomes
@@ -126,8 +133,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     folder left by a run that was killed outright is this function's own, and is removed first.
     """
     final = Path(target)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise InputError(final, "exists and is not empty; write into a new folder")
+    check_new_folder(final)
     staging = final.with_name(f".{final.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
