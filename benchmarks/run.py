@@ -23,7 +23,7 @@ import torch
 
 from deflare_cli.codec import events_to_voxel, voxel_to_events
 from deflare_cli.events import Events, make_events
-from deflare_cli.io import read_events, write_events
+from deflare_cli.io import atomic_output, read_events, write_events
 
 SENSOR = (480, 640)
 BINS = 8
@@ -603,7 +603,8 @@ def main() -> None:
     )
     print(text)
     if args.output:
-        args.output.write_text(text)
+        with atomic_output(args.output) as temp_path:  # a run cut off keeps the table before
+            temp_path.write_text(text)
 
 
 if __name__ == "__main__":
