@@ -4,7 +4,8 @@
 recipe": the default model's third stage trains on configs/synth.yaml and
 configs/synth_sparse.yaml pairs) is made of several `deflare synth` folders whose pair IDs
 collide, since every folder numbers its pairs from 0. This links each pair into OUT under an ID
-prefixed by its folder's position (folder 2's pair 00042 becomes 200042), so the files are
+prefixed by its folder's position (folder 2's pair 00042 becomes 200042; a pair named
+night.h5 in both folders becomes 2night.h5), so the files are
 neither copied nor modified. OUT appears only once every link is made
 (`deflare_cli.io.atomic_folder`): an interrupted run leaves no half-made folder.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from deflare_cli.errors import DeflareError
 from deflare_cli.io import atomic_folder
-from deflare_cli.io.pairs import find_pairs
+from deflare_cli.io.pairs import find_pairs, pair_paths
 from deflare_cli.settings import paired_dirs
 
 
@@ -32,11 +33,9 @@ def merge_pairs(out_dir: Path, sources: list[Path]) -> int:
             folder.mkdir()
         for position, source in enumerate(sources, start=1):
             for pair in find_pairs(*paired_dirs(source)):
-                merged = f"composed_{position}{pair.pair_id}"
-                flare_link = flare_dir / f"{merged}_bg_flare{pair.flare_path.suffix}"
-                flare_link.symlink_to(pair.flare_path.resolve())
-                clean_link = clean_dir / f"{merged}_bg_light{pair.clean_path.suffix}"
-                clean_link.symlink_to(pair.clean_path.resolve())
+                links = pair_paths(staging, f"{position}{pair.pair_id}")
+                for link, path in zip(links, (pair.flare_path, pair.clean_path), strict=True):
+                    link.with_suffix(path.suffix).symlink_to(path.resolve())
                 count += 1
     return count
 

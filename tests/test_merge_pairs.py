@@ -29,6 +29,18 @@ def test_merged_pairs_keep_their_partners_under_ids_that_do_not_collide(tmp_path
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_pairs_named_alike_stay_pairs_when_merged(tmp_path: Path) -> None:
+    """find_pairs also pairs files by equal names (not E-Deflare's): merged, they still pair."""
+    source = labelled_pairs(tmp_path / "a", 1)
+    flare_dir, clean_dir = paired_dirs(source)
+    (flare_dir / "composed_00000_bg_flare.h5").rename(flare_dir / "night.h5")
+    (clean_dir / "composed_00000_bg_light.h5").rename(clean_dir / "night.h5")
+    assert merge_pairs(tmp_path / "merged", [source, labelled_pairs(tmp_path / "b", 1)]) == 2
+    merged = find_pairs(*paired_dirs(tmp_path / "merged"))
+    assert [pair.pair_id for pair in merged] == ["1night", "200000"]
+    assert merged[0].flare_path.resolve() == (flare_dir / "night.h5").resolve()
+
+
 def test_merging_into_a_folder_that_holds_files_is_refused(tmp_path: Path) -> None:
     source = labelled_pairs(tmp_path / "a", 1)
     (tmp_path / "out").mkdir()

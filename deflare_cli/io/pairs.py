@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..events import Events
-from ..settings import ReadSettings
+from ..settings import ReadSettings, paired_dirs
 from .files import list_event_files
 from .reader import read_events
 
@@ -33,6 +33,18 @@ def pair_id(path: Path) -> str:
     """``composed_00042_bg_flare.h5`` -> ``00042``; other names pair by their stem."""
     match = _ID_PATTERN.match(path.stem)
     return match.group(1) if match else path.stem
+
+
+def pair_paths(folder: Path, pair_id: str, suffix: str = ".h5") -> tuple[Path, Path]:
+    """Where the pair ``pair_id`` lies in ``folder`` for :func:`find_pairs` to find it again:
+    E-Deflare's names for a numeric ID, the ID itself in both folders otherwise."""
+    flare_dir, clean_dir = paired_dirs(folder)
+    if pair_id.isdigit():
+        return (
+            flare_dir / f"composed_{pair_id}_bg_flare{suffix}",
+            clean_dir / f"composed_{pair_id}_bg_light{suffix}",
+        )
+    return flare_dir / f"{pair_id}{suffix}", clean_dir / f"{pair_id}{suffix}"
 
 
 def find_pairs(flare_dir: Path, clean_dir: Path) -> list[Pair]:

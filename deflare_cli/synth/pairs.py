@@ -16,6 +16,7 @@ import torch
 
 from ..errors import DeflareError
 from ..io import atomic_output, list_event_files, make_folder, write_events
+from ..io.pairs import pair_paths
 from ..progress import Progress, map_jobs, no_progress
 from ..settings import SynthSettings, paired_dirs
 from .mixing import (
@@ -111,19 +112,10 @@ def sample_times(duration_us: int, rate_hz: float) -> np.ndarray:
     return np.linspace(0, duration_us, count).round().astype(np.int64)
 
 
-def pair_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
-    """(input, target) file names in the E-Deflare layout."""
-    flare_dir, clean_dir = paired_dirs(out_dir)
-    return (
-        flare_dir / f"composed_{index:05d}_bg_flare.h5",
-        clean_dir / f"composed_{index:05d}_bg_light.h5",
-    )
-
-
 def write_pair(settings: SynthSettings, index: int, backgrounds: Sequence[Path] = ()) -> dict:
     """Synthesise pair ``index`` and write both files; returns its manifest entry."""
     pair, params = synthesise_pair(settings, index, backgrounds)
-    flare_path, clean_path = pair_paths(settings.out_dir, index)
+    flare_path, clean_path = pair_paths(settings.out_dir, f"{index:05d}")
     write = settings.write
     attrs = {"deflare_synth_seed": settings.seed, "deflare_synth_index": index}
     labels = {"is_flare": pair.is_flare.astype(np.int8), "is_light": pair.is_light.astype(np.int8)}
