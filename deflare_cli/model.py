@@ -278,10 +278,12 @@ class TreeEnsemble(nn.Module):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every (row, tree) walks down from its root; those at a leaf (its own child) drop
-        out of the walk, so deep trees cost only the rows that reach their depth."""
+        out of the walk, so deep trees cost only the rows that reach their depth. A node's two
+        children lie side by side in one table, so each step is one lookup: ``2 node`` to go
+        left, ``2 node + 1`` to go right (NaN too, as ``x <= threshold`` is false for it)."""
         trees, nodes = self.feature.shape
         offset = torch.arange(trees, device=x.device)[:, None] * nodes  # flat node numbers
-        left, right = (self.left + offset).view(-1), (self.right + offset).view(-1)
+        children = torch.stack([self.left + offset, self.right + offset], dim=-1).view(-1)
         feature, threshold = self.feature.view(-1), self.threshold.view(-1)
         node = offset.view(-1).repeat(len(x))  # (rows x trees,) row-major
         first = torch.arange(len(x), device=x.device).repeat_interleave(trees) * x.shape[1]
@@ -289,8 +291,8 @@ class TreeEnsemble(nn.Module):
         walking = torch.arange(len(node), device=x.device)
         for _ in range(self.depth):
             here = node[walking]
-            goes_left = values[first[walking] + feature[here]] <= threshold[here]
-            step = torch.where(goes_left, left[here], right[here])
+            goes_right = ~(values[first[walking] + feature[here]] <= threshold[here])
+            step = children[2 * here + goes_right]
             node[walking] = step
             walking = walking[step != here]
             if not len(walking):
