@@ -930,7 +930,8 @@ def train(
             help="Start from a checkpoint's weights with a fresh optimizer at step 0 "
             "(fine-tuning), e.g. the repository's candidates/unet_mask_2026-11-29.calibrated.pt "
             "(f_maps 16,32,64, --loss mask); the shipped default is fitted trees, which do not "
-            "fine-tune.",
+            "fine-tune: with model.flicker_head (configs/flicker_head.yaml) their trees are kept "
+            "and only the head is fitted.",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything [0].")] = None,

@@ -149,6 +149,11 @@ class DensityBackbone(nn.Module):
 
     With ``density_head: trees`` a gradient-boosted ensemble (:class:`TreeEnsemble`, fitted by
     ``deflare train``: ``train/trees.py``) scores the same features instead of the perceptron.
+    With ``flicker_head``, pixels whose polarity alternates that often in the segment are
+    scored by a second ensemble that also sees the flicker features, and the first one, without
+    them, scores the rest: a flickering light's flare is told apart where it flickers, and
+    nowhere else does a polarity flip (which real scenes make far more often than synthetic
+    ones) count as flare.
     """
 
     def __init__(self, settings: ModelSettings) -> None:
@@ -156,11 +161,17 @@ class DensityBackbone(nn.Module):
         self.radii = settings.density_radii
         self.flicker_radii = settings.flicker_radii
         self.coherence_radii = settings.coherence_radii
-        self.trees = None
+        self.trees = self.flicker_trees = None
+        flicker = 2 + len(self.flicker_radii) if self.flicker_radii else 0
+        self.flicker_head = settings.flicker_head
         if settings.density_head == "trees":
             self.trees = TreeEnsemble(*settings.density_trees)
+            if self.flicker_head:
+                self.flicker_trees = TreeEnsemble(*settings.flicker_trees)
+                density, coherence = 2 * len(self.radii), len(self.coherence_radii)
+                shared = [*range(density), *range(density + flicker, density + flicker + coherence)]
+                self.register_buffer("shared_columns", torch.tensor(shared), persistent=False)
             return
-        flicker = 2 + len(self.flicker_radii) if self.flicker_radii else 0
         widths = [2 * len(self.radii) + flicker + len(self.coherence_radii), *settings.f_maps]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
@@ -199,9 +210,21 @@ class DensityBackbone(nn.Module):
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """(..., 1) removal logits of (..., features) box densities."""
         scaled = density_scale(features)
-        if self.trees is not None:
+        if self.trees is None:
+            return self.final_conv(self.hidden(scaled))
+        if self.flicker_trees is None:
             return self.trees(scaled)
-        return self.final_conv(self.hidden(scaled))
+        logits = self.trees(scaled[..., self.shared_columns])
+        flickering = self.flickering(features)
+        logits[flickering] = self.flicker_trees(scaled[flickering])
+        return logits
+
+    def flickering(self, features: torch.Tensor) -> torch.Tensor:
+        """Which (..., features) rows the flicker head scores: those whose polarity alternates
+        at least ``flicker_head`` times (:func:`flicker_features`' first column, counts times
+        ``DENSITY_UNIT``; half a count below, so float rounding cannot drop a row)."""
+        alternations = features[..., 2 * len(self.radii)]
+        return alternations >= (self.flicker_head - 0.5) * DENSITY_UNIT
 
 
 def flicker_features(voxels: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:

@@ -227,6 +227,20 @@ class ModelSettings(Frozen):
         description="DensityNet with trees: (trees, nodes per tree, depth) of the fitted "
         "ensemble, written by deflare train; the model's tensors take this shape",
     )
+    flicker_head: int = Field(
+        0,
+        ge=0,
+        description="DensityNet with trees: a pixel whose polarity alternates at least this "
+        "many times between its non-empty time bins in a segment (a light flickering at mains or "
+        "PWM rates; a moving edge flips once or twice) is scored by a second ensemble, fitted on "
+        "such pixels alone, which also sees the flicker_radii features (the first ensemble then "
+        "does not); 0: one ensemble for every pixel",
+    )
+    flicker_trees: tuple[int, int, int] = Field(
+        (0, 1, 0),
+        description="DensityNet with a flicker head: (trees, nodes per tree, depth) of its "
+        "ensemble, written by deflare train",
+    )
     removal: Removal = Field(
         "rounded",
         description="how deflare turns the output into removed events: rounded (a cell loses "
@@ -242,6 +256,8 @@ class ModelSettings(Frozen):
         if self.backbone == "DensityNet":
             if self.output != "mask":
                 raise ValueError("backbone DensityNet classifies events: it needs output mask")
+            if self.flicker_head and (self.density_head != "trees" or not self.flicker_radii):
+                raise ValueError("flicker_head needs density_head trees and flicker_radii")
             if self.dropout or self.pooling != "xyt":
                 raise ValueError(
                     "backbone DensityNet ignores dropout and pooling; leave them unset"
@@ -401,7 +417,8 @@ class TrainSettings(Frozen):
     init_from: Path | None = Field(
         None,
         description="start from this checkpoint's weights (a training run's or an exported "
-        "model; 'default': the shipped one), with a fresh optimizer at step 0: fine-tuning",
+        "model; 'default': the shipped one), with a fresh optimizer at step 0: fine-tuning; "
+        "for trees with a flicker head, the trees kept while the head alone is fitted",
     )
     overwrite: bool = Field(
         False, description="start a fresh run in a run-dir that holds one (removes its files)"

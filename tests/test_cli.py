@@ -293,7 +293,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "frame_norm.yaml": TrainSettings,
                    "density_net.yaml": TrainSettings,
                    "density_trees.yaml": TrainSettings,
-                   "default_trees.yaml": TrainSettings}  # fmt: skip
+                   "default_trees.yaml": TrainSettings,
+                   "flicker_head.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))

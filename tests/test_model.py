@@ -347,3 +347,25 @@ def test_an_unfitted_tree_model_changes_nothing_and_runs_in_torch_only() -> None
     assert [name for name, _ in model.named_parameters()] == []  # buffers: no optimiser moves them
     with pytest.raises(ValidationError, match="trees needs backbone DensityNet"):
         ModelSettings(output="mask", density_head="trees")
+
+
+def test_a_flicker_head_scores_the_pixels_that_flicker_and_the_trees_the_rest() -> None:
+    """With flicker_head 3, a pixel whose polarity alternates three times in its segment gets the
+    flicker head's logit; one that flips twice (an edge passing there and back) and one that
+    never flips get the first ensemble's, which sees no flicker column."""
+    settings = TREES.model_copy(
+        update={"flicker_radii": (3,), "coherence_radii": (3,), "flicker_head": 3}
+    )
+    model = TrueResidualUNet3D(settings)
+    model.backbone.trees.bias.fill_(1.0)  # no trees: every logit is the bias
+    model.backbone.flicker_trees.bias.fill_(5.0)
+    voxels = torch.zeros(1, 1, 8, 20, 30)
+    voxels[0, 0, :, 4, 4] = torch.tensor([1.0, 1, -1, -1, 1, 1, -1, 0])  # 3 alternations
+    voxels[0, 0, :, 10, 10] = torch.tensor([1.0, 0, -1, 0, 1, 0, 0, 0])  # 2
+    voxels[0, 0, :, 15, 20] = 1.0  # none
+    raw = model(voxels, raw=True)[0, 0]
+    assert raw[:, 4, 4].eq(5.0).all()
+    assert raw[:3, 10, 10].eq(1.0).all() and raw[:, 15, 20].eq(1.0).all()
+    assert model.backbone.shared_columns.tolist() == [*range(8), 11]  # densities, coherence
+    with pytest.raises(ValidationError, match="flicker_head needs"):
+        ModelSettings.model_validate({**TREES.model_dump(), "flicker_head": 3})

@@ -570,6 +570,53 @@ def test_the_density_trees_config_fits_and_deflares(tmp_path: Path, pairs_dir: P
     assert tuned.exit_code != 0 and "--init-from" in tuned.output
 
 
+def test_a_flicker_head_is_fitted_beside_the_trees_it_keeps(
+    tmp_path: Path, pairs_dir: Path
+) -> None:
+    """--init-from a trees checkpoint with model.flicker_head fits the head alone on the pairs'
+    flickering pixels (their 100 Hz blobs) and keeps the checkpoint's trees tensor for tensor;
+    the head scores the blob's pixels, which the trees before scored. A checkpoint of other
+    settings, or one with a head already, is refused naming the file."""
+    from sklearn.metrics import roc_auc_score  # the dev extra has it
+
+    config = Path(__file__).parents[1] / "configs" / "density_trees.yaml"
+    head = tmp_path / "head.yaml"
+    head.write_text(f"extends: {config}\nmodel:\n  flicker_radii: [3]\n  flicker_head: 3\n")
+    common = ["--data-dir", str(pairs_dir), "--val-dir", str(tmp_path / "absent")]
+    base = tmp_path / "base" / "last.pt"
+    result = CliRunner().invoke(app, ["train", "--config", str(config), *common, "--run-dir",
+                                      str(base.parent)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fit = ["train", "--config", str(head), *common, "--init-from", str(base), "--run-dir"]
+    result = CliRunner().invoke(app, [*fit, str(tmp_path / "head")])
+    assert result.exit_code == 0, result.output
+    fitted = tmp_path / "head" / "last.pt"
+    kept, before = load_checkpoint(fitted)["model"], load_checkpoint(base)["model"]
+    trees = [key for key in before if key.startswith("backbone.trees.")]
+    assert trees and all(torch.equal(kept[key], before[key]) for key in trees)
+    assert load_checkpoint(fitted)["settings"]["model"]["flicker_trees"][0] > 0
+    (model, codec), (old, _) = model_from_checkpoint(fitted), model_from_checkpoint(base)
+    scores, labels, changed = [], [], 0
+    for pair in find_pairs(*paired_dirs(pairs_dir)):
+        inputs, targets = encode_pair(pair, codec)
+        with torch.no_grad():
+            logits = model(inputs[:, None].float(), raw=True)[:, 0]
+            changed += int((logits != old(inputs[:, None].float(), raw=True)[:, 0]).sum())
+        occupied = inputs != 0
+        scores.append(logits[occupied])
+        labels.append((inputs != targets)[occupied])
+    assert changed > 0
+    assert roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy()) > 0.8
+    other = tmp_path / "other.yaml"
+    other.write_text(f"extends: {head}\nmodel:\n  density_radii: [1, 3]\n")
+    for config_path, source, problem in ((other, base, "differ"), (head, fitted, "holds no")):
+        fit[2], fit[fit.index("--init-from") + 1] = str(config_path), str(source)
+        result = CliRunner().invoke(app, [*fit, str(tmp_path / "refused")])
+        assert result.exit_code == 1, result.output
+        assert source.parent.name in result.output and problem in result.output
+        assert not (tmp_path / "refused" / "last.pt").exists()
+
+
 def test_ddp_two_processes_on_cpu(tmp_path: Path, pairs_dir: Path) -> None:
     """torchrun with gloo: both ranks hold identical weights; only rank 0 writes checkpoints."""
     worker = Path(__file__).parent / "ddp_worker.py"

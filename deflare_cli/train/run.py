@@ -29,10 +29,10 @@ def train(settings: TrainSettings, progress: Progress = no_progress) -> TrainRes
             freed_memory_kept(cluster.device),  # a third faster on a CPU (see there)
         ):
             if settings.model.density_head == "trees":
-                if cluster.distributed or settings.debug or settings.resume or settings.init_from:
+                if cluster.distributed or settings.debug or settings.resume:
                     raise DeflareError(
-                        "model.density_head trees is fitted in one go, in one process, from "
-                        "nothing: no torchrun, --debug, --resume or --init-from"
+                        "model.density_head trees is fitted in one go, in one process: no "
+                        "torchrun, --debug or --resume"
                     )
                 return fit_trees(settings, progress)
             trainer = Trainer(settings, cluster, progress)

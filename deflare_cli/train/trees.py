@@ -8,6 +8,10 @@ flare and its other events as the rest). The fitted trees go into the model's te
 (``model.TreeEnsemble``), so the checkpoint is an ordinary one that ``calibrate``, ``deflare``
 and ``evaluate`` load; torch evaluates it, with or without scikit-learn installed.
 
+With ``model.flicker_head`` a second ensemble is fitted the same way on the flickering pixels
+alone (``DensityBackbone.flickering``); ``init_from`` keeps a fitted checkpoint's trees and
+fits only that head (configs/flicker_head.yaml; not shipped: docs/experiments.md, 2026-12-08).
+
 Why trees: among every learner fitted on these features, only gradient boosting removed a third
 of the night check pairs' flare while keeping real scenes; perceptrons that removed as much took
 real scenes for flare (docs/experiments.md, 2026-12-07).
@@ -22,11 +26,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from ..errors import DeflareError
+from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..errors import DeflareError, InputError
+from ..infer import DEFAULT_CHECKPOINT
 from ..model import TrueResidualUNet3D, backbone_input, density_scale
 from ..progress import Progress, no_progress
-from ..settings import TrainSettings
+from ..settings import ModelSettings, TrainSettings
 from .data import EventVoxelDataset, load_datasets
 from .trainer import TrainResult
 
@@ -36,36 +41,43 @@ TREE_ROWS = 400_000  # pixel rows the fit samples (weights keep it a per-event f
 
 def fit_trees(settings: TrainSettings, progress: Progress = no_progress) -> TrainResult:
     """Fit the trees of ``settings.model`` on every one of the run's training pairs (the
-    validation settings play no part); write ``last.pt``."""
+    validation settings play no part); write ``last.pt``. With ``model.flicker_head``, a
+    second ensemble is fitted on the flickering pixels alone; with ``init_from`` (a trees
+    checkpoint of the same settings without the head), that checkpoint's trees are kept and
+    only the flicker head is fitted."""
     try:
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        import sklearn.ensemble  # noqa: F401  (fit_classifier's; checked before any work)
     except ImportError:
         raise DeflareError(
             "model.density_head trees is fitted with scikit-learn: pip install 'deflare[trees]'"
         ) from None
+    kept = kept_trees(settings)  # checked before minutes of encoding the pairs
     # no validation step: every pair is fitted on, and no validation pair is read or encoded
     every_pair = settings.data.model_copy(update={"val_dir": None, "val_fraction": 0.0})
     datasets = load_datasets(settings.model_copy(update={"data": every_pair}), progress)
     frames = EventVoxelDataset(datasets.train.entries)  # whole frames: no cut boxes
-    features, flare, rest = pixel_rows(frames, settings, progress)
-    rows = np.concatenate([features[flare > 0], features[rest > 0]])
-    labels = np.r_[np.ones(int((flare > 0).sum())), np.zeros(int((rest > 0).sum()))]
-    weights = np.r_[flare[flare > 0], rest[rest > 0]]
-    progress("fitting trees", 0, 1)
-    classifier = HistGradientBoostingClassifier(
-        max_iter=TREE_ITERATIONS, random_state=settings.seed
-    ).fit(rows, labels, sample_weight=weights)
-    progress("fitting trees", 1, 1)
+    samples = pixel_rows(frames, settings, progress, fit_main=kept is None)
+    classifiers = {name: fit_classifier(name, *sample, settings.seed, progress)
+                   for name, sample in samples.items()}  # fmt: skip
+    shapes = {name: tree_shape(classifier) for name, classifier in classifiers.items()}
     model = TrueResidualUNet3D(
-        settings.model.model_copy(update={"density_trees": tree_shape(classifier)})
+        settings.model.model_copy(
+            update={
+                "density_trees": shapes["trees"] if kept is None else kept["shape"],
+                "flicker_trees": shapes.get("flicker_trees", (0, 1, 0)),
+            }
+        )
     )
-    load_trees(model.backbone.trees, classifier)
+    if kept is not None:
+        model.backbone.trees.load_state_dict(kept["state"])
+    for name, classifier in classifiers.items():
+        load_trees(getattr(model.backbone, name), classifier)
     run_settings = settings.model_copy(update={"model": model.settings})
     path = settings.run_dir / "last.pt"
     save_checkpoint(path, tree_checkpoint(model, run_settings.model_dump(mode="json")))
     return TrainResult(
         run_dir=settings.run_dir,
-        steps=len(classifier._predictors),
+        steps=sum(len(classifier._predictors) for classifier in classifiers.values()),
         epochs_completed=1,
         best_metric=math.nan,
         last_checkpoint=path,
@@ -74,33 +86,109 @@ def fit_trees(settings: TrainSettings, progress: Progress = no_progress) -> Trai
     )
 
 
+def fit_classifier(
+    name: str,
+    rows: np.ndarray,
+    flare: np.ndarray,
+    rest: np.ndarray,
+    seed: int,
+    progress: Progress = no_progress,
+) -> Any:
+    """scikit-learn's gradient-boosted classifier of flare (weights ``flare``) against the rest
+    (``rest``) over ``rows``: each row enters once per class it has events of."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    if not (flare > 0).any() or not (rest > 0).any():
+        what = "flickering pixels" if name == "flicker_trees" else "pixels"
+        only = "flare" if (flare > 0).any() else "other"
+        raise DeflareError(
+            f"the training pairs' {what} hold only {only} events: fitting {name} needs both"
+        )
+    progress(f"fitting {name}", 0, 1)
+    labels = np.r_[np.ones(int((flare > 0).sum())), np.zeros(int((rest > 0).sum()))]
+    classifier = HistGradientBoostingClassifier(max_iter=TREE_ITERATIONS, random_state=seed).fit(
+        np.concatenate([rows[flare > 0], rows[rest > 0]]),
+        labels,
+        sample_weight=np.r_[flare[flare > 0], rest[rest > 0]],
+    )
+    progress(f"fitting {name}", 1, 1)
+    return classifier
+
+
+def kept_trees(settings: TrainSettings) -> dict[str, Any] | None:
+    """The trees of ``settings.init_from`` that a flicker head's fit keeps (their tensors and
+    shape), or None without ``init_from``; the checkpoint must hold trees of this run's model
+    settings, without a flicker head."""
+    if settings.init_from is None:
+        return None
+    path = DEFAULT_CHECKPOINT if str(settings.init_from) == "default" else settings.init_from
+    if not settings.model.flicker_head:
+        raise InputError(
+            path,
+            "trees are fitted from nothing; --init-from only keeps a checkpoint's trees while "
+            "a flicker head (model.flicker_head) is fitted beside them",
+        )
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint["settings"]["model"]
+    differing = {"flicker_head", "flicker_radii", "flicker_trees", "density_trees"}
+    if saved.get("density_head") != "trees" or saved.get("flicker_head"):
+        raise InputError(path, "holds no trees without a flicker head to keep")
+    ours = settings.model.model_dump(mode="json")
+    theirs = ModelSettings.model_validate(saved).model_dump(mode="json")
+    mismatched = sorted(key for key in ours.keys() - differing if theirs[key] != ours[key])
+    if mismatched:
+        raise InputError(path, f"its model settings differ from this run's in {mismatched}")
+    prefix = "backbone.trees."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
+    return {"state": state, "shape": tuple(saved["density_trees"])}
+
+
 def pixel_rows(
-    frames: EventVoxelDataset, settings: TrainSettings, progress: Progress = no_progress
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, features) of the scorer's input for the pixels and polarities with events, their
-    flare events and their other events (weights; a sample of at most about ``TREE_ROWS`` rows,
-    each weighted up by its segment's sampling share so the sum stays every event's)."""
+    frames: EventVoxelDataset,
+    settings: TrainSettings,
+    progress: Progress = no_progress,
+    fit_main: bool = True,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per ensemble to fit (``trees``, and ``flicker_trees`` with a flicker head), its rows of
+    the scorer's input for the pixels and polarities with events (every one; the flickering
+    ones for the head), their flare events and their other events (weights): a sample of at most
+    about ``TREE_ROWS`` rows, each weighted up by its segment's sampling share so the sum stays
+    every event's. The main ensemble does not see the flicker columns (``shared_columns``)."""
     model = TrueResidualUNet3D(settings.model)
+    backbone = model.backbone
     rng = np.random.default_rng(settings.seed)
     per_segment = max(1, math.ceil(TREE_ROWS / max(len(frames), 1)))
-    parts: list[tuple[np.ndarray, ...]] = []
+    names = (["trees"] if fit_main else []) + (["flicker_trees"] if backbone.flicker_head else [])
+    parts: dict[str, list[tuple[np.ndarray, ...]]] = {name: [] for name in names}
     with torch.no_grad():
         for index in range(len(frames)):
             inputs, targets, density = frames[index]
             scaled = backbone_input(inputs[None], settings.model, density[None])
-            features, occupied = model.backbone.features(scaled)
+            features, occupied = backbone.features(scaled)
             flare, rest = event_counts(inputs, targets)
-            chosen = rng.permutation(int(occupied.sum()))[:per_segment]
-            scale = occupied.sum().item() / max(len(chosen), 1)
-            parts.append((
-                density_scale(features[occupied]).numpy()[chosen],
-                flare[occupied].numpy()[chosen] * scale,
-                rest[occupied].numpy()[chosen] * scale,
-            ))  # fmt: skip
+            chosen_from = {"trees": occupied}
+            if backbone.flicker_head:
+                chosen_from["flicker_trees"] = occupied & backbone.flickering(features)
+            for name in names:
+                where = chosen_from[name]
+                chosen = rng.permutation(int(where.sum()))[:per_segment]
+                scale = where.sum().item() / max(len(chosen), 1)
+                rows = features[where]
+                if name == "trees" and backbone.flicker_head:
+                    rows = rows[:, backbone.shared_columns]
+                parts[name].append((
+                    density_scale(rows).numpy()[chosen],
+                    flare[where].numpy()[chosen] * scale,
+                    rest[where].numpy()[chosen] * scale,
+                ))  # fmt: skip
             progress("features", index + 1, len(frames))
-    if not parts or not sum(len(part[0]) for part in parts):
-        raise DeflareError("no events in the training pairs: nothing to fit trees on")
-    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    samples = {}
+    for name, pieces in parts.items():
+        if not sum(len(piece[0]) for piece in pieces):
+            what = "flickering pixels" if name == "flicker_trees" else "events"
+            raise DeflareError(f"no {what} in the training pairs: nothing to fit {name} on")
+        samples[name] = tuple(np.concatenate(column) for column in zip(*pieces, strict=True))
+    return samples
 
 
 def event_counts(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
