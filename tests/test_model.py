@@ -187,15 +187,21 @@ DENSITY_NET = ModelSettings(backbone="DensityNet", f_maps=(8, 8), output="mask",
 
 
 def test_box_mean_is_the_mean_over_the_box_cut_at_the_edges() -> None:
+    """Pooled (narrow boxes, traced graphs) or from running sums (wide boxes), alike: each is
+    the mean of the box cut at the frame's edges, also where the box is wider than the frame."""
     torch.manual_seed(0)
     counts = torch.randint(0, 4, (1, 2, 1, 9, 13)).float()
-    for radius in (1, 3, 8):
+    for radius in (1, 3, 4, 8, 24):
         got = box_mean(counts, radius)
         for y, x in [(0, 0), (4, 6), (8, 12), (2, 11)]:
             box = counts[
                 ..., max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1
             ]
             assert torch.allclose(got[..., y, x], box.mean(dim=(-2, -1)), atol=1e-6)
+    wide = torch.rand(2, 3, 1, 70, 90) * (torch.rand(2, 3, 1, 70, 90) < 0.1)
+    traced = torch.jit.trace(lambda x: box_mean(x, 24), wide, check_trace=False)
+    assert box_mean(wide, 24).dtype == wide.dtype
+    assert torch.allclose(traced(wide), box_mean(wide, 24), rtol=1e-5, atol=1e-7)
 
 
 def test_density_net_scores_each_cell_by_the_densities_of_its_own_polarity_first() -> None:
