@@ -282,7 +282,7 @@ class TreeEnsemble(nn.Module):
     (bf16 would move thresholds), in chunks of pixels to bound memory. Unfitted (no trees), the
     logit is the mask models' starting logit, which changes no event."""
 
-    CHUNK = 16_384  # pixels per evaluation: 16k x 200 trees of int64 indices = 26 MB
+    CHUNK = 16_384  # pixels per evaluation: 16k x 200 trees of int32 indices = 13 MB
 
     def __init__(self, trees: int, nodes: int, depth: int) -> None:
         super().__init__()
@@ -306,24 +306,31 @@ class TreeEnsemble(nn.Module):
         """Every (row, tree) walks down from its root; those at a leaf (its own child) drop
         out of the walk, so deep trees cost only the rows that reach their depth. A node's two
         children lie side by side in one table, so each step is one lookup: ``2 node`` to go
-        left, ``2 node + 1`` to go right (NaN too, as ``x <= threshold`` is false for it)."""
+        left, ``2 node + 1`` to go right (NaN too, as ``x <= threshold`` is false for it).
+        Indices are int32 and looked up with ``index_select``: half the memory traffic of
+        int64 indexing, and twice as fast on a CPU (``CHUNK`` rows keep them far below 2^31)."""
         trees, nodes = self.feature.shape
-        offset = torch.arange(trees, device=x.device)[:, None] * nodes  # flat node numbers
-        children = torch.stack([self.left + offset, self.right + offset], dim=-1).view(-1)
-        feature, threshold = self.feature.view(-1), self.threshold.view(-1)
+        index = torch.int32
+        offset = torch.arange(trees, device=x.device, dtype=index)[:, None] * nodes
+        children = torch.stack([self.left + offset, self.right + offset], dim=-1)
+        children, feature = children.view(-1).to(index), self.feature.view(-1).to(index)
+        threshold = self.threshold.view(-1)
         node = offset.view(-1).repeat(len(x))  # (rows x trees,) row-major
-        first = torch.arange(len(x), device=x.device).repeat_interleave(trees) * x.shape[1]
+        first = torch.arange(len(x), device=x.device, dtype=index) * x.shape[1]
+        first = first.repeat_interleave(trees)
         values = x.reshape(-1)
-        walking = torch.arange(len(node), device=x.device)
+        walking = torch.arange(len(node), device=x.device, dtype=index)
         for _ in range(self.depth):
-            here = node[walking]
-            goes_right = ~(values[first[walking] + feature[here]] <= threshold[here])
-            step = children[2 * here + goes_right]
+            here = node.index_select(0, walking)
+            looked_at = first.index_select(0, walking) + feature.index_select(0, here)
+            goes_right = ~(values.index_select(0, looked_at) <= threshold.index_select(0, here))
+            step = children.index_select(0, 2 * here + goes_right)
             node[walking] = step
             walking = walking[step != here]
             if not len(walking):
                 break
-        return self.value.view(-1)[node].view(len(x), trees).sum(1) + self.bias
+        leaves = self.value.view(-1).index_select(0, node)
+        return leaves.view(len(x), trees).sum(1) + self.bias
 
 
 def box_mean(counts: torch.Tensor, radius: int) -> torch.Tensor:
