@@ -265,10 +265,10 @@ class ModelSettings(Frozen):
             return self
         if self.density_head != "perceptron":
             raise ValueError("density_head trees needs backbone DensityNet")
-        if self.flicker_radii or self.coherence_radii:
+        if self.flicker_radii or self.coherence_radii or self.flicker_head:
             raise ValueError(
-                "flicker_radii and coherence_radii are DensityNet features: they need backbone "
-                "DensityNet"
+                "flicker_radii, coherence_radii and flicker_head are DensityNet features: they "
+                "need backbone DensityNet"
             )
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")

@@ -169,6 +169,8 @@ def test_crop_must_fit_the_depth() -> None:
         ({"removal": "threshold"}, "needs output mask"),
         ({"flicker_radii": (3,)}, "need backbone DensityNet"),
         ({"coherence_radii": (3,)}, "need backbone DensityNet"),
+        ({"flicker_head": 3}, "need backbone DensityNet"),
+        ({"backbone": "DensityNet", "output": "mask", "flicker_head": 3}, "flicker_head needs"),
     ],
 )
 def test_bad_model_settings_are_refused(values, message) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from .. import __version__
 from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -134,7 +135,10 @@ def kept_trees(settings: TrainSettings) -> dict[str, Any] | None:
     if saved.get("density_head") != "trees" or saved.get("flicker_head"):
         raise InputError(path, "holds no trees without a flicker head to keep")
     ours = settings.model.model_dump(mode="json")
-    theirs = ModelSettings.model_validate(saved).model_dump(mode="json")
+    try:
+        theirs = ModelSettings.model_validate(saved).model_dump(mode="json")
+    except ValidationError as error:
+        raise InputError(path, f"its model settings do not load: {error}") from None
     mismatched = sorted(key for key in ours.keys() - differing if theirs[key] != ours[key])
     if mismatched:
         raise InputError(path, f"its model settings differ from this run's in {mismatched}")
