@@ -35,16 +35,17 @@ def pair_id(path: Path) -> str:
     return match.group(1) if match else path.stem
 
 
-def pair_paths(folder: Path, pair_id: str, suffix: str = ".h5") -> tuple[Path, Path]:
-    """Where the pair ``pair_id`` lies in ``folder`` for :func:`find_pairs` to find it again:
-    E-Deflare's names for a numeric ID, the ID itself in both folders otherwise."""
+def pair_paths(folder: Path, pair_id: str) -> tuple[Path, Path]:
+    """Where the pair ``pair_id`` lies in ``folder`` (as .h5; ``with_suffix`` for another
+    format) for :func:`find_pairs` to find it again: E-Deflare's names for a numeric ID, the ID
+    itself in both folders otherwise."""
     flare_dir, clean_dir = paired_dirs(folder)
     if pair_id.isdigit():
         return (
-            flare_dir / f"composed_{pair_id}_bg_flare{suffix}",
-            clean_dir / f"composed_{pair_id}_bg_light{suffix}",
+            flare_dir / f"composed_{pair_id}_bg_flare.h5",
+            clean_dir / f"composed_{pair_id}_bg_light.h5",
         )
-    return flare_dir / f"{pair_id}{suffix}", clean_dir / f"{pair_id}{suffix}"
+    return flare_dir / f"{pair_id}.h5", clean_dir / f"{pair_id}.h5"
 
 
 def find_pairs(flare_dir: Path, clean_dir: Path) -> list[Pair]:

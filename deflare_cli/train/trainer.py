@@ -99,9 +99,7 @@ class Trainer:
         torch.manual_seed(settings.seed)
         initial = None  # fine-tuning's weights, checked before minutes of encoding the pairs
         if settings.init_from is not None and settings.resume is None:
-            source = (
-                DEFAULT_CHECKPOINT if str(settings.init_from) == "default" else settings.init_from
-            )
+            source = init_checkpoint(settings.init_from)
             initial, step = load_weights(source, settings.model)
             log.info("starting from the weights of %s (its step %d)", source, step)
         with self._main_first():  # rank 0 fills the voxel cache; the others then find it full
@@ -394,6 +392,11 @@ class Trainer:
             best = torch.tensor([self.position.best_metric], dtype=torch.float64)
             dist.broadcast(best, src=0)
             self.position.best_metric = float(best)
+
+
+def init_checkpoint(init_from: Path) -> Path:
+    """The checkpoint ``--init-from`` names: the shipped default model for ``default``."""
+    return DEFAULT_CHECKPOINT if str(init_from) == "default" else init_from
 
 
 def loss_window(context: int) -> tuple[slice, ...]:

@@ -29,12 +29,11 @@ from pydantic import ValidationError
 from .. import __version__
 from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..errors import DeflareError, InputError
-from ..infer import DEFAULT_CHECKPOINT
 from ..model import TrueResidualUNet3D, backbone_input, density_scale
 from ..progress import Progress, no_progress
 from ..settings import ModelSettings, TrainSettings
 from .data import EventVoxelDataset, load_datasets
-from .trainer import TrainResult
+from .trainer import TrainResult, init_checkpoint
 
 TREE_ITERATIONS = 200  # boosting rounds (scikit-learn's HistGradientBoostingClassifier)
 TREE_ROWS = 400_000  # pixel rows the fit samples (weights keep it a per-event fit)
@@ -122,7 +121,7 @@ def kept_trees(settings: TrainSettings) -> dict[str, Any] | None:
     settings, without a flicker head."""
     if settings.init_from is None:
         return None
-    path = DEFAULT_CHECKPOINT if str(settings.init_from) == "default" else settings.init_from
+    path = init_checkpoint(settings.init_from)
     if not settings.model.flicker_head:
         raise InputError(
             path,
@@ -175,8 +174,9 @@ def pixel_rows(
                 chosen_from["flicker_trees"] = occupied & backbone.flickering(features)
             for name in names:
                 where = chosen_from[name]
-                chosen = rng.permutation(int(where.sum()))[:per_segment]
-                scale = where.sum().item() / max(len(chosen), 1)
+                count = int(where.sum())
+                chosen = rng.permutation(count)[:per_segment]
+                scale = count / max(len(chosen), 1)
                 rows = features[where]
                 if name == "trees" and backbone.flicker_head:
                     rows = rows[:, backbone.shared_columns]
