@@ -164,18 +164,20 @@ class DensityBackbone(nn.Module):
         self.radii = settings.density_radii
         self.flicker_radii = settings.flicker_radii
         self.coherence_radii = settings.coherence_radii
+        self.peak_radii = settings.peak_radii
         self.trees = self.flicker_trees = None
-        flicker = 2 + len(self.flicker_radii) if self.flicker_radii else 0
         self.flicker_head = settings.flicker_head
         if settings.density_head == "trees":
             self.trees = TreeEnsemble(*settings.density_trees)
             if self.flicker_head:
                 self.flicker_trees = TreeEnsemble(*settings.flicker_trees)
-                density, coherence = 2 * len(self.radii), len(self.coherence_radii)
-                shared = [*range(density), *range(density + flicker, density + flicker + coherence)]
+                density, flicker = 2 * len(self.radii), 2 + len(self.flicker_radii)
+                # every column but the flicker counts, which follow the box densities
+                columns = settings.density_columns
+                shared = [*range(density), *range(density + flicker, columns)]
                 self.register_buffer("shared_columns", torch.tensor(shared), persistent=False)
             return
-        widths = [2 * len(self.radii) + flicker + len(self.coherence_radii), *settings.f_maps]
+        widths = [settings.density_columns, *settings.f_maps]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
@@ -208,6 +210,9 @@ class DensityBackbone(nn.Module):
         if self.coherence_radii:
             coherence = coherence_features(counts.sum(1)[:, 0], self.coherence_radii)
             features = torch.cat([features, coherence.repeat(2, 1, 1, 1)], dim=-1)
+        if self.peak_radii:
+            peaks = peak_features(counts.sum(1)[:, 0], self.peak_radii)
+            features = torch.cat([features, peaks.repeat(2, 1, 1, 1)], dim=-1)
         return features, occupied
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
@@ -267,6 +272,37 @@ def coherence_features(counts: torch.Tensor, radii: tuple[int, ...]) -> torch.Te
         spread = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2)
         coherence.append(torch.where(trace > 0, spread / trace.clamp_min(1e-30), 0.0))
     return torch.stack(coherence, dim=-1).clamp(0, 1) * COHERENCE_UNIT
+
+
+def peak_features(counts: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:
+    """(N, H, W, 2 len(radii)) of (N, H, W) event counts: per radius, the largest count within
+    a box of that half-width around each pixel (the box cut at the edges), then the pixel's own
+    count over it (0 where the box is empty, times ``COHERENCE_UNIT``). A light's core and its
+    edges fire many events a pixel, the halo and rays around them one or two: a box mean
+    dilutes the core among empty pixels, its maximum does not, so a lone event beside a far
+    busier pixel tells itself apart from a lone event in an empty, dim scene."""
+    columns = []
+    for radius in radii:
+        peak = box_max(counts, radius)
+        share = torch.where(peak > 0, counts / peak.clamp_min(1e-30), 0.0)
+        columns += [peak, share * COHERENCE_UNIT]
+    return torch.stack(columns, dim=-1)
+
+
+def box_max(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, H, W) maxima of non-negative (N, H, W) values over boxes of half-width ``radius``,
+    cut at the edges: per axis, maxima over windows doubling in width (log2 of the box's
+    width elementwise steps, where a pooling pass would take the box's width per pixel)."""
+    for dim in (2, 1):
+        padded = F.pad(image, (radius, radius) if dim == 2 else (0, 0, radius, radius))
+        width, step, widest = 2 * radius + 1, 1, padded
+        while 2 * step <= width:
+            length = widest.shape[dim] - step
+            widest = torch.maximum(widest.narrow(dim, 0, length), widest.narrow(dim, step, length))
+            step *= 2
+        size = image.shape[dim]
+        image = torch.maximum(widest.narrow(dim, 0, size), widest.narrow(dim, width - step, size))
+    return image
 
 
 def density_scale(features: torch.Tensor) -> torch.Tensor:

@@ -217,6 +217,12 @@ class ModelSettings(Frozen):
         "the orientation coherence of their count image over boxes of these half-widths "
         "(pixels); a thin moving edge gives about 1, a cloud of flare events less; empty: none",
     )
+    peak_radii: tuple[PositiveInt, ...] = Field(
+        (),
+        description="DensityNet: also classify by the largest event count within boxes of these "
+        "half-widths (pixels) around a pixel, and the pixel's own count over it (a lone flare "
+        "event beside a light's busy core against a lone event in a dim scene); empty: none",
+    )
     density_head: DensityHead = Field(
         "perceptron",
         description="DensityNet: perceptron (hidden widths f_maps, trained by the optimiser) or "
@@ -265,10 +271,10 @@ class ModelSettings(Frozen):
             return self
         if self.density_head != "perceptron":
             raise ValueError("density_head trees needs backbone DensityNet")
-        if self.flicker_radii or self.coherence_radii or self.flicker_head:
+        if self.flicker_radii or self.coherence_radii or self.peak_radii or self.flicker_head:
             raise ValueError(
-                "flicker_radii, coherence_radii and flicker_head are DensityNet features: they "
-                "need backbone DensityNet"
+                "flicker_radii, coherence_radii, peak_radii and flicker_head are DensityNet "
+                "features: they need backbone DensityNet"
             )
         if "c" not in self.layer_order:
             raise ValueError("layer_order must contain 'c' (the convolution)")
@@ -305,8 +311,17 @@ class ModelSettings(Frozen):
         DensityNet: its widest box (a coherence box also sees the 2 px its gradients take)."""
         if self.backbone == "DensityNet":
             coherence = tuple(radius + COHERENCE_REACH for radius in self.coherence_radii)
-            return max(self.density_radii + self.flicker_radii + coherence)
+            return max(self.density_radii + self.flicker_radii + coherence + self.peak_radii)
         return 7 * 2 ** (self.depth - 1) - 4
+
+    @property
+    def density_columns(self) -> int:
+        """DensityNet: how many features its scorer sees per pixel and polarity (two box
+        densities per radius, the flicker counts, a coherence per radius, two peak columns per
+        radius)."""
+        flicker = 2 + len(self.flicker_radii) if self.flicker_radii else 0
+        return (2 * len(self.density_radii) + flicker + len(self.coherence_radii)
+                + 2 * len(self.peak_radii))  # fmt: skip
 
     @property
     def size_multiple(self) -> int:

@@ -294,7 +294,8 @@ CONFIG_SETTINGS = {"codec.yaml": EncodeSettings, "decode.yaml": DecodeSettings,
                    "density_net.yaml": TrainSettings,
                    "density_trees.yaml": TrainSettings,
                    "default_trees.yaml": TrainSettings,
-                   "flicker_head.yaml": TrainSettings}  # fmt: skip
+                   "flicker_head.yaml": TrainSettings,
+                   "peak_trees.yaml": TrainSettings}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETTINGS))

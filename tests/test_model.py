@@ -15,11 +15,13 @@ from deflare_cli.model import (
     TreeEnsemble,
     TrueResidualUNet3D,
     backbone_input,
+    box_max,
     box_mean,
     coherence_features,
     count_parameters,
     flicker_features,
     frame_density,
+    peak_features,
 )
 from deflare_cli.settings import DataSettings, ModelSettings, TrainSettings
 
@@ -170,6 +172,7 @@ def test_crop_must_fit_the_depth() -> None:
         ({"flicker_radii": (3,)}, "need backbone DensityNet"),
         ({"coherence_radii": (3,)}, "need backbone DensityNet"),
         ({"flicker_head": 3}, "need backbone DensityNet"),
+        ({"peak_radii": (8,)}, "need backbone DensityNet"),
         ({"backbone": "DensityNet", "output": "mask", "flicker_head": 3}, "flicker_head needs"),
     ],
 )
@@ -301,6 +304,45 @@ def test_coherence_features_tell_a_thin_edge_from_a_cloud_of_events() -> None:
     assert torch.allclose(coherence_features(counts * 0.01, (3,)), coherence_features(counts, (3,)))
     turned = coherence_features(counts.transpose(1, 2).contiguous(), (3,)) / COHERENCE_UNIT
     assert turned[0, 20, 30, 0] > 0.99  # a vertical edge alike
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 8, 24, 64])
+def test_box_max_is_the_largest_value_within_the_box(radius: int) -> None:
+    """Doubling windows give exactly what one max-pooling pass over the box does, boxes wider
+    than the frame included."""
+    generator = torch.Generator().manual_seed(radius)
+    image = torch.rand(2, 37, 90, generator=generator)
+    image *= torch.rand(2, 37, 90, generator=generator) < 0.1
+    pooled = torch.nn.functional.max_pool2d(image[:, None], 2 * radius + 1, 1, radius)[:, 0]
+    assert torch.equal(box_max(image, radius), pooled)
+
+
+def test_peak_features_tell_a_lone_event_beside_a_busy_pixel() -> None:
+    """A lone event 10 px from a pixel with 20 sees that peak at radius 16 (its share 1/20),
+    not at radius 4 (there it is its own peak, share 1); an empty box gives 0 and 0."""
+    counts = torch.zeros(1, 40, 60)
+    counts[0, 20, 20] = 20.0  # a light's busy core
+    counts[0, 20, 30] = 1.0  # a halo event beside it
+    peaks = peak_features(counts, (4, 16))
+    assert peaks.shape == (1, 40, 60, 4)
+    near, far = peaks[0, 20, 30, :2], peaks[0, 20, 30, 2:]
+    assert torch.allclose(near, torch.tensor([1.0, COHERENCE_UNIT]))
+    assert far[0] == 20 and torch.isclose(far[1], torch.tensor(COHERENCE_UNIT / 20))
+    assert peaks[0, 5, 55].tolist() == [0.0] * 4
+    assert torch.allclose(peak_features(counts * 0.01, (4, 16))[..., 1::2], peaks[..., 1::2])
+
+
+def test_a_density_net_with_peak_features_reaches_its_widest_peak_box() -> None:
+    settings = DENSITY_NET.model_copy(update={"peak_radii": (4, 40)})
+    model = TrueResidualUNet3D(settings).eval()
+    assert model.backbone.hidden[0].in_features == 8 + 4
+    assert settings.reach_px == 40
+    voxels = torch.zeros(1, 1, 8, 20, 30)
+    voxels[0, 0, 1, 10, 3:20] = 1.0
+    features, _ = model.backbone.features(voxels)
+    assert features.shape == (2, 20, 30, 12)
+    with torch.no_grad():
+        assert model(voxels).shape == voxels.shape
 
 
 def test_a_density_net_with_coherence_features_reaches_two_pixels_further() -> None:

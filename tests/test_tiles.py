@@ -36,13 +36,15 @@ def conv_only_network(
     return model
 
 
-def density_network(coherence_radii: tuple[int, ...] = ()) -> TrueResidualUNet3D:
+def density_network(
+    coherence_radii: tuple[int, ...] = (), peak_radii: tuple[int, ...] = ()
+) -> TrueResidualUNet3D:
     """A DensityNet whose logits vary: its box densities reach its widest radius (a coherence
     box 2 px further)."""
     torch.manual_seed(0)
     settings = ModelSettings(backbone="DensityNet", f_maps=(8, 8), output="mask",
                              input_norm="frame", density_radii=(1, 5, 12),
-                             coherence_radii=coherence_radii)  # fmt: skip
+                             coherence_radii=coherence_radii, peak_radii=peak_radii)  # fmt: skip
     model = TrueResidualUNet3D(settings).eval()
     torch.nn.init.normal_(model.backbone.final_conv.weight, 0, 0.5)
     return model
@@ -74,9 +76,14 @@ def test_reach_is_what_the_network_reaches(f_maps: tuple[int, ...], pooling: str
     assert reach == model.settings.reach_px
 
 
-@pytest.mark.parametrize("coherence_radii", [(), (3, 12)])
-def test_density_net_reaches_its_widest_box(coherence_radii: tuple[int, ...]) -> None:
-    model = density_network(coherence_radii)
+@pytest.mark.parametrize(
+    ("coherence_radii", "peak_radii", "expected"),
+    [((), (), 12), ((3, 12), (), 14), ((), (4, 16), 16)],
+)
+def test_density_net_reaches_its_widest_box(
+    coherence_radii: tuple[int, ...], peak_radii: tuple[int, ...], expected: int
+) -> None:
+    model = density_network(coherence_radii, peak_radii)
     reach = model.settings.reach_px
     voxels = torch.zeros(1, 1, 8, 64, 64)
     voxels[0, 0, 2, 32, 32] = 1
@@ -87,18 +94,19 @@ def test_density_net_reaches_its_widest_box(coherence_radii: tuple[int, ...]) ->
         changed = (model(voxels, raw=True, density=torch.tensor([0.1])) - before).abs()
     rows, cols = torch.nonzero(changed.amax(dim=(0, 1, 2)) > 0, as_tuple=True)
     assert int(rows.min()) == 32 - reach and int(cols.max()) == 32 + reach
-    assert reach == (14 if coherence_radii else 12)
+    assert reach == expected
 
 
 @pytest.mark.parametrize(
     ("input_norm", "order"),
     [("none", "cr"), ("frame", "cr"), ("frame", "bcr"), ("frame", "DensityNet"),
-     ("frame", "DensityNet coherence")],
+     ("frame", "DensityNet coherence"), ("frame", "DensityNet peak")],
 )  # fmt: skip
 def test_tiles_with_a_full_halo_equal_the_whole_frame(input_norm: str, order: str) -> None:
     # with input_norm frame, each window is scaled by its whole segment's density, not its own
     if order.startswith("DensityNet"):
-        model = density_network((3, 12) if "coherence" in order else ())
+        model = density_network((3, 12) if "coherence" in order else (),
+                                (4, 16) if "peak" in order else ())  # fmt: skip
     else:
         model = conv_only_network((16, 32, 64), input_norm=input_norm, order=order)
     torch.manual_seed(1)
