@@ -55,7 +55,9 @@ from .metrics import kept_mask, kept_share
 from .progress import Progress, no_progress
 from .settings import CalibrateSettings, CodecSettings, Removal
 
-MARGINS = tuple(round(0.05 * step, 2) for step in range(19))  # 0 .. 0.9
+# 0 .. 0.9 by 0.05, and by 0.01 just under 0.5: with threshold removal a margin m edits a cell
+# whose removal share is at least 0.5 + m, and a trees model's shares crowd between 0.95 and 1
+MARGINS = tuple(sorted({round(0.05 * step, 2) for step in range(19)} | {0.46, 0.47, 0.48, 0.49}))
 
 
 @dataclass
