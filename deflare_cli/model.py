@@ -31,6 +31,9 @@ from torch import nn
 from .errors import DeflareError
 from .settings import ModelSettings
 
+# (image indices, rows, columns) of K chosen pixels, each a (K,) index tensor
+Pixels = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 MASK_START_LOGIT = -6.0  # sigmoid(-6) = 0.0025
 # DensityNet's features are log(1 + density / DENSITY_UNIT): about one event in a 49 px box of a
 # sparse night frame, after the frame scaling, is one unit
@@ -145,10 +148,11 @@ class DensityBackbone(nn.Module):
     it has no normalisation layer, so a tile with a halo of that reach gives exactly the whole
     frame's output.
 
-    The perceptron runs only where a pixel has events of that polarity (a few percent of a
-    sparse frame: 30x less work in training); cells without events get logit 0, which no
-    output uses. Traced for export (OpenVINO), it runs on every pixel instead (a fixed graph), with
-    the same result.
+    Features are computed, and the perceptron run, only where a pixel has events of that
+    polarity (a few percent of a sparse frame: 30x less work in training;
+    :meth:`event_features`); cells without events get logit 0, which no output uses. Traced
+    for export (OpenVINO), it runs on every pixel instead (a fixed graph), with the same
+    result.
 
     With ``density_head: trees`` a gradient-boosted ensemble (:class:`TreeEnsemble`, fitted by
     ``deflare train``: ``train/trees.py``) scores the same features instead of the perceptron.
@@ -185,20 +189,45 @@ class DensityBackbone(nn.Module):
         self.final_conv = nn.Linear(widths[-1], 1)  # named as the U-Nets' last layer
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
-        features, occupied = self.features(voxels)
         if torch.jit.is_tracing():
+            features, occupied = self.features(voxels)
             logits = self.score(features)[..., 0] * occupied
         else:
-            logits = features.new_zeros(occupied.shape)
-            logits[occupied] = self.score(features[occupied])[:, 0]
+            rows, occupied = self.event_features(voxels)
+            logits = rows.new_zeros(occupied.shape)
+            logits[occupied] = self.score(rows)[:, 0]
         on_logit, off_logit = logits[:, None, None].chunk(2)
         return torch.where(voxels > 0, on_logit, off_logit)
 
+    def event_features(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`features` gives at its occupied pixels, ``features[occupied]``, bit for
+        bit, and ``occupied``; computed at those pixels alone. A sparse 1280x720 frame has
+        events at a few thousand of its 0.9 M pixels: every box wider than ``POOLED_RADIUS``
+        is four lookups per event in running sums shared by all radii (:class:`BoxSums`), and
+        no table of every pixel's features is built, so a whole frame costs about what its
+        events do (the running sums are the one pass over every pixel)."""
+        counts = polarity_counts(voxels)
+        occupied = torch.cat([counts[:, 0, 0], counts[:, 1, 0]]) > 0
+        row, y, x = occupied.nonzero(as_tuple=True)
+        at, on = (row % len(voxels), y, x), (row < len(voxels))[:, None]
+        sums = BoxSums(counts[:, :, 0])
+        boxes = torch.stack([sums.mean(radius, at) for radius in self.radii], dim=1)
+        on_box, off_box = boxes.unbind(2)  # (events, radii) each
+        columns = [torch.where(on, on_box, off_box), torch.where(on, off_box, on_box)]
+        if self.flicker_radii:
+            columns.append(flicker_features(voxels, self.flicker_radii)[at])
+        if self.coherence_radii:
+            columns.append(coherence_features(counts.sum(1)[:, 0], self.coherence_radii, at))
+        if self.peak_radii:
+            columns.append(peak_features(counts.sum(1)[:, 0], self.peak_radii, at))
+        return torch.cat(columns, dim=1), occupied
+
     def features(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(2N, H, W, features) box densities of each pixel, own polarity first (the N inputs'
-        ON pixels, then their OFF pixels), and (2N, H, W) whether the pixel has such events."""
-        counts = torch.cat([voxels.clamp_min(0), (-voxels).clamp_min(0)], dim=1)
-        counts = counts.sum(dim=2, keepdim=True)  # (N, 2, 1, H, W): ON, OFF events per pixel
+        ON pixels, then their OFF pixels), and (2N, H, W) whether the pixel has such events.
+        Every pixel's: what a traced graph (a fixed shape) and the tests take; the model itself
+        runs :meth:`event_features`."""
+        counts = polarity_counts(voxels)
         boxes = [box_mean(counts, radius) for radius in self.radii]
         on_first = torch.cat([box[:, :1] for box in boxes] + [box[:, 1:] for box in boxes], 1)
         off_first = torch.cat([box[:, 1:] for box in boxes] + [box[:, :1] for box in boxes], 1)
@@ -253,38 +282,46 @@ def flicker_features(voxels: torch.Tensor, radii: tuple[int, ...]) -> torch.Tens
     return torch.stack([alternations, busy_bins, *boxes], dim=-1) * DENSITY_UNIT
 
 
-def coherence_features(counts: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:
+def coherence_features(
+    counts: torch.Tensor, radii: tuple[int, ...], at: Pixels | None = None
+) -> torch.Tensor:
     """(N, H, W, len(radii)) of (N, H, W) event counts: the orientation coherence of the count
     image around each pixel, ``sqrt((Jxx - Jyy)^2 + 4 Jxy^2) / (Jxx + Jyy)`` of its structure
     tensor ``J`` (the products of the central differences of the counts' 3x3 means, averaged
     over boxes of half-width ``radii``, cut at the edges); 0 where the box holds no gradient.
     Events along a thin moving edge give about 1, a cloud of scattered events (a halo's, noise)
     much less. Times ``COHERENCE_UNIT``, so that :func:`density_scale` gives
-    ``log(1 + 100 coherence)``. It is a ratio, so the frame's scaling does not change it."""
+    ``log(1 + 100 coherence)``. It is a ratio, so the frame's scaling does not change it.
+    ``at``: (K, len(radii)) of those pixels alone, the same values."""
     smooth = box_mean(counts[:, None, None], 1)[:, 0, 0]
     dx = F.pad(smooth[:, :, 2:] - smooth[:, :, :-2], (1, 1)) / 2
     dy = F.pad(smooth[:, 2:] - smooth[:, :-2], (0, 0, 1, 1)) / 2
-    products = torch.stack([dx * dx, dy * dy, dx * dy], dim=1)[:, :, None]  # (N, 3, 1, H, W)
+    products = BoxSums(torch.stack([dx * dx, dy * dy, dx * dy], dim=1))  # (N, 3, H, W)
     coherence = []
     for radius in radii:
-        jxx, jyy, jxy = box_mean(products, radius)[:, :, 0].unbind(1)
+        jxx, jyy, jxy = products.mean(radius, at).unbind(1)
         trace = jxx + jyy
         spread = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2)
         coherence.append(torch.where(trace > 0, spread / trace.clamp_min(1e-30), 0.0))
     return torch.stack(coherence, dim=-1).clamp(0, 1) * COHERENCE_UNIT
 
 
-def peak_features(counts: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:
+def peak_features(
+    counts: torch.Tensor, radii: tuple[int, ...], at: Pixels | None = None
+) -> torch.Tensor:
     """(N, H, W, 2 len(radii)) of (N, H, W) event counts: per radius, the largest count within
     a box of that half-width around each pixel (the box cut at the edges), then the pixel's own
     count over it (0 where the box is empty, times ``COHERENCE_UNIT``). A light's core and its
     edges fire many events a pixel, the halo and rays around them one or two: a box mean
     dilutes the core among empty pixels, its maximum does not, so a lone event beside a far
-    busier pixel tells itself apart from a lone event in an empty, dim scene."""
+    busier pixel tells itself apart from a lone event in an empty, dim scene. ``at``:
+    (K, 2 len(radii)) of those pixels alone."""
+    own = counts if at is None else counts[at]
     columns = []
     for radius in radii:
         peak = box_max(counts, radius)
-        share = torch.where(peak > 0, counts / peak.clamp_min(1e-30), 0.0)
+        peak = peak if at is None else peak[at]
+        share = torch.where(peak > 0, own / peak.clamp_min(1e-30), 0.0)
         columns += [peak, share * COHERENCE_UNIT]
     return torch.stack(columns, dim=-1)
 
@@ -303,6 +340,74 @@ def box_max(image: torch.Tensor, radius: int) -> torch.Tensor:
         size = image.shape[dim]
         image = torch.maximum(widest.narrow(dim, 0, size), widest.narrow(dim, width - step, size))
     return image
+
+
+def polarity_counts(voxels: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 1, H, W) ON and OFF events per pixel of (N, 1, B, H, W) voxels (the OFF sums
+    negated: rounding is symmetric in sign, so they equal sums of the negated cells)."""
+    on = voxels.clamp_min(0).sum(dim=2, keepdim=True)
+    return torch.cat([on, voxels.clamp_max(0).sum(dim=2, keepdim=True).neg_()], dim=1)
+
+
+class BoxSums:
+    """Box means of (N, C, H, W) images (:func:`box_mean`), over every pixel or at chosen ones.
+    At chosen pixels, boxes wider than ``POOLED_RADIUS`` are four lookups each in one table of
+    float64 running sums, built once for all radii; the values are bit for bit those of
+    :func:`box_mean` (the same sums, differenced in the same order)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self._sums: torch.Tensor | None = None
+
+    def mean(self, radius: int, at: Pixels | None = None) -> torch.Tensor:
+        """(N, C, H, W) means over boxes of half-width ``radius``, or (K, C) at the pixels
+        ``at`` (K image indices, rows, columns)."""
+        if at is None or radius <= POOLED_RADIUS:
+            pixels = self.images.shape[0] * self.images.shape[-2] * self.images.shape[-1]
+            if at is None or len(at[0]) * (2 * radius + 1) ** 2 > pixels:
+                means = box_mean(self.images[:, :, None], radius)[:, :, 0]
+                return means if at is None else means[at[0], :, at[1], at[2]]
+            ones = self.images.new_ones(1, 1, *self.images.shape[-2:])
+            inside = _pooled_at(ones, radius, (torch.zeros_like(at[0]), at[1], at[2]))
+            return _pooled_at(self.images, radius, at) / inside
+        if self._sums is None:
+            self._sums = F.pad(self.images.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+        index, y, x = at
+        height, width = self.images.shape[-2:]
+        high_y, low_y = (y + radius).clamp(max=height - 1) + 1, (y - radius).clamp(min=0)
+        high_x, low_x = (x + radius).clamp(max=width - 1) + 1, (x - radius).clamp(min=0)
+        sums = self._sums
+        inside = (sums[index, :, high_y, high_x] - sums[index, :, low_y, high_x]) - (
+            sums[index, :, high_y, low_x] - sums[index, :, low_y, low_x]
+        )
+        area = (high_y - low_y) * (high_x - low_x)
+        return (inside / area[:, None]).to(self.images.dtype)
+
+
+def _pooled_at(images: torch.Tensor, radius: int, at: Pixels) -> torch.Tensor:
+    """(K, C) of (N, C, H, W) images at the pixels ``at``: what :func:`_box_pass` gives there
+    on the zero-padded images, bit for bit (float32 sums in pooling's order, along each row
+    and then down the rows, each divided by the box's width), from the pixels' own boxes
+    alone: a sparse frame costs its events' boxes, not every pixel."""
+    index, y, x = at
+    height, width = images.shape[-2:]
+    offsets = torch.arange(-radius, radius + 1, device=images.device)
+    rows, columns = y[:, None] + offsets, x[:, None] + offsets  # (K, box width) each
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((columns >= 0) & (columns < width))[
+        :, None
+    ]
+    rows, columns = rows.clamp(0, height - 1), columns.clamp(0, width - 1)
+    values = images[index[:, None, None], :, rows[:, :, None], columns[:, None]]  # (K, r, c, C)
+    values = torch.where(inside[..., None], values, 0.0)
+    size = 2 * radius + 1
+    along_rows = values[:, :, 0].clone()
+    for column in range(1, size):
+        along_rows += values[:, :, column]
+    along_rows /= size
+    total = along_rows[:, 0].clone()
+    for row in range(1, size):
+        total += along_rows[:, row]
+    return total / size
 
 
 def density_scale(features: torch.Tensor) -> torch.Tensor:
@@ -401,8 +506,20 @@ def _running_box_mean(counts: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def _box_pass(padded: torch.Tensor, radius: int) -> torch.Tensor:
+    """Means of (N, C, 1, H, W) padded values over windows of ``2 radius + 1`` along the
+    width, then along the height: two average-pooling passes, and outside a traced graph the
+    very same float32 sums by shifted adds in pooling's order (bit for bit; 6x faster at
+    radius 1 on a 1280x720 frame)."""
     size = 2 * radius + 1
-    return F.avg_pool3d(F.avg_pool3d(padded, (1, 1, size), 1), (1, size, 1), 1)
+    if torch.jit.is_tracing():
+        return F.avg_pool3d(F.avg_pool3d(padded, (1, 1, size), 1), (1, size, 1), 1)
+    for dim in (-1, -2):
+        length = padded.shape[dim] - size + 1
+        sums = padded.narrow(dim, 0, length) + padded.narrow(dim, 1, length)
+        for shift in range(2, size):
+            sums += padded.narrow(dim, shift, length)
+        padded = sums / size
+    return padded
 
 
 def build_backbone(settings: ModelSettings) -> nn.Module:

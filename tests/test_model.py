@@ -332,6 +332,36 @@ def test_peak_features_tell_a_lone_event_beside_a_busy_pixel() -> None:
     assert torch.allclose(peak_features(counts * 0.01, (4, 16))[..., 1::2], peaks[..., 1::2])
 
 
+@pytest.mark.parametrize(("frames", "busy"), [(1, 0.03), (3, 0.03), (2, 0.002)])
+def test_features_at_the_events_are_the_whole_frames_features_bit_for_bit(
+    frames: int, busy: float
+) -> None:
+    """The model computes features at its occupied pixels alone (event_features): they equal
+    the rows of every pixel's table (features) there, for pooled boxes (over the frame, or
+    at a sparse frame's events alone) and running-sum boxes, boxes wider than the frame,
+    flicker, coherence and peak columns; so does the output."""
+    settings = DENSITY_NET.model_copy(update={
+        "density_radii": (1, 3, 8, 40), "flicker_radii": (2, 9), "coherence_radii": (3, 8, 24),
+        "peak_radii": (4, 16, 90),
+    })  # fmt: skip
+    model = TrueResidualUNet3D(settings).eval()
+    generator = torch.Generator().manual_seed(frames)
+    sparse = torch.rand(frames, 1, 6, 90, 160, generator=generator) < busy
+    voxels = torch.randint(-3, 4, sparse.shape, generator=generator) * sparse * 0.37
+    voxels[0, 0, :, 40:45, 0:5] += 2.0  # a busy patch at the edge, among scattered events
+    rows, occupied = model.backbone.event_features(voxels)
+    table, every = model.backbone.features(voxels)
+    assert torch.equal(occupied, every)
+    assert occupied.sum() > 100 and torch.equal(rows, table[occupied])
+    at = occupied.nonzero(as_tuple=True)
+    if busy < 0.01:  # the sparse frame's pooled boxes come from its events' own boxes
+        assert len(at[0]) * 7**2 < frames * 90 * 160
+    with torch.no_grad():
+        logits = model.backbone(voxels)
+        traced = torch.jit.trace(model.backbone, voxels, check_trace=False)(voxels)
+    assert torch.allclose(logits[voxels != 0], traced[voxels != 0], atol=1e-5)
+
+
 def test_a_density_net_with_peak_features_reaches_its_widest_peak_box() -> None:
     settings = DENSITY_NET.model_copy(update={"peak_radii": (4, 40)})
     model = TrueResidualUNet3D(settings).eval()

@@ -167,11 +167,11 @@ def pixel_rows(
         for index in range(len(frames)):
             inputs, targets, density = frames[index]
             scaled = backbone_input(inputs[None], settings.model, density[None])
-            features, occupied = backbone.features(scaled)
-            flare, rest = event_counts(inputs, targets)
-            chosen_from = {"trees": occupied}
+            features, occupied = backbone.event_features(scaled)
+            flare, rest = (counts[occupied] for counts in event_counts(inputs, targets))
+            chosen_from = {"trees": torch.ones(len(features), dtype=torch.bool)}
             if backbone.flicker_head:
-                chosen_from["flicker_trees"] = occupied & backbone.flickering(features)
+                chosen_from["flicker_trees"] = backbone.flickering(features)
             for name in names:
                 where = chosen_from[name]
                 count = int(where.sum())
