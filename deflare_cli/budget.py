@@ -16,7 +16,10 @@ within 10% of each other), rounded up so that the estimate errs on the safe side
 - a 3000x3000 sensor in tiles: 3.2 GB, of which about 2 GB are voxel windows of 288 MB per
   segment held at once (input, tile counts, prediction, output, the removal arithmetic, and the
   windows read ahead and written behind);
-- ``deflare encode`` of one second at 480x640 (491 MB of voxels): 747 MB.
+- ``deflare encode`` of one second at 480x640 (491 MB of voxels): 747 MB;
+- DensityNet (the default model), whole 720x1280 frames: 660 MB at one segment per pass,
+  1,256 MB at four, i.e. 200 MB (6.8 voxel grids) a segment, which the window copies already
+  cover; its features are a few images of the frame, not a U-Net's activations (2026-12-08).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ FRAME_FACTOR = 6.5  # peak bytes of a whole-frame pass / its first level's float
 TILE_FACTOR = 10.0  # the same for a pass over tiles
 WINDOW_COPIES = 9  # voxel windows held at once while deflaring
 ENCODE_COPIES = 1.2  # an encoded recording, and what writing it adds
+DENSITY_COPIES = 2.0  # DensityNet's forward pass, in voxel grids of its input, on top of those
 
 
 def voxel_bytes(segments: int, num_bins: int, sensor_size: tuple[int, int]) -> float:
@@ -69,6 +73,11 @@ def deflare_bytes(
     False (a GPU): the forward pass's memory is the GPU's, not counted."""
     if not forward_on_host:
         forward = 0.0
+    elif model.backbone == "DensityNet":
+        frames = (
+            (segments_per_window, sensor_size) if tiles is None else (1, (1, tiles.pass_pixels))
+        )
+        forward = DENSITY_COPIES * voxel_bytes(frames[0], num_bins, frames[1])
     elif tiles is None:
         frames = activation_bytes(model, segments_per_window, num_bins, *sensor_size)
         forward = FRAME_FACTOR * frames

@@ -61,3 +61,16 @@ def test_a_network_that_pools_space_alone_is_counted_with_its_deeper_levels() ->
     budget = deflare_bytes(DEFAULT, 8, (480, 640), 1, None) / GB + 0.05
     assert fit((480, 640), budget=budget) == AUTO  # whole frames fit the default network...
     assert fit((480, 640), model=space, budget=budget).mode == "tiles"  # ...but not this one
+
+
+def test_a_density_net_is_counted_by_its_voxels_not_by_a_u_nets_activations() -> None:
+    """DensityNet (the default model) has no activation maps: whole 720x1280 frames, measured
+    at 660 MB for one segment per pass and 1,256 MB for four, fit the default budget and are
+    estimated above what they took; a U-Net of the same f_maps would not fit."""
+    density = ModelSettings(
+        backbone="DensityNet", f_maps=[32, 32], input_norm="frame", output="mask"
+    )
+    assert fit((720, 1280), model=density) == AUTO
+    one, four = (deflare_bytes(density, 8, (720, 1280), n, None) for n in (1, 4))
+    assert 660e6 < one < 2 * GB and 1256e6 < four
+    assert fit((720, 1280), model=ModelSettings(f_maps=[32, 32])).mode == "tiles"
