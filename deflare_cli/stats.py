@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .events import Events
 from .io import EventFileReader, list_event_files
-from .settings import ReadSettings
+from .settings import ReadSettings, paired_dirs
 
 WINDOW_US = 20_000  # one model segment
 QUANTILES = (0.5, 0.9, 0.99)
@@ -115,9 +116,17 @@ def summarise(rows: list[RecordingStats]) -> dict[str, tuple[float, float, float
 
 
 def collect_stats(sources: list[Path], read: ReadSettings = ReadSettings()) -> list[RecordingStats]:
-    """:func:`file_stats` of each file, and of every event file in each folder, in order."""
+    """:func:`file_stats` of each file, and of every event file in each folder, in order; a
+    folder of pairs (``deflare synth``'s output) gives its inputs, the recordings with flare."""
     rows = []
     for source in sources:
-        files = list_event_files(source) if source.is_dir() else [source]
+        files = [source]
+        if source.is_dir():
+            inputs = paired_dirs(source)[0]
+            files = list_event_files(source) or (
+                list_event_files(inputs) if inputs.is_dir() else []
+            )
+            if not files:
+                raise InputError(source, "holds no event files (nor a folder of pairs' inputs)")
         rows.extend(file_stats(path, read) for path in files)
     return rows

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from deflare_cli.cli import app
 from deflare_cli.events import make_events
+from deflare_cli.settings import paired_dirs
 from deflare_cli.stats import recording_stats
 
 runner = CliRunner()
@@ -70,6 +71,27 @@ def test_info_command_on_files_of_two_layouts(tmp_path: Path) -> None:
     assert [row["format"] for row in rows] == ["deflare", "dsec"]
     table = runner.invoke(app, ["info", str(tmp_path)])
     assert table.exit_code == 0 and "a.h5" in table.output and "1.50%" in table.output
+
+
+def test_info_summarises_a_folder_of_pairs_by_its_inputs_and_names_an_empty_folder(
+    tmp_path: Path,
+) -> None:
+    """deflare synth writes pairs into two subfolders: --summary of the folder summarises the
+    inputs (it was a traceback: no files, so no minimum); a folder with no event files at all
+    is an error that names it."""
+    pairs = tmp_path / "pairs"
+    flare_dir, clean_dir = paired_dirs(pairs)
+    events = known_recording()
+    for folder in (flare_dir, clean_dir):
+        folder.mkdir(parents=True)
+        write_deflare(folder / "composed_00000_bg_flare.h5", events)
+    result = runner.invoke(app, ["info", str(pairs), "--summary"])
+    assert result.exit_code == 0, result.output
+    assert "pairs" in result.output and "1.5/1.5/1.5" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["info", str(tmp_path / "empty"), "--summary"])
+    assert result.exit_code != 0 and "empty" in result.output and "no event files" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_info_names_a_bad_file(tmp_path: Path) -> None:
