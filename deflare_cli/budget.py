@@ -73,11 +73,10 @@ def deflare_bytes(
     False (a GPU): the forward pass's memory is the GPU's, not counted."""
     if not forward_on_host:
         forward = 0.0
+    elif model.backbone == "DensityNet" and tiles is None:
+        forward = DENSITY_COPIES * voxel_bytes(segments_per_window, num_bins, sensor_size)
     elif model.backbone == "DensityNet":
-        frames = (
-            (segments_per_window, sensor_size) if tiles is None else (1, (1, tiles.pass_pixels))
-        )
-        forward = DENSITY_COPIES * voxel_bytes(frames[0], num_bins, frames[1])
+        forward = DENSITY_COPIES * voxel_bytes(1, num_bins, (1, tiles.pass_pixels))
     elif tiles is None:
         frames = activation_bytes(model, segments_per_window, num_bins, *sensor_size)
         forward = FRAME_FACTOR * frames

@@ -216,10 +216,11 @@ class DensityBackbone(nn.Module):
         columns = [torch.where(on, on_box, off_box), torch.where(on, off_box, on_box)]
         if self.flicker_radii:
             columns.append(flicker_features(voxels, self.flicker_radii)[at])
+        both = counts.sum(1)[:, 0]  # (N, H, W) events of either polarity
         if self.coherence_radii:
-            columns.append(coherence_features(counts.sum(1)[:, 0], self.coherence_radii, at))
+            columns.append(coherence_features(both, self.coherence_radii, at))
         if self.peak_radii:
-            columns.append(peak_features(counts.sum(1)[:, 0], self.peak_radii, at))
+            columns.append(peak_features(both, self.peak_radii, at))
         return torch.cat(columns, dim=1), occupied
 
     def features(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,33 +363,35 @@ class BoxSums:
     def mean(self, radius: int, at: Pixels | None = None) -> torch.Tensor:
         """(N, C, H, W) means over boxes of half-width ``radius``, or (K, C) at the pixels
         ``at`` (K image indices, rows, columns)."""
-        if at is None or radius <= POOLED_RADIUS:
-            pixels = self.images.shape[0] * self.images.shape[-2] * self.images.shape[-1]
-            if at is None or len(at[0]) * (2 * radius + 1) ** 2 > pixels:
-                means = box_mean(self.images[:, :, None], radius)[:, :, 0]
-                return means if at is None else means[at[0], :, at[1], at[2]]
-            ones = self.images.new_ones(1, 1, *self.images.shape[-2:])
-            inside = _pooled_at(ones, radius, (torch.zeros_like(at[0]), at[1], at[2]))
-            return _pooled_at(self.images, radius, at) / inside
-        if self._sums is None:
-            self._sums = F.pad(self.images.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+        images = self.images
+        if at is None:
+            return box_mean(images[:, :, None], radius)[:, :, 0]
         index, y, x = at
-        height, width = self.images.shape[-2:]
-        high_y, low_y = (y + radius).clamp(max=height - 1) + 1, (y - radius).clamp(min=0)
-        high_x, low_x = (x + radius).clamp(max=width - 1) + 1, (x - radius).clamp(min=0)
-        sums = self._sums
-        inside = (sums[index, :, high_y, high_x] - sums[index, :, low_y, high_x]) - (
-            sums[index, :, high_y, low_x] - sums[index, :, low_y, low_x]
-        )
-        area = (high_y - low_y) * (high_x - low_x)
-        return (inside / area[:, None]).to(self.images.dtype)
+        if radius > POOLED_RADIUS:
+            if self._sums is None:
+                self._sums = _running_sums(images)
+            (high_y, low_y), (high_x, low_x) = (
+                _box_ends(y, radius, images.shape[-2]),
+                _box_ends(x, radius, images.shape[-1]),
+            )
+            sums = self._sums
+            inside = (sums[index, :, high_y, high_x] - sums[index, :, low_y, high_x]) - (
+                sums[index, :, high_y, low_x] - sums[index, :, low_y, low_x]
+            )
+            area = (high_y - low_y) * (high_x - low_x)
+            return (inside / area[:, None]).to(images.dtype)
+        if len(index) * (2 * radius + 1) ** 2 > images[:, 0].numel():  # boxes cost more
+            return box_mean(images[:, :, None], radius)[index, :, 0, y, x]
+        ones = images.new_ones(1, 1, *images.shape[-2:])
+        inside = _pooled_at(ones, radius, (torch.zeros_like(index), y, x))
+        return _pooled_at(images, radius, at) / inside
 
 
 def _pooled_at(images: torch.Tensor, radius: int, at: Pixels) -> torch.Tensor:
     """(K, C) of (N, C, H, W) images at the pixels ``at``: what :func:`_box_pass` gives there
-    on the zero-padded images, bit for bit (float32 sums in pooling's order, along each row
-    and then down the rows, each divided by the box's width), from the pixels' own boxes
-    alone: a sparse frame costs its events' boxes, not every pixel."""
+    on the zero-padded images, bit for bit (:func:`_box_pass` of each pixel's own box, gathered
+    as a (2 radius + 1)-wide window): a sparse frame costs its events' boxes, not every
+    pixel."""
     index, y, x = at
     height, width = images.shape[-2:]
     offsets = torch.arange(-radius, radius + 1, device=images.device)
@@ -399,15 +402,7 @@ def _pooled_at(images: torch.Tensor, radius: int, at: Pixels) -> torch.Tensor:
     rows, columns = rows.clamp(0, height - 1), columns.clamp(0, width - 1)
     values = images[index[:, None, None], :, rows[:, :, None], columns[:, None]]  # (K, r, c, C)
     values = torch.where(inside[..., None], values, 0.0)
-    size = 2 * radius + 1
-    along_rows = values[:, :, 0].clone()
-    for column in range(1, size):
-        along_rows += values[:, :, column]
-    along_rows /= size
-    total = along_rows[:, 0].clone()
-    for row in range(1, size):
-        total += along_rows[:, row]
-    return total / size
+    return _box_pass(values.permute(0, 3, 1, 2)[:, :, None], radius)[:, :, 0, 0, 0]
 
 
 def density_scale(features: torch.Tensor) -> torch.Tensor:
@@ -494,15 +489,25 @@ def _running_box_mean(counts: torch.Tensor, radius: int) -> torch.Tensor:
     core). Exact to float64 where pooling adds up in float32: the two differ by about 1e-6 of
     the mean at 24 px, which moves the default model's removals on no real recording here
     (docs/experiments.md, 2026-12-08)."""
-    height, width = counts.shape[-2:]
-    sums = F.pad(counts.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
-    spans = []
-    for size, dim in ((height, -2), (width, -1)):
-        at = torch.arange(size, device=counts.device)
-        high, low = (at + radius).clamp(max=size - 1) + 1, (at - radius).clamp(min=0)
+    sums, spans = _running_sums(counts), []
+    for dim in (-2, -1):
+        at = torch.arange(counts.shape[dim], device=counts.device)
+        high, low = _box_ends(at, radius, counts.shape[dim])
         sums = sums.index_select(dim, high) - sums.index_select(dim, low)
         spans.append(high - low)
     return (sums / (spans[0][:, None] * spans[1][None, :])).to(counts.dtype)
+
+
+def _running_sums(images: torch.Tensor) -> torch.Tensor:
+    """(..., H + 1, W + 1) float64 sums of (..., H, W) images over the rows and columns above
+    and left of each place (a zero row and column first): a box's sum is four of them."""
+    return F.pad(images.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+
+
+def _box_ends(at: torch.Tensor, radius: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where boxes of half-width ``radius`` around positions ``at`` end along an axis of
+    ``size``, cut at its edges: (one past the last, the first), indices of :func:`_running_sums`."""
+    return (at + radius).clamp(max=size - 1) + 1, (at - radius).clamp(min=0)
 
 
 def _box_pass(padded: torch.Tensor, radius: int) -> torch.Tensor:

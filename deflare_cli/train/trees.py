@@ -169,21 +169,22 @@ def pixel_rows(
             scaled = backbone_input(inputs[None], settings.model, density[None])
             features, occupied = backbone.event_features(scaled)
             flare, rest = (counts[occupied] for counts in event_counts(inputs, targets))
-            chosen_from = {"trees": torch.ones(len(features), dtype=torch.bool)}
+            # per ensemble: its rows, with their flare and other events
+            rows_of = {"trees": (features, flare, rest)}
             if backbone.flicker_head:
-                chosen_from["flicker_trees"] = backbone.flickering(features)
+                rows_of["flicker_trees"] = tuple(
+                    column[backbone.flickering(features)] for column in rows_of["trees"]
+                )
             for name in names:
-                where = chosen_from[name]
-                count = int(where.sum())
-                chosen = rng.permutation(count)[:per_segment]
-                scale = count / max(len(chosen), 1)
-                rows = features[where]
+                rows, flare_events, other_events = rows_of[name]
+                chosen = rng.permutation(len(rows))[:per_segment]
+                scale = len(rows) / max(len(chosen), 1)
                 if name == "trees" and backbone.flicker_head:
                     rows = rows[:, backbone.shared_columns]
                 parts[name].append((
                     density_scale(rows).numpy()[chosen],
-                    flare[where].numpy()[chosen] * scale,
-                    rest[where].numpy()[chosen] * scale,
+                    flare_events.numpy()[chosen] * scale,
+                    other_events.numpy()[chosen] * scale,
                 ))  # fmt: skip
             progress("features", index + 1, len(frames))
     samples = {}
